@@ -1,0 +1,243 @@
+"""Command line: ``imageextract <command> ...``.
+
+Exit codes: 0 when every item succeeded, 1 when some items failed but results
+were written, 2 for usage errors (bad flags, unknown backend, unreadable
+pipeline file).  This is the only module that configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ImageExtractError
+
+logger = logging.getLogger("imageextract")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def _backend_option(text: str) -> tuple[str, object]:
+    from .config import parse_value
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), parse_value(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imageextract",
+        description="Particle statistics from electron micrographs.",
+        epilog="Exit codes: 0 all items succeeded, 1 some items failed (results written), 2 usage error.")
+    p.add_argument("--version", action="version", version=f"imageextract {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="local images and folders → particle tables, plots, report",
+                       description="Analyse local micrographs (PNG, JPEG, TIFF; files or folders).")
+    a.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    a.add_argument("--out", required=True, metavar="DIR", help="results folder")
+    a.add_argument("--backend", default="classical", help="segmentation backend (see `imageextract backends`)")
+    a.add_argument("--backend-option", action="append", type=_backend_option, default=[],
+                   metavar="KEY=VALUE", help="option passed to the backend (repeatable)")
+    a.add_argument("--nm-per-px", type=_positive_float, metavar="X",
+                   help="pixel size in nm for every image (overrides scale bars)")
+    a.add_argument("--no-scalebar", action="store_true", help="do not read scale bars")
+    a.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="local worker processes")
+    a.add_argument("--scheduler", metavar="ADDR", help="Dask distributed scheduler address")
+    a.add_argument("--overwrite", action="store_true",
+                   help="re-process micrographs already in DIR (e.g. after changing settings)")
+
+    r = sub.add_parser("run", help="run a declarative pipeline (TOML)",
+                       description="Run a pipeline file from pipelines/; KEY=VALUE overrides "
+                                   "(e.g. segmentation.backend=bpartis output.dir=out/x).")
+    r.add_argument("pipeline", metavar="PIPELINE.toml")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    sub.add_parser("backends", help="list segmentation backends and their weights")
+
+    e = sub.add_parser("evaluate", help="instance-segmentation metrics on EMPS-format data")
+    e.add_argument("--data", required=True, metavar="DIR", help="folder with images/, segmaps/, train.csv, test.csv")
+    e.add_argument("--split", default="test", help="test, train, val or train-fit (default test)")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--backend", help="segmentation backend to run")
+    g.add_argument("--predictions", metavar="DIR", help="label maps already on disk (16-bit PNG per stem)")
+    e.add_argument("--backend-option", action="append", type=_backend_option, default=[],
+                   metavar="KEY=VALUE", help="option passed to the backend (repeatable)")
+    e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
+    e.add_argument("--json", metavar="FILE", help="write means and per-image metrics as JSON")
+
+    t = sub.add_parser("train", help="train a backend (resumable)")
+    t.add_argument("name", help="backend to train (bpartis)")
+    t.add_argument("--data", required=True, metavar="DIR")
+    t.add_argument("--out", required=True, metavar="DIR", help="model folder, e.g. models/bpartis-emps")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t.add_argument("--epochs", type=_positive_int, help="total epochs")
+    t.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this long")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return p
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
+                                          logging.INFO if verbose == 1 else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("imageextract").setLevel(level)
+
+
+def _cmd_analyze(args, progress: bool) -> int:
+    from .pipeline import analyze
+
+    res = analyze(args.paths, args.out, backend=args.backend,
+                  backend_options=dict(args.backend_option), nm_per_px=args.nm_per_px,
+                  read_scale_bar=not args.no_scalebar, workers=args.workers,
+                  scheduler=args.scheduler, overwrite=args.overwrite, progress=progress,
+                  command=shlex.join(["imageextract"] + sys.argv[1:]))
+    return _summary(res)
+
+
+def _summary(res) -> int:
+    print(f"{res.n_done} analysed, {res.n_skipped} already done, {res.n_failed} failed "
+          f"→ {res.out_dir}/report.html")
+    for item, reason in res.failures[:20]:
+        print(f"  failed: {reason if reason.startswith(item) else item + ': ' + reason}", file=sys.stderr)
+    return res.exit_code
+
+
+def _cmd_run(args, progress: bool) -> int:
+    from .config import load_pipeline
+    from .pipeline import analyze
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    if cfg["pipeline"]["kind"] != "analyze":
+        raise ImageExtractError(f"pipeline kind {cfg['pipeline']['kind']!r} is not available yet")
+    paths = cfg["input"]["paths"]
+    if not paths:
+        raise ImageExtractError(f"{args.pipeline}: input.paths is empty")
+    nm = cfg["calibration"].get("nm_per_px") or None
+    res = analyze(paths, cfg["output"]["dir"], backend=cfg["segmentation"]["backend"],
+                  backend_options=cfg["segmentation"].get("options", {}), nm_per_px=nm,
+                  read_scale_bar=bool(cfg["calibration"].get("read_scale_bar", True)),
+                  workers=int(cfg["run"].get("workers", 1)),
+                  scheduler=cfg["run"].get("scheduler") or None,
+                  overwrite=bool(cfg["run"].get("overwrite", False)), progress=progress,
+                  command=shlex.join(["imageextract"] + sys.argv[1:]))
+    return _summary(res)
+
+
+def _cmd_backends() -> int:
+    from .segment import SEGMENTERS
+    from .weights import list_models, load_spec
+
+    specs = {}
+    for m in list_models():
+        try:
+            s = load_spec(m)
+            specs.setdefault(s.backend, []).append(f"models/{m} ({s.tag})")
+        except ImageExtractError as err:
+            specs.setdefault("?", []).append(f"models/{m}: {err}")
+    for name in SEGMENTERS.names():
+        try:
+            SEGMENTERS.get(name)
+            state = "ok"
+        except ImageExtractError as err:
+            state = f"unavailable: {err}"
+        weights = ", ".join(specs.get(name, [])) or ("no weights needed" if name == "classical" else "no weights installed")
+        print(f"{name:12s} {state:4s}  {weights}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args, progress: bool) -> int:
+    from .evaluation.harness import format_summary, run_evaluation, write_json
+
+    res = run_evaluation(args.data, split=args.split, backend=args.backend,
+                         predictions=args.predictions, limit=args.limit, progress=progress,
+                         backend_options=dict(args.backend_option))
+    if args.json:
+        write_json(res, args.json)
+    print(format_summary(res))
+    return EXIT_OK
+
+
+def _cmd_train(args, progress: bool) -> int:
+    if args.name != "bpartis":
+        raise ImageExtractError(f"no trainer for backend {args.name!r}; trainable: bpartis")
+    from .segment.bpartis.train import train
+
+    opts = {}
+    if args.epochs:
+        opts["epochs"] = args.epochs
+    if args.max_minutes:
+        opts["max_minutes"] = args.max_minutes
+    train(args.data, args.out, resume=args.resume, device=args.device, progress=progress, **opts)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``imageextract`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args.verbose, args.quiet)
+    progress = not args.quiet
+    try:
+        if args.command == "analyze":
+            return _cmd_analyze(args, progress)
+        if args.command == "run":
+            return _cmd_run(args, progress)
+        if args.command == "backends":
+            return _cmd_backends()
+        if args.command == "evaluate":
+            return _cmd_evaluate(args, progress)
+        if args.command == "train":
+            return _cmd_train(args, progress)
+    except ImageExtractError as err:
+        print(f"imageextract: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imageextract: interrupted; finished items are saved, re-run to resume",
+              file=sys.stderr)
+        return 130
+    parser.print_help()
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The segmenter protocol and image helpers shared by every backend."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..types import Segmentation
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """What every segmentation backend provides.
+
+    ``predict`` takes the image first (``(M, N)`` or ``(M, N, 3)``, any
+    numeric dtype) and returns a :class:`~imageextract.types.Segmentation`
+    whose labels have the image's height and width.
+    """
+
+    name: str
+    weights: str
+
+    def predict(self, image: np.ndarray) -> Segmentation: ...
+
+
+def to_gray_float(image: np.ndarray) -> np.ndarray:
+    """Convert any supported image to ``(M, N) float32`` in [0, 1].
+
+    Integer images are scaled by their dtype range; float images are
+    min-max scaled when outside [0, 1].  NaNs become 0.
+
+    >>> to_gray_float(np.array([[0, 255]], dtype=np.uint8)).tolist()
+    [[0.0, 1.0]]
+    """
+    img = np.asarray(image)
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        if img.shape[2] == 3:
+            img = img.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+            src_dtype = np.asarray(image).dtype
+        else:
+            raise ValueError(f"expected 1, 3 or 4 channels, got image of shape {img.shape}")
+    else:
+        src_dtype = img.dtype
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D or 3-D image, got shape {np.shape(image)}")
+    out = img.astype(np.float32, copy=False)
+    if np.issubdtype(src_dtype, np.integer):
+        out = out / float(np.iinfo(src_dtype).max)
+    else:
+        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(out.min(initial=0.0)), float(out.max(initial=0.0))
+        if lo < 0.0 or hi > 1.0:
+            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert any supported image to ``(M, N, 3) uint8`` (for display and for
+    networks trained on 8-bit RGB)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim == 3 and img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    if img.ndim == 3:
+        chans = [to_gray_float(img[..., c]) for c in range(3)]
+        out = np.stack(chans, axis=-1)
+    else:
+        g = to_gray_float(img)
+        out = np.stack([g, g, g], axis=-1)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to 1..K in order of first appearance in sorted order."""
+    labels = np.asarray(labels)
+    uniq = np.unique(labels)
+    uniq = uniq[uniq != 0]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
+    lut[uniq] = np.arange(1, uniq.size + 1, dtype=np.int32)
+    return lut[labels]
