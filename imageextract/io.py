@@ -58,7 +58,8 @@ def _read_pil(path: Path, limit: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
+    # Image.open reads only the header; the size is checked below, before decoding.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

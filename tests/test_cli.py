@@ -1,0 +1,86 @@
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from imageextract.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_analyze_exit_codes(image_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["-q", "analyze", str(image_folder), "--out", str(out), "--nm-per-px", "1.5"]) == 0
+    assert "3 analysed" in capsys.readouterr().out
+    (image_folder / "broken.png").write_text("x")
+    assert main(["-q", "analyze", str(image_folder), "--out", str(out), "--nm-per-px", "1.5"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["analyze", "x"],                                  # missing --out
+    ["analyze", "x", "--out", "o", "--nm-per-px", "abc"],
+    ["analyze", "x", "--out", "o", "--workers", "0"],
+    ["frobnicate"],
+    [],
+])
+def test_usage_errors_exit_2(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+
+
+def test_unknown_backend_message(image_folder, tmp_path, capsys):
+    assert main(["analyze", str(image_folder), "--out", str(tmp_path / "o"), "--backend", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown segmentation backend 'nope'" in err and "classical" in err
+    assert "Traceback" not in err
+
+
+def test_backends_lists_classical(capsys):
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "classical" in out and "bpartis" in out
+
+
+def test_backend_option(image_folder, tmp_path):
+    out = tmp_path / "o"
+    assert main(["-q", "analyze", str(image_folder / "light.png"), "--out", str(out),
+                 "--backend-option", "split=false", "--backend-option", "min_area_px=50"]) == 0
+    with sqlite3.connect(out / "results.sqlite") as con:
+        cfg = json.loads(con.execute("SELECT config_json FROM runs").fetchone()[0])
+    assert cfg["backend_options"] == {"split": False, "min_area_px": 50}
+
+
+def test_run_pipeline_with_overrides(image_folder, tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[input]\npaths = ["{image_folder.as_posix()}"]\n[output]\ndir = "{(tmp_path / "x").as_posix()}"\n')
+    out = tmp_path / "y"
+    assert main(["-q", "run", str(toml), f"output.dir={out.as_posix()}", "calibration.nm_per_px=2.0"]) == 0
+    parts = pd.read_csv(out / "particles.csv")
+    assert set(parts.nm_per_px) == {2.0} and not (tmp_path / "x").exists()
+
+
+def test_run_bad_pipeline(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[input\npaths=")
+    assert main(["run", str(bad)]) == 2
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_shipped_pipeline_parses():
+    from imageextract.config import load_pipeline
+
+    cfg = load_pipeline(ROOT / "pipelines" / "local-collection.toml", ["run.workers=2"])
+    assert cfg["segmentation"]["backend"] == "classical" and cfg["run"]["workers"] == 2
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-m", "imageextract", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("analyze", "run", "backends", "evaluate", "train"):
+        assert cmd in r.stdout
