@@ -138,6 +138,10 @@ class ClassicalSegmenter:
     min_area_px : int
         Objects smaller than this are dropped (default: adaptive,
         ``max(16, 2e-4 * image pixels)``).
+    relative_min_area : float
+        Objects smaller than this fraction of the typical large object (the
+        90th percentile of object areas) are dropped too: particles in one
+        micrograph have similar sizes, while noise, text and debris are small.
     split : bool
         Split touching particles with the watershed.
     h : float
@@ -160,12 +164,14 @@ class ClassicalSegmenter:
         *,
         method: Literal["otsu", "local"] = "otsu",
         polarity: Literal["auto", "light", "dark"] = "auto",
-        smooth_sigma: float = 1.0,
+        smooth_sigma: float = 2.0,
         background_sigma: float | None = None,
         min_area_px: int | None = None,
+        relative_min_area: float = 0.2,
         split: bool = True,
         h: float = 2.0,
     ) -> None:
+        self.relative_min_area = float(relative_min_area)
         self.method = method
         self.polarity = polarity
         self.smooth_sigma = float(smooth_sigma)
@@ -191,13 +197,23 @@ class ClassicalSegmenter:
         mask = ndi.binary_opening(mask, iterations=1)
         mask = ndi.binary_fill_holes(mask)
         mask = _remove_small(mask, min_area)
+        if self.relative_min_area > 0:
+            mask = _remove_small(mask, int(self.relative_min_area * _typical_area(ndi.label(mask)[0])))
         labels = split_touching(mask, h=self.h) if self.split else ndi.label(mask)[0]
+        if self.relative_min_area > 0:
+            min_area = max(min_area, int(self.relative_min_area * _typical_area(labels)))
         labels = _remove_small_labels(labels, min_area)
         labels = relabel_consecutive(labels)
         gray = to_gray_float(image)
         scores = _contrast_scores(gray, labels)
         return Segmentation(labels=labels, scores=scores, uncertainty=None,
                             backend=self.name, weights=self.weights)
+
+
+def _typical_area(labels: np.ndarray) -> float:
+    sizes = np.bincount(labels.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    return float(np.percentile(sizes, 90)) if sizes.size else 0.0
 
 
 def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
