@@ -145,3 +145,18 @@ def test_public_api(image_folder, tmp_path):
     assert "d50_nm" in imageextract.summarize(t)
     assert imageextract.calibrate(img, nm_per_px=3.0).nm_per_px == 3.0
     assert "classical" in imageextract.available_backends()
+
+
+@pytest.mark.slow
+def test_dask_scheduler_matches_serial(image_folder, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    a = analyze([image_folder], tmp_path / "a", progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        b = analyze([image_folder], tmp_path / "b", scheduler=cluster.scheduler_address,
+                    progress=False)
+    assert a.n_done == b.n_done == 3
+    cols = ["micrograph_id", "particle_id", "area_px", "ecd_px", "feret_max_px"]
+    pa = pd.read_parquet(tmp_path / "a" / "particles.parquet").sort_values(cols[:2])[cols]
+    pb = pd.read_parquet(tmp_path / "b" / "particles.parquet").sort_values(cols[:2])[cols]
+    pd.testing.assert_frame_equal(pa.reset_index(drop=True), pb.reset_index(drop=True))
