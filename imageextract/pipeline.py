@@ -75,6 +75,26 @@ def micrograph_id_for(path: str | Path, digest: str) -> str:
     return f"{stem}-{digest[:10]}"
 
 
+class _StageError(Exception):
+    """Wraps an exception with the stage it happened in."""
+
+    def __init__(self, stage: str, err: BaseException) -> None:
+        super().__init__(str(err))
+        self.stage, self.err = stage, err
+
+
+def _failure(item: str, stage: str, err: BaseException) -> dict[str, Any]:
+    if isinstance(err, ImageExtractError):
+        reason = str(err)
+    elif isinstance(err, MemoryError):
+        reason = "out of memory"
+    else:
+        logger.debug("item %s failed in %s:\n%s", item, stage,
+                     "".join(traceback.format_exception(err)))
+        reason = f"{type(err).__name__}: {err}"
+    return {"ok": False, "item": item, "stage": stage, "reason": reason}
+
+
 def process_image(
     path: str,
     *,
@@ -86,7 +106,7 @@ def process_image(
     read_scale_bar: bool = True,
     run_id: int = 0,
 ) -> dict[str, Any]:
-    """Process one image file; never raises on bad input.
+    """Load, calibrate and process one local image file; never raises on bad input.
 
     Returns
     -------
@@ -94,15 +114,55 @@ def process_image(
         ``{"ok": True, "record": {...}, "particles": DataFrame}`` or
         ``{"ok": False, "item": path, "stage": ..., "reason": ...}``.
     """
-    from .report import overlay, save_png
+    from .types import Micrograph
 
     stage = "load"
     try:
         image = load_image(path)
         stage = "calibrate"
         cal = calibrate(image, nm_per_px=nm_per_px, read_scale_bar=read_scale_bar)
-        stage = "segment"
-        seg_model = _segmenter(backend, backend_options or {})
+        mic = Micrograph(image=image, micrograph_id=micrograph_id, calibration=cal,
+                         source="local", path=str(path))
+    except Exception as err:  # one bad item must not stop the batch
+        return _failure(str(path), stage, err)
+    return process_micrograph(mic, out_dir=out_dir, backend=backend,
+                              backend_options=backend_options, run_id=run_id)
+
+
+def process_micrograph(
+    mic,
+    *,
+    out_dir: str,
+    backend: str = "classical",
+    backend_options: dict[str, Any] | None = None,
+    run_id: int = 0,
+) -> dict[str, Any]:
+    """Segment, measure and summarise one calibrated :class:`~imageextract.types.Micrograph`,
+    writing its overlay and RDF files; never raises on bad input.
+
+    The literature path calls this for every micrograph panel; provenance
+    (source, DOI, figure, panel, bbox) comes from the Micrograph.
+
+    Returns
+    -------
+    dict
+        ``{"ok": True, "record": {...}, "particles": DataFrame}`` or
+        ``{"ok": False, "item": ..., "stage": ..., "reason": ...}``.
+    """
+    try:
+        return _process_micrograph(mic, out_dir=out_dir, backend=backend,
+                                   backend_options=backend_options or {}, run_id=run_id)
+    except _StageError as err:
+        return _failure(mic.path or mic.micrograph_id, err.stage, err.err)
+
+
+def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> dict[str, Any]:
+    from .report import overlay, save_png
+
+    image, cal, micrograph_id = mic.image, mic.calibration, mic.micrograph_id
+    stage = "segment"
+    try:
+        seg_model = _segmenter(backend, backend_options)
         t0 = time.perf_counter()
         seg = seg_model.predict(image)
         seconds = time.perf_counter() - t0
@@ -134,36 +194,31 @@ def process_image(
         if len(table):
             certain[table["particle_id"].to_numpy() - 1] = table["certain"].to_numpy(bool)
             border[table["particle_id"].to_numpy() - 1] = table["touches_border"].to_numpy(bool)
-        bar_box = getattr(cal, "bar_box", None) if cal else None
+        bar_box = cal.bar_box if cal else None
         save_png(overlay(image, seg.labels, certain=certain, border=border, scale_bar_box=bar_box),
                  out / overlay_file, max_side=2048)
-    except ImageExtractError as err:
-        return {"ok": False, "item": str(path), "stage": stage, "reason": str(err)}
-    except MemoryError:
-        return {"ok": False, "item": str(path), "stage": stage, "reason": "out of memory"}
-    except Exception as err:  # one bad item must not stop the batch
-        logger.debug("item %s failed:\n%s", path, traceback.format_exc())
-        return {"ok": False, "item": str(path), "stage": stage,
-                "reason": f"{type(err).__name__}: {err}"}
+    except Exception as err:
+        raise _StageError(stage, err) from err
 
     cal_source = cal.source if cal else "none"
     prov = {
-        "source": "local", "doi": "", "path": str(path), "figure": "", "panel": "",
-        "nm_per_px": cal.nm_per_px if cal else np.nan, "calibration_source": cal_source,
-        "backend": seg.backend, "weights": seg.weights,
+        "source": mic.source, "doi": mic.doi, "path": mic.path, "figure": mic.figure,
+        "panel": mic.panel, "nm_per_px": cal.nm_per_px if cal else np.nan,
+        "calibration_source": cal_source, "backend": seg.backend, "weights": seg.weights,
         "imageextract_version": __version__, "run_id": run_id,
     }
     for key, value in prov.items():
         table[key] = value
     u = stats["size_unit"]
+    document_id = f"doi:{mic.doi}" if mic.doi else f"{mic.source}:{mic.path}"
     record = {
-        "micrograph_id": micrograph_id, "document_id": f"local:{path}", "source": "local",
-        "doi": "", "path": str(path), "figure": "", "panel": "", "bbox": [0, 0, w, h],
-        "width_px": w, "height_px": h,
+        "micrograph_id": micrograph_id, "document_id": document_id, "source": mic.source,
+        "doi": mic.doi, "path": mic.path, "figure": mic.figure, "panel": mic.panel,
+        "bbox": list(mic.bbox), "width_px": w, "height_px": h,
         "nm_per_px": cal.nm_per_px if cal else None, "calibration_source": cal_source,
         "calibration_confidence": cal.confidence if cal else None,
         "scalebar_text": cal.text if cal else None, "scalebar_bar_px": cal.bar_px if cal else None,
-        "modality": "unknown", "backend": seg.backend, "weights": seg.weights,
+        "modality": mic.modality, "backend": seg.backend, "weights": seg.weights,
         "n_particles": stats["n_particles"], "n_measured": stats["n_measured"], "size_unit": u,
         "d10": stats[f"d10_{u}"], "d50": stats[f"d50_{u}"], "d90": stats[f"d90_{u}"],
         "d50_ci_low": stats[f"d50_ci_low_{u}"], "d50_ci_high": stats[f"d50_ci_high_{u}"],

@@ -35,6 +35,8 @@ class Calibration:
         The scale-bar label as read (empty when not from a scale bar).
     bar_px : float or None
         Length of the scale bar in pixels, when read from one.
+    bar_box : (x0, y0, x1, y1) or None
+        Box of the detected bar (drawn on overlays).
     """
 
     nm_per_px: float
@@ -42,6 +44,7 @@ class Calibration:
     confidence: float = 1.0
     text: str = ""
     bar_px: float | None = None
+    bar_box: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         try:
