@@ -40,8 +40,7 @@ def is_val_stem(stem: str, *, fraction: float = 0.1) -> bool:
 def split_stems(root: str | Path, split: str) -> list[str]:
     """Stems of ``split`` in an EMPS-layout folder ``root``.
 
-    >>> # doctest: +SKIP
-    >>> len(split_stems("../shared/data/emps", "test"))
+    >>> len(split_stems("../shared/data/emps", "test"))  # doctest: +SKIP
     99
     """
     root = Path(root)
