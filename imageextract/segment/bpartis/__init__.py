@@ -1,0 +1,173 @@
+"""``bpartis``: Bayesian particle instance segmentation.
+
+A re-implementation of BPartIS (Yildirim & Cole, J. Chem. Inf. Model. 2021):
+a proposal-free instance segmenter that predicts, for every pixel, an offset
+to its particle's centre, an elliptical bandwidth and a seed score; pixels are
+clustered around the strongest seeds.  Monte-Carlo dropout in the decoder's
+last stages gives ``T`` samples of the maps from one encoder pass; the mutual
+information of the seed map is the per-pixel uncertainty, its mean inside a
+particle the particle's uncertainty, and particles above a threshold (tuned on
+validation data, stored in the model's ``config.json``) are dropped.
+
+torch is imported here only, when the backend is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ...errors import WeightsError
+from ...types import Segmentation
+from ..base import to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "bpartis-emps"
+
+
+class BPartIS:
+    """BPartIS segmentation backend.
+
+    Parameters
+    ----------
+    model : str
+        Name of a folder under ``models/`` (or a path to one) holding
+        ``config.json``, the weights and ``MODEL_CARD.md``.
+    weights : str or path, optional
+        Use this weights file instead of the one named in ``config.json``
+        (its sha256 is then not checked against the card).
+    mc_samples : int, optional
+        MC-dropout samples ``T``; default from ``config.json``.  ``1`` turns
+        uncertainty off (no dropout; ``uncertainty`` is all zeros).
+    uncertainty_threshold : float, optional
+        Drop instances whose mean mutual information (nats) is above it;
+        default from ``config.json``; ``float("inf")`` keeps all.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    threads : int, optional
+        torch intra-op threads (left alone when None).
+
+    Examples
+    --------
+    >>> seg = BPartIS.from_config({"model": {"width": 0.25, "depth": 0.34,
+    ...     "dec_channels": [16, 16, 8, 8, 8]}}).predict(np.zeros((64, 64), np.uint8))
+    >>> seg.labels.shape, seg.labels.dtype
+    ((64, 64), dtype('int32'))
+    """
+
+    name = "bpartis"
+
+    def __init__(self, *, model: str = DEFAULT_MODEL, weights: str | None = None,
+                 mc_samples: int | None = None, uncertainty_threshold: float | None = None,
+                 device: str = "cpu", threads: int | None = None) -> None:
+        from ...weights import load_spec, models_dir
+
+        try:
+            spec = load_spec(model)
+        except WeightsError as err:
+            raise WeightsError(
+                f"bpartis model {model!r} is not installed ({err}). Train it with "
+                f"`imageextract train bpartis --data DIR --out {models_dir() / DEFAULT_MODEL}` "
+                "or pick another backend (e.g. --backend classical)."
+            ) from err
+        if spec.backend != self.name:
+            raise WeightsError(f"model {model!r} is for backend {spec.backend!r}, not 'bpartis'")
+        if weights is None:
+            path = spec.verify()
+            tag = spec.tag
+        else:
+            from pathlib import Path
+
+            path = Path(weights)
+            if not path.is_file():
+                raise WeightsError(f"weights file {path} does not exist")
+            from ...weights import sha256_file
+
+            tag = f"bpartis:{spec.version}-custom@sha256:{sha256_file(path)[:12]}"
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self._setup(spec.config, state, tag=tag, mc_samples=mc_samples,
+                    uncertainty_threshold=uncertainty_threshold, device=device, threads=threads)
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any], state_dict: dict | None = None, *,
+                    mc_samples: int | None = None, uncertainty_threshold: float | None = None,
+                    device: str = "cpu", threads: int | None = None,
+                    tag: str = "none") -> "BPartIS":
+        """Build from a config dict (as in ``config.json``) and optional
+        weights; random weights when ``state_dict`` is None (for tests)."""
+        self = cls.__new__(cls)
+        self._setup(config, state_dict, tag=tag, mc_samples=mc_samples,
+                    uncertainty_threshold=uncertainty_threshold, device=device, threads=threads)
+        return self
+
+    def _setup(self, config: dict[str, Any], state: dict | None, *, tag: str,
+               mc_samples: int | None, uncertainty_threshold: float | None,
+               device: str, threads: int | None) -> None:
+        import torch
+
+        from .model import BPartISNet, ModelConfig
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.config = dict(config)
+        self.model_config = ModelConfig.from_dict(config.get("model"))
+        net = BPartISNet(self.model_config)
+        if state is not None:
+            state = {k: v.float() for k, v in state.items()}
+            net.load_state_dict(state)
+        self.net = net.to(self.device).eval()
+        inf = config.get("inference", {})
+        self.mc_samples = int(mc_samples if mc_samples is not None else inf.get("mc_samples", 1))
+        if self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
+        if uncertainty_threshold is None:
+            uncertainty_threshold = inf.get("uncertainty_threshold")
+        self.uncertainty_threshold = (None if uncertainty_threshold is None
+                                      else float(uncertainty_threshold))
+        self.tile_px = int(inf.get("tile_px", 1024))
+        self.overlap_px = int(inf.get("overlap_px", 96))
+        self.cluster_options = dict(inf.get("cluster", {}))
+        self.mc_layers = tuple(inf.get("mc_layers", ("head",)))
+        self.weights = tag
+
+    # -- inference ----------------------------------------------------------
+    def predict(self, image: np.ndarray) -> Segmentation:
+        """Segment one micrograph.
+
+        Parameters
+        ----------
+        image : (M, N) or (M, N, 3) ndarray, any numeric dtype
+
+        Returns
+        -------
+        Segmentation
+            ``labels`` (M, N) int32, ``scores`` (K,) mean seed, ``uncertainty``
+            (K,) mean mutual information in nats (zeros when ``mc_samples`` is
+            1), ``pixel_uncertainty`` (M, N) float32.
+        """
+        from .inference import network_maps, segment_maps
+
+        rgb = to_rgb_uint8(image)
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise ValueError(f"image is empty: shape {np.shape(image)}")
+        maps = network_maps(self.net, rgb, samples=self.mc_samples, tile=self.tile_px,
+                            overlap=self.overlap_px, mc_layers=self.mc_layers,
+                            device=self.device)
+        labels, scores, unc = segment_maps(
+            maps, coord_scale=self.model_config.coord_scale,
+            uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
+            **self.cluster_options)
+        return Segmentation(labels=labels, scores=scores, uncertainty=unc, backend=self.name,
+                            weights=self.weights, pixel_uncertainty=maps["mi"])
+
+
+__all__ = ["BPartIS"]

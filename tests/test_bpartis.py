@@ -1,0 +1,180 @@
+"""Tests of the bpartis backend with tiny random-weight models (no trained
+weights needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from imageextract.errors import WeightsError  # noqa: E402
+from imageextract.segment.bpartis import BPartIS  # noqa: E402
+from imageextract.segment.bpartis.cluster import cluster, mutual_information  # noqa: E402
+from imageextract.segment.bpartis.inference import stitch, tile_starts  # noqa: E402
+from imageextract.segment.bpartis.loss import instance_loss, lovasz_hinge  # noqa: E402
+from imageextract.types import Segmentation  # noqa: E402
+
+TINY = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
+SCALE = 64.0  # pixels per embedding unit in the hand-made maps
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_backend(**kw) -> BPartIS:
+    torch.manual_seed(0)
+    return BPartIS.from_config({"model": TINY, "inference": {"tile_px": 64, "overlap_px": 16}}, **kw)
+
+
+@pytest.mark.parametrize("shape,dtype", [((64, 64), np.uint8), ((50, 77), np.uint16),
+                                         ((45, 70, 3), np.uint8), ((33, 40), np.float64)])
+def test_predict_contract(shape, dtype):
+    rng = np.random.default_rng(0)
+    img = (rng.random(shape) * (255 if dtype != np.float64 else 1)).astype(dtype)
+    img.setflags(write=False)  # as PIL's np.asarray gives
+    seg = tiny_backend(mc_samples=2).predict(img)
+    assert isinstance(seg, Segmentation)
+    assert seg.labels.shape == shape[:2] and seg.labels.dtype == np.int32
+    k = int(seg.labels.max())
+    assert seg.scores.shape == (k,) and seg.uncertainty.shape == (k,)
+    assert seg.pixel_uncertainty.shape == shape[:2]
+    assert np.all(seg.pixel_uncertainty >= 0) and np.all(seg.pixel_uncertainty <= math.log(2) + 1e-6)
+    assert seg.backend == "bpartis"
+    if k:
+        assert set(np.unique(seg.labels)) == set(range(k + 1))
+
+
+def test_predict_deterministic_without_mc():
+    b = tiny_backend(mc_samples=1)
+    img = np.random.default_rng(1).integers(0, 255, (64, 96), dtype=np.uint8)
+    s1, s2 = b.predict(img), b.predict(img)
+    np.testing.assert_array_equal(s1.labels, s2.labels)
+    assert np.all(s1.pixel_uncertainty == 0)
+
+
+def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGEEXTRACT_MODELS", str(tmp_path))
+    with pytest.raises(WeightsError, match="imageextract train bpartis"):
+        BPartIS()
+
+
+def _disc_maps(shape, discs, *, log_s=4.0, seed_peak=0.95):
+    """Offsets pointing at each disc's centre, constant sigma, seeds high inside."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    off = np.zeros((2, h, w), np.float32)
+    seed = np.zeros((h, w), np.float32)
+    truth = np.zeros((h, w), np.int32)
+    for i, (cy, cx, r) in enumerate(discs, 1):
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        off[0][inside] = (cy - yy[inside]) / SCALE
+        off[1][inside] = (cx - xx[inside]) / SCALE
+        seed[inside] = seed_peak * (1 - 0.3 * np.sqrt((yy[inside] - cy) ** 2
+                                                       + (xx[inside] - cx) ** 2) / r)
+        truth[inside] = i
+    ls = np.full((2, h, w), log_s, np.float32)
+    return off, ls, seed, truth
+
+
+def test_cluster_two_blobs():
+    off, ls, seed, truth = _disc_maps((60, 80), [(20, 20, 10), (35, 55, 12)])
+    labels, scores = cluster(off, ls, seed, coord_scale=SCALE, min_size=5)
+    assert labels.max() == 2 and scores.shape == (2,)
+    for t in (1, 2):
+        vals = np.unique(labels[truth == t])
+        assert vals.size == 1 and vals[0] > 0
+    assert np.all(labels[truth == 0] == 0)
+    assert np.all((scores > 0.5) & (scores <= 1))
+
+
+def test_cluster_empty():
+    z = np.zeros((2, 16, 16), np.float32)
+    labels, scores = cluster(z, z, np.zeros((16, 16), np.float32), coord_scale=SCALE)
+    assert labels.max() == 0 and scores.shape == (0,)
+
+
+def test_mutual_information_units_nats():
+    same = np.full((8, 5), 0.3)
+    np.testing.assert_allclose(mutual_information(same), 0.0, atol=1e-9)
+    half = np.concatenate([np.zeros((4, 3)), np.ones((4, 3))])
+    np.testing.assert_allclose(mutual_information(half), math.log(2), rtol=1e-6)
+
+
+def test_tiling_keeps_particle_on_a_seam_whole():
+    shape, tile, overlap = (150, 170), 64, 16
+    off, ls, seed, truth = _disc_maps(shape, [(75, 58, 14), (30, 120, 9)])
+    full = np.concatenate([off, ls, seed[None]], 0)
+    ys, xs = tile_starts(shape[0], tile, overlap), tile_starts(shape[1], tile, overlap)
+    assert len(xs) > 2
+    # a disc crossing a tile border, as each tile would report it
+    tiles = {(i, j): full[:, y0:y0 + tile, x0:x0 + tile].copy()
+             for i, y0 in enumerate(ys) for j, x0 in enumerate(xs)}
+    st = stitch(tiles, ys, xs, tile, shape)
+    np.testing.assert_array_equal(st, full)
+    labels, _ = cluster(st[0:2], st[2:4], st[4], coord_scale=SCALE, min_size=5)
+    assert labels.max() == 2
+    assert np.unique(labels[truth == 1]).size == 1
+
+
+def test_lovasz_and_loss():
+    lab = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert float(lovasz_hinge(torch.tensor([[5.0, 5.0, -5.0, -5.0]]), lab)[0]) == 0.0
+    assert float(lovasz_hinge(torch.tensor([[-1.0, -1.0, 1.0, 1.0]]), lab)[0]) > 0.0
+    off, ls, seed, truth = _disc_maps((32, 32), [(10, 10, 6), (22, 20, 7)], log_s=3.0)
+    o = torch.tensor(off)[None].requires_grad_(True)
+    loss, parts = instance_loss(o, torch.tensor(ls)[None], torch.tensor(seed)[None, None],
+                                torch.tensor(truth)[None].long(), coord_scale=SCALE)
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and set(parts) == {"inst", "var", "seed"}
+    assert o.grad is not None
+
+
+def _tiny_emps(root, n=6):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "segmaps").mkdir()
+    rng = np.random.default_rng(0)
+    stems = []
+    for i in range(n):
+        _, _, _, truth = _disc_maps((48, 56), [(rng.integers(10, 38), rng.integers(10, 46), 7)])
+        img = np.where(truth > 0, 60, 200).astype(np.uint8)
+        stem = f"img{i}"
+        Image.fromarray(np.stack([img] * 3, -1)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(truth.astype(np.uint16)).save(root / "segmaps" / f"{stem}.png")
+        stems.append(stem)
+    (root / "train.csv").write_text("\n".join(stems) + "\n")
+    (root / "test.csv").write_text(stems[0] + "\n")
+    return root
+
+
+def test_exact_resume(tmp_path):
+    from imageextract.segment.bpartis.train import train
+
+    data = _tiny_emps(tmp_path / "emps")
+    opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
+                device="cpu", model_config=TINY, pretrained=False, threads=None,
+                export_at_end=False)
+    train(data, tmp_path / "a", max_steps=2, **opts)
+    train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
+    train(data, tmp_path / "b", max_steps=3, **opts)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    assert (tmp_path / "a" / "train.log").is_file()
+    # export -> a self-contained model folder that the backend loads and verifies
+    from imageextract.segment.bpartis.train import export
+
+    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5})
+    seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
+    assert seg.weights.startswith("bpartis:emps-v1@sha256:")
+    assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("sha256") >= 1
