@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 from .errors import ImageExtractError
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline", metavar="PIPELINE.toml")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
+    from .mining import add_mine_parser
+
+    add_mine_parser(sub)
+
     sub.add_parser("backends", help="list segmentation backends and their weights")
 
     e = sub.add_parser("evaluate", help="instance-segmentation metrics on EMPS-format data")
@@ -94,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="option passed to the backend (repeatable)")
     e.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
     e.add_argument("--json", metavar="FILE", help="write means and per-image metrics as JSON")
+
+    sb = sub.add_parser("scalebar", help="read scale bars: value, unit, bar length, nm/px",
+                        description="Find the scale bar of each image, read its label and "
+                                    "report the pixel size. An image without a readable bar "
+                                    "gives found=false (not an error).")
+    sb.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    sb.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    sb.add_argument("--ocr", default="auto", help="OCR engine: auto (default), rapidocr or tesseract")
+
+    sp = sub.add_parser("split", help="cut compound figures into panels (PNG + panels.json)",
+                        description="Split figures into panels; writes <stem>_<index>.png per "
+                                    "panel and panels.json (figure, index, label, kind, bbox).")
+    sp.add_argument("figures", nargs="+", metavar="FIGURE", help="figure image files")
+    sp.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    sp.add_argument("--ocr", default="auto", help="OCR engine for panel letters: auto, rapidocr, "
+                                                  "tesseract or none")
 
     t = sub.add_parser("train", help="train a backend (resumable)")
     t.add_argument("name", help="backend to train (bpartis)")
@@ -141,8 +164,11 @@ def _cmd_run(args, progress: bool) -> int:
     from .pipeline import analyze
 
     cfg = load_pipeline(args.pipeline, args.overrides)
-    if cfg["pipeline"]["kind"] != "analyze":
-        raise ImageExtractError(f"pipeline kind {cfg['pipeline']['kind']!r} is not available yet")
+    command = shlex.join(["imageextract"] + sys.argv[1:])
+    if cfg["pipeline"]["kind"] == "mine":
+        from .mining import mine_from_config
+
+        return mine_from_config(cfg, progress=progress, command=command).exit_code
     paths = cfg["input"]["paths"]
     if not paths:
         raise ImageExtractError(f"{args.pipeline}: input.paths is empty")
@@ -205,6 +231,89 @@ def _cmd_train(args, progress: bool) -> int:
     return EXIT_OK
 
 
+def _check_ocr(name: str) -> None:
+    from .figures.ocr import ENGINE_NAMES
+
+    if name not in ("auto", "none", *ENGINE_NAMES):
+        raise ImageExtractError(f"unknown OCR engine {name!r}; known engines: auto, none, "
+                                f"{', '.join(ENGINE_NAMES)}")
+
+
+def _cmd_scalebar(args) -> int:
+    from .figures.ocr import get_engine
+    from .figures.scalebar import scale_bar_details
+    from .io import load_image
+
+    _check_ocr(args.ocr)
+    engine = None if args.ocr == "none" else get_engine(args.ocr)
+    if engine is None and args.ocr != "none":
+        logger.warning("no OCR engine available: scale-bar labels cannot be read")
+    rows, failed = [], 0
+    for path in args.images:
+        row = {"path": str(path), "found": False, "text": None, "value": None, "unit": None,
+               "bar_px": None, "nm_per_px": None, "confidence": None}
+        try:
+            image = load_image(path)
+            r = scale_bar_details(image, ocr=engine if engine is not None else "none")
+        except ImageExtractError as err:
+            failed += 1
+            row["error"] = str(err)
+            print(f"imageextract: {err}", file=sys.stderr)
+            rows.append(row)
+            continue
+        if r is not None:
+            row.update(found=True, text=r.text, value=r.value, unit=r.unit,
+                       bar_px=round(r.bar_px, 3), nm_per_px=r.nm_per_px,
+                       confidence=round(r.confidence, 4))
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row in rows:
+            if row["found"]:
+                print(f"{row['path']}: {row['value']:g} {row['unit']} = {row['bar_px']:.1f} px "
+                      f"→ {row['nm_per_px']:.4g} nm/px (confidence {row['confidence']:.2f}, "
+                      f"read {row['text']!r})")
+            elif "error" not in row:
+                print(f"{row['path']}: no scale bar found")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _cmd_split(args) -> int:
+    from PIL import Image
+
+    from .figures.panels import split_panels
+    from .io import load_image
+
+    _check_ocr(args.ocr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, failed, n_panels = [], 0, 0
+    for path in args.figures:
+        try:
+            image = load_image(path)
+            panels = split_panels(image, ocr=args.ocr, read_labels=args.ocr != "none")
+        except (ImageExtractError, ValueError) as err:
+            failed += 1
+            print(f"imageextract: {path}: {err}" if str(path) not in str(err) else f"imageextract: {err}",
+                  file=sys.stderr)
+            continue
+        stem = Path(path).stem
+        for p in panels:
+            img = p.image
+            if img.dtype != np.uint8:
+                from .figures._image import to_grey01
+                img = np.clip(np.rint(to_grey01(img) * 255), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(out / f"{stem}_{p.index}.png")
+            records.append({"figure": str(path), "index": p.index, "label": p.label,
+                            "kind": p.kind, "bbox": [int(v) for v in p.bbox]})
+            n_panels += 1
+    (out / "panels.json").write_text(json.dumps(records, indent=2))
+    print(f"{len(args.figures) - failed} figures → {n_panels} panels in {out} "
+          f"({sum(r['kind'] == 'micrograph' for r in records)} micrographs); {failed} failed")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``imageextract`` console script."""
     parser = build_parser()
@@ -216,18 +325,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose, args.quiet)
+    # Idle OpenMP threads must not spin: on a shared 2-core machine a spinning
+    # pool made a training step 20x slower.  Set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     progress = not args.quiet
     try:
         if args.command == "analyze":
             return _cmd_analyze(args, progress)
         if args.command == "run":
             return _cmd_run(args, progress)
+        if args.command == "mine":
+            from .mining import cmd_mine
+
+            return cmd_mine(args, progress)
         if args.command == "backends":
             return _cmd_backends()
         if args.command == "evaluate":
             return _cmd_evaluate(args, progress)
         if args.command == "train":
             return _cmd_train(args, progress)
+        if args.command == "scalebar":
+            return _cmd_scalebar(args)
+        if args.command == "split":
+            return _cmd_split(args)
     except ImageExtractError as err:
         print(f"imageextract: error: {err}", file=sys.stderr)
         return EXIT_USAGE

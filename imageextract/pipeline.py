@@ -203,7 +203,8 @@ def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> di
     cal_source = cal.source if cal else "none"
     prov = {
         "source": mic.source, "doi": mic.doi, "path": mic.path, "figure": mic.figure,
-        "panel": mic.panel, "nm_per_px": cal.nm_per_px if cal else np.nan,
+        "panel": mic.panel, "license": mic.license, "material": mic.material,
+        "nm_per_px": cal.nm_per_px if cal else np.nan,
         "calibration_source": cal_source, "backend": seg.backend, "weights": seg.weights,
         "imageextract_version": __version__, "run_id": run_id,
     }
@@ -214,7 +215,7 @@ def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> di
     record = {
         "micrograph_id": micrograph_id, "document_id": document_id, "source": mic.source,
         "doi": mic.doi, "path": mic.path, "figure": mic.figure, "panel": mic.panel,
-        "bbox": list(mic.bbox), "width_px": w, "height_px": h,
+        "license": mic.license, "material": mic.material, "bbox": list(mic.bbox), "width_px": w, "height_px": h,
         "nm_per_px": cal.nm_per_px if cal else None, "calibration_source": cal_source,
         "calibration_confidence": cal.confidence if cal else None,
         "scalebar_text": cal.text if cal else None, "scalebar_bar_px": cal.bar_px if cal else None,

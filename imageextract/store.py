@@ -20,13 +20,15 @@ import pandas as pd
 from .analysis.sizes import COLUMNS as MORPHOLOGY_COLUMNS
 
 PROVENANCE_COLUMNS = [
-    "source", "doi", "path", "figure", "panel", "nm_per_px", "calibration_source",
+    "source", "doi", "path", "figure", "panel", "license", "material", "nm_per_px",
+    "calibration_source",
     "backend", "weights", "imageextract_version", "run_id",
 ]
 
 #: Micrograph-level columns (besides the summary statistics, stored as JSON too).
 MICROGRAPH_COLUMNS = [
-    "micrograph_id", "document_id", "source", "doi", "path", "figure", "panel", "bbox",
+    "micrograph_id", "document_id", "source", "doi", "path", "figure", "panel", "license",
+    "material", "bbox",
     "width_px", "height_px", "nm_per_px", "calibration_source", "calibration_confidence",
     "scalebar_text", "scalebar_bar_px", "modality", "backend", "weights", "n_particles",
     "n_measured", "size_unit", "d10", "d50", "d90", "d50_ci_low", "d50_ci_high",
@@ -162,6 +164,12 @@ class Store:
                     rows)
             for key in {failure_key, mid, record.get("path")} - {None}:
                 self.conn.execute("DELETE FROM failures WHERE item=?", (key,))
+
+    def clear_failure(self, *items: str) -> None:
+        """Delete the failure rows of ``items`` (they have since succeeded)."""
+        with self.conn:
+            for it in items:
+                self.conn.execute("DELETE FROM failures WHERE item=?", (it,))
 
     def record_failure(self, item: str, *, stage: str, reason: str, run_id: int) -> None:
         with self.conn:

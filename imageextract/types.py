@@ -81,6 +81,9 @@ class Micrograph:
         Provenance; ``doi``/``figure``/``panel`` are empty for local images.
     bbox : (x0, y0, x1, y1)
         Panel box inside its figure (the whole image for local files).
+    license, material : str
+        Licence of the source article and the material its caption names
+        (literature path; empty for local files).
     """
 
     image: np.ndarray
@@ -93,6 +96,8 @@ class Micrograph:
     figure: str = ""
     panel: str = ""
     bbox: tuple[int, int, int, int] | None = None
+    license: str = ""
+    material: str = ""
 
     def __post_init__(self) -> None:
         img = self.image
@@ -163,3 +168,78 @@ class Segmentation:
     @property
     def n_instances(self) -> int:
         return int(self.scores.shape[0])
+
+
+PanelKind = Literal["micrograph", "chart", "other"]
+PANEL_KINDS = ("micrograph", "chart", "other")
+
+
+def _check_image(img, what: str) -> None:
+    if not isinstance(img, np.ndarray) or img.ndim not in (2, 3):
+        raise ValueError(f"{what}: image must be a 2-D or 3-D array, got "
+                         f"{type(img).__name__} with shape {getattr(img, 'shape', None)}")
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise ValueError(f"{what}: colour images must have 3 or 4 channels, got shape {img.shape}")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A (possibly compound) figure as published or as found on disk.
+
+    Parameters
+    ----------
+    image : (M, N) or (M, N, 3) ndarray
+    doi, figure_id, caption, source_url : str
+        Provenance; empty for local files.
+    license : str or None
+    path : str
+        Local file the figure was read from, if any.
+    """
+
+    image: np.ndarray
+    doi: str = ""
+    figure_id: str = ""
+    caption: str = ""
+    source_url: str = ""
+    license: str | None = None
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        _check_image(self.image, f"figure {self.figure_id or self.path!r}")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel cut from a figure.
+
+    Parameters
+    ----------
+    image : (M, N) or (M, N, 3) ndarray
+        The panel's pixels (a copy of ``figure.image[y0:y1, x0:x1]``).
+    doi, figure_id : str
+        Provenance of the figure.
+    label : str
+        Panel letter as printed ("a", "b2", "C"), brackets removed; "" when none was read.
+    bbox : (x0, y0, x1, y1)
+        Box in figure pixels, exclusive right/bottom edges.
+    kind : {"micrograph", "chart", "other"}
+        Only micrographs go on to segmentation.
+    index : int
+        Reading order (rows top to bottom, left to right), from 0.
+    """
+
+    image: np.ndarray
+    doi: str = ""
+    figure_id: str = ""
+    label: str = ""
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    kind: PanelKind = "micrograph"
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        _check_image(self.image, f"panel {self.index}")
+        if self.kind not in PANEL_KINDS:
+            raise ValueError(f"panel kind {self.kind!r} is not one of {PANEL_KINDS}")
+        if len(self.bbox) != 4:
+            raise ValueError(f"panel bbox must be (x0, y0, x1, y1), got {self.bbox!r}")
+        object.__setattr__(self, "bbox", tuple(int(v) for v in self.bbox))
