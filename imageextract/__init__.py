@@ -8,7 +8,10 @@ Public API::
     measure(labels, nm_per_px=...)           -> DataFrame (one row per particle)
     summarize(table)                         -> dict (D10/D50/D90, lognormal fit, CIs)
     radial_distribution(centroids, area=...) -> DataFrame (r, g)
+    split_panels(figure)                     -> list[Panel] (compound figures)
+    read_scale_bar(image)                    -> Calibration | None
     analyze(paths, out_dir, ...)             -> AnalyzeResult (the whole local pipeline)
+    mine(dois=[...], source="europepmc", out_dir=...) -> MineResult (the literature path)
     load_particles(out_dir)                  -> DataFrame of a results folder
 """
 
@@ -18,7 +21,9 @@ from .analysis.distributions import summarize
 from .analysis.rdf import radial_distribution
 from .analysis.sizes import measure
 from .calibration import calibrate
+from .figures import read_scale_bar, split_panels
 from .io import load_image
+from .mining import mine
 from .pipeline import analyze
 from .segment import available_backends, segment
 from .types import Calibration, Micrograph, Segmentation
@@ -34,6 +39,7 @@ def load_particles(out_dir):
 
 __all__ = [
     "__version__", "analyze", "available_backends", "calibrate", "load_image", "load_particles",
-    "measure", "radial_distribution", "segment", "summarize",
+    "measure", "mine", "radial_distribution", "read_scale_bar", "segment", "split_panels",
+    "summarize",
     "Calibration", "Micrograph", "Segmentation",
 ]
