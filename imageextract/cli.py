@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--nm-per-px", type=_positive_float, metavar="X",
                    help="pixel size in nm for every image (overrides scale bars)")
     a.add_argument("--no-scalebar", action="store_true", help="do not read scale bars")
+    a.add_argument("--no-split", action="store_true",
+                   help="do not cut compound figures into panels (each file is one micrograph)")
     a.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="local worker processes")
     a.add_argument("--scheduler", metavar="ADDR", help="Dask distributed scheduler address")
     a.add_argument("--overwrite", action="store_true",
@@ -145,7 +147,8 @@ def _cmd_analyze(args, progress: bool) -> int:
 
     res = analyze(args.paths, args.out, backend=args.backend,
                   backend_options=dict(args.backend_option), nm_per_px=args.nm_per_px,
-                  read_scale_bar=not args.no_scalebar, workers=args.workers,
+                  read_scale_bar=not args.no_scalebar, split_panels=not args.no_split,
+                  workers=args.workers,
                   scheduler=args.scheduler, overwrite=args.overwrite, progress=progress,
                   command=shlex.join(["imageextract"] + sys.argv[1:]))
     return _summary(res)
@@ -176,6 +179,7 @@ def _cmd_run(args, progress: bool) -> int:
     res = analyze(paths, cfg["output"]["dir"], backend=cfg["segmentation"]["backend"],
                   backend_options=cfg["segmentation"].get("options", {}), nm_per_px=nm,
                   read_scale_bar=bool(cfg["calibration"].get("read_scale_bar", True)),
+                  split_panels=bool(cfg["input"].get("split_panels", True)),
                   workers=int(cfg["run"].get("workers", 1)),
                   scheduler=cfg["run"].get("scheduler") or None,
                   overwrite=bool(cfg["run"].get("overwrite", False)), progress=progress,

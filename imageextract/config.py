@@ -7,6 +7,7 @@ A local-collection pipeline::
 
     [input]
     paths = ["examples/emps-sample"]
+    split_panels = true         # cut compound figures; micrograph panels only
 
     [output]
     dir = "out/local-collection"
@@ -43,7 +44,7 @@ else:  # pragma: no cover
 
 DEFAULTS: dict[str, Any] = {
     "pipeline": {"kind": "analyze"},
-    "input": {"paths": []},
+    "input": {"paths": [], "split_panels": True},
     "output": {"dir": "out"},
     "segmentation": {"backend": "classical", "options": {}},
     "calibration": {"nm_per_px": 0.0, "read_scale_bar": True},

@@ -95,6 +95,31 @@ def _failure(item: str, stage: str, err: BaseException) -> dict[str, Any]:
     return {"ok": False, "item": item, "stage": stage, "reason": reason}
 
 
+def _panels_of(image: np.ndarray, *, split: bool) -> list[Any]:
+    """Micrograph panels of a local image.
+
+    A file that the splitter returns as one panel is always analysed (the
+    user handed us a micrograph); in a compound figure only panels classed
+    as micrographs go on, charts and schemes are skipped.
+    """
+    from .types import Panel
+
+    h, w = image.shape[:2]
+    whole = Panel(image=image, bbox=(0, 0, int(w), int(h)), kind="micrograph", index=0)
+    if not split:
+        return [whole]
+    from .figures import split_panels
+
+    panels = split_panels(image)
+    if len(panels) <= 1:
+        return [whole]
+    keep = [p for p in panels if p.kind == "micrograph"]
+    for p in panels:
+        if p.kind != "micrograph":
+            logger.info("panel %s (%s) is a %s: skipped", p.index, p.label or "-", p.kind)
+    return keep
+
+
 def process_image(
     path: str,
     *,
@@ -104,29 +129,50 @@ def process_image(
     backend_options: dict[str, Any] | None = None,
     nm_per_px: float | None = None,
     read_scale_bar: bool = True,
+    split_panels: bool = True,
     run_id: int = 0,
-) -> dict[str, Any]:
-    """Load, calibrate and process one local image file; never raises on bad input.
+) -> list[dict[str, Any]]:
+    """Load one local image file, cut it into micrograph panels, calibrate
+    and process each; never raises on bad input.
+
+    A file that is a single micrograph gives one micrograph with id
+    ``micrograph_id``; a compound figure gives ``<micrograph_id>-p<index>``
+    per micrograph panel (scale bars shared between siblings).
 
     Returns
     -------
-    dict
-        ``{"ok": True, "record": {...}, "particles": DataFrame}`` or
-        ``{"ok": False, "item": path, "stage": ..., "reason": ...}``.
+    list of dict
+        One outcome per micrograph: ``{"ok": True, "record": {...},
+        "particles": DataFrame}`` or ``{"ok": False, "item": path,
+        "stage": ..., "reason": ...}``.
     """
-    from .types import Micrograph
+    from .types import Calibration, Micrograph
 
     stage = "load"
     try:
         image = load_image(path)
+        stage = "panels"
+        panels = _panels_of(image, split=split_panels)
         stage = "calibrate"
-        cal = calibrate(image, nm_per_px=nm_per_px, read_scale_bar=read_scale_bar)
-        mic = Micrograph(image=image, micrograph_id=micrograph_id, calibration=cal,
-                         source="local", path=str(path))
+        if nm_per_px is not None:
+            cals = [Calibration(nm_per_px=nm_per_px, source="manual")] * len(panels)
+        elif not read_scale_bar:
+            cals = [None] * len(panels)
+        elif len(panels) == 1:
+            cals = [calibrate(panels[0].image)]
+        else:
+            from .figures import calibrate_panels
+
+            cals = calibrate_panels(panels)
+        compound = len(panels) > 1 or (panels and panels[0].bbox != (0, 0, image.shape[1], image.shape[0]))
+        mics = [Micrograph(image=p.image, micrograph_id=f"{micrograph_id}-p{p.index}" if compound else micrograph_id,
+                           calibration=cal, source="local", path=str(path),
+                           panel=(p.label or str(p.index)) if compound else "", bbox=p.bbox)
+                for p, cal in zip(panels, cals)]
     except Exception as err:  # one bad item must not stop the batch
-        return _failure(str(path), stage, err)
-    return process_micrograph(mic, out_dir=out_dir, backend=backend,
-                              backend_options=backend_options, run_id=run_id)
+        return [_failure(str(path), stage, err)]
+    return [process_micrograph(mic, out_dir=out_dir, backend=backend,
+                               backend_options=backend_options, run_id=run_id) for mic in mics]
 
 
 def process_micrograph(
@@ -235,9 +281,10 @@ def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> di
 
 
 def _fingerprint(backend: str, backend_options: dict, nm_per_px: float | None,
-                 read_scale_bar: bool) -> str:
+                 read_scale_bar: bool, split_panels: bool) -> str:
     blob = json.dumps({"backend": backend, "options": backend_options,
-                       "nm_per_px": nm_per_px, "scalebar": read_scale_bar},
+                       "nm_per_px": nm_per_px, "scalebar": read_scale_bar,
+                       **({} if split_panels else {"split_panels": False})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -292,6 +339,7 @@ def analyze(
     backend_options: dict[str, Any] | None = None,
     nm_per_px: float | None = None,
     read_scale_bar: bool = True,
+    split_panels: bool = True,
     workers: int = 1,
     scheduler: str | None = None,
     overwrite: bool = False,
@@ -311,7 +359,11 @@ def analyze(
         Segmentation backend name; ``backend_options`` go to its constructor.
     nm_per_px : float, optional
         Pixel size for every image (``calibration_source = "manual"``);
-        otherwise a scale-bar reader is used when installed.
+        otherwise scale bars are read (``"scalebar"``, or ``"sibling"`` for
+        a panel that borrows the label of a sibling's equal bar).
+    split_panels : bool
+        Cut compound figures into panels and analyse only the micrograph
+        panels; a single micrograph stays one micrograph.
     workers : int
         Local worker processes (1 = in this process).
     scheduler : str, optional
@@ -342,7 +394,7 @@ def analyze(
         raise ImageExtractError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     files = find_images(paths)
-    fp = _fingerprint(backend, backend_options, nm_per_px, read_scale_bar)
+    fp = _fingerprint(backend, backend_options, nm_per_px, read_scale_bar, split_panels)
     with Store(out / "results.sqlite") as store:
         others = store.fingerprints() - {fp}
         if others and not overwrite:
@@ -355,7 +407,7 @@ def analyze(
                     "backend": backend, "backend_options": backend_options,
                     "nm_per_px": nm_per_px, "workers": workers, "scheduler": scheduler})
         result = AnalyzeResult(out_dir=out, run_id=run_id)
-        done = set() if overwrite else store.done_ids()
+        done = set() if overwrite else store.done_ids() | store.document_ids()
         todo: list[tuple[str, str]] = []
         for f in files:
             try:
@@ -366,24 +418,32 @@ def analyze(
                 result.n_failed += 1
                 result.failures.append((str(f), str(err)))
                 continue
-            if mid in done:
+            if mid in done or f"local:{mid}" in done:
                 result.n_skipped += 1
             elif mid not in {m for _, m in todo}:
                 todo.append((str(f), mid))
         if result.n_skipped:
             logger.info("%d micrograph(s) already done in %s: skipped", result.n_skipped, out)
         kwargs = dict(out_dir=str(out), backend=backend, backend_options=backend_options,
-                      nm_per_px=nm_per_px, read_scale_bar=read_scale_bar, run_id=run_id)
+                      nm_per_px=nm_per_px, read_scale_bar=read_scale_bar,
+                      split_panels=split_panels, run_id=run_id)
         status = "finished"
         executor = _executor(workers, scheduler) if todo else None
         try:
             bar = tqdm(total=len(todo), desc="analyze", unit="image", disable=not progress)
             if executor is None:
-                outcomes = (process_image(p, micrograph_id=m, **kwargs) for p, m in todo)
+                outcomes = (((p, m), process_image(p, micrograph_id=m, **kwargs)) for p, m in todo)
             else:
                 outcomes = _submit_all(executor, todo, kwargs, scheduler is not None)
-            for res in outcomes:
-                _store_outcome(store, res, result, run_id)
+            for (path, mid), results in outcomes:
+                for res in results:
+                    if res["ok"]:
+                        res["record"]["document_id"] = f"local:{mid}"
+                    _store_outcome(store, res, result, run_id)
+                if all(r["ok"] for r in results):
+                    store.add_document({"document_id": f"local:{mid}", "source": "local",
+                                        "doi": "", "path": path, "run_id": run_id})
+                    store.conn.commit()
                 bar.update(1)
             bar.close()
         except KeyboardInterrupt:
@@ -407,16 +467,17 @@ def _submit_all(executor, todo, kwargs, is_dask: bool):
     if is_dask:
         from dask.distributed import as_completed as dask_completed
 
-        futures = [executor.submit(process_image, p, micrograph_id=m, pure=False, **kwargs)
-                   for p, m in todo]
-        for fut in dask_completed(futures):
-            yield fut.result()
+        futures = {executor.submit(process_image, p, micrograph_id=m, pure=False, **kwargs): (p, m)
+                   for p, m in todo}
+        for fut in dask_completed(list(futures)):
+            yield futures[fut], fut.result()
     else:
         from concurrent.futures import as_completed
 
-        futures = [executor.submit(process_image, p, micrograph_id=m, **kwargs) for p, m in todo]
+        futures = {executor.submit(process_image, p, micrograph_id=m, **kwargs): (p, m)
+                   for p, m in todo}
         for fut in as_completed(futures):
-            yield fut.result()
+            yield futures[fut], fut.result()
 
 
 def _store_outcome(store: Store, res: dict, result: AnalyzeResult, run_id: int) -> None:

@@ -125,6 +125,9 @@ class Store:
     def done_ids(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT micrograph_id FROM micrographs")}
 
+    def document_ids(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT document_id FROM documents")}
+
     def add_document(self, doc: dict[str, Any]) -> None:
         cols = ["document_id", "source", "doi", "path", "title", "journal", "license", "run_id"]
         self.conn.execute(

@@ -1,3 +1,4 @@
+import json
 import sqlite3
 
 import numpy as np
@@ -160,3 +161,35 @@ def test_dask_scheduler_matches_serial(image_folder, tmp_path):
     pa = pd.read_parquet(tmp_path / "a" / "particles.parquet").sort_values(cols[:2])[cols]
     pb = pd.read_parquet(tmp_path / "b" / "particles.parquet").sort_values(cols[:2])[cols]
     pd.testing.assert_frame_equal(pa.reset_index(drop=True), pb.reset_index(drop=True))
+
+
+def test_compound_figure_is_cut_into_micrograph_panels(tmp_path):
+    """A figure of two micrographs and a chart: two micrographs analysed,
+    the chart skipped (not a failure), and the file skipped on a re-run."""
+    from imageextract.data import synthetic_micrograph
+    from imageextract.figures.synthetic import chart_image, compose_figure
+
+    a, _ = synthetic_micrograph((240, 240), n_particles=8, seed=11)
+    b, _ = synthetic_micrograph((240, 240), n_particles=5, seed=12, dark_particles=True)
+    c = chart_image(np.random.default_rng(0), (240, 240))
+    fig, truth = compose_figure(3, panels=[a, b, c], kinds=["micrograph", "micrograph", "chart"],
+                                layout=(1, 3), gutter="white", cell_px=240)
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    Image.fromarray(fig).save(folder / "figure1.png")
+    out = tmp_path / "out"
+    res = analyze([folder], out, nm_per_px=2.0, progress=False)
+    assert (res.n_done, res.n_failed) == (2, 0)
+    mics = pd.read_csv(out / "micrographs.csv")
+    assert sorted(mics.micrograph_id.str.rsplit("-", n=1).str[-1]) == ["p0", "p1"]
+    boxes = [json.loads(b) for b in mics.sort_values("micrograph_id").bbox]
+    for box, t in zip(boxes, truth[:2]):
+        assert np.allclose(box, t["bbox"], atol=4)
+    parts = pd.read_parquet(out / "particles.parquet")
+    counts = parts[~parts.touches_border].groupby("micrograph_id").size().sort_index().tolist()
+    # the panel letter ("(a)" in a white box, bold "(b)") may count as one more object
+    assert all(0 <= n - k <= 1 for n, k in zip(counts, [8, 5])), counts
+    again = analyze([folder], out, nm_per_px=2.0, progress=False)
+    assert (again.n_done, again.n_skipped) == (0, 1)
+    no_split = analyze([folder], tmp_path / "whole", nm_per_px=2.0, split_panels=False, progress=False)
+    assert no_split.n_done == 1
