@@ -535,13 +535,8 @@ def mine(
             idents = idents[: int(max_articles)]
         fp = _fingerprint(backend, backend_options, nm_per_px)
         with Store(out / "results.sqlite") as store:
-            others = store.fingerprints() - {fp}
-            if others and not overwrite:
-                raise ImageExtractError(
-                    f"{out} already holds results made with other settings (backend, options or "
-                    "nm/px); use a new --out folder, or --overwrite to re-process them")
-            run_id = store.start_run(
-                command=command, version=__version__, fingerprint=fp,
+            run_id = store.begin_run(
+                command=command, version=__version__, fingerprint=fp, overwrite=overwrite,
                 config={"kind": "mine", "source": source, "query": query,
                         "identifiers": idents, "max_articles": max_articles, "backend": backend,
                         "backend_options": backend_options, "nm_per_px": nm_per_px})

@@ -396,13 +396,8 @@ def analyze(
     files = find_images(paths)
     fp = _fingerprint(backend, backend_options, nm_per_px, read_scale_bar, split_panels)
     with Store(out / "results.sqlite") as store:
-        others = store.fingerprints() - {fp}
-        if others and not overwrite:
-            raise ImageExtractError(
-                f"{out} already holds results made with other settings (backend, options or "
-                "nm/px); use a new --out folder, or --overwrite to re-process them")
-        run_id = store.start_run(
-            command=command, version=__version__, fingerprint=fp,
+        run_id = store.begin_run(
+            command=command, version=__version__, fingerprint=fp, overwrite=overwrite,
             config={"paths": [str(p) for p in paths] if not isinstance(paths, str) else [paths],
                     "backend": backend, "backend_options": backend_options,
                     "nm_per_px": nm_per_px, "workers": workers, "scheduler": scheduler})

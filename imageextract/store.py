@@ -108,6 +108,19 @@ class Store:
         self.conn.commit()
         return int(cur.lastrowid)
 
+    def begin_run(self, *, command: str, config: dict[str, Any], version: str,
+                  fingerprint: str, overwrite: bool) -> int:
+        """Start a run after checking that earlier results in this store were
+        made with the same settings (``fingerprint``) unless ``overwrite``."""
+        from .errors import ImageExtractError
+
+        if self.fingerprints() - {fingerprint} and not overwrite:
+            raise ImageExtractError(
+                f"{self.path.parent} already holds results made with other settings (backend, "
+                "options or nm/px); use a new --out folder, or --overwrite to re-process them")
+        return self.start_run(command=command, config=config, version=version,
+                              fingerprint=fingerprint)
+
     def finish_run(self, run_id: int, *, n_done: int, n_skipped: int, n_failed: int,
                    status: str = "finished") -> None:
         self.conn.execute(
