@@ -7,7 +7,10 @@ The splitter is a recursive XY-cut:
    bands; the region is cut at every band.  When no band is found, a
    *seam* — a row or column where neighbouring lines stop being correlated,
    as where two micrographs touch — is looked for, and cut only when both
-   sides are substantial.
+   sides are substantial.  A weaker seam is accepted at a regular-grid
+   position (1/2, 1/3, 2/3) when most pixels jump across it along most of
+   the line, the lines around it do not, and the content does not run on
+   across it (one micrograph with a stitching or upscaling artefact).
 2. Leaves are trimmed of uniform margins and of a thin frame.
 3. Small leaves (stray text, an axis title split off a chart, a scale bar
    in a banner) are merged into the nearest large neighbour; a small,
@@ -156,6 +159,97 @@ def _seam(g: np.ndarray, axis: int, min_frac: float, relaxed: bool = False) -> i
     return k
 
 
+def _jump_map(a: np.ndarray, nseg: int = 8) -> np.ndarray:
+    """Per line boundary and per segment: the fraction of pixels that jump.
+
+    ``out[k, s]`` is for the boundary between line k and k + 1, in segment s
+    of the line.  A pixel jumps where the step across the boundary is well
+    above the steps just before and after it: at a seam between two touching
+    images most pixels jump; inside one (smooth or blurred) image an edge
+    crossing the line changes over several pixels and does not.
+    """
+    n, m = a.shape
+    out = np.zeros((n - 1, nseg))
+    if n < 4 or m < nseg:
+        return out
+    j = np.abs(a[2:-1] - a[1:-2])
+    nb = np.maximum(np.abs(a[1:-2] - a[:-3]), np.abs(a[3:] - a[2:-1]))
+    jump = j > 2 * nb + 0.012
+    q = m // nseg
+    out[1:-1] = jump[:, :nseg * q].reshape(jump.shape[0], nseg, q).mean(axis=2)
+    return out
+
+
+def _grid_seam(g: np.ndarray, axis: int, relaxed: bool = False) -> int | None:
+    """A seam at a regular-grid position (1/2, 1/3, 2/3), or None.
+
+    Weaker than :func:`_seam`'s jump but consistent: most pixels along most
+    of the line jump (see :func:`_jump_map`), and the lines around it do not
+    (an image upscaled by pixel repetition jumps every few lines).
+    """
+    a = g if axis == 0 else g.T
+    n, m = a.shape
+    if n < 60 or m < 40:
+        return None
+    jm = _jump_map(a)
+    mean = jm.mean(axis=1)
+    best = None
+    for f in (1 / 2, 1 / 3, 2 / 3):
+        c = int(round(f * n)) - 1
+        for k in range(c - 2, c + 3):
+            if k < 14 or k > n - 16:
+                continue
+            around = np.concatenate([mean[k - 12:k - 2], mean[k + 3:k + 13]])
+            bg = float(np.percentile(around, 90))
+            s = float(mean[k])
+            cons = int((jm[k] >= (0.1 if relaxed else 0.15)).sum())
+            ok = (cons >= (6 if relaxed else 7) and s >= (0.2 if relaxed else 0.3)
+                  and s >= (2 * bg + 0.04 if relaxed else 3 * bg + 0.05))
+            if ok and (best is None or s > best[0]) and not _continues(a, k):
+                best = (s, k)
+    return None if best is None else best[1]
+
+
+def _corr(u: np.ndarray, v: np.ndarray) -> float:
+    u = u - u.mean()
+    v = v - v.mean()
+    d = float(np.sqrt((u * u).sum() * (v * v).sum()))
+    return float((u * v).sum()) / d if d > 1e-9 else 0.0
+
+
+def _continues(a: np.ndarray, k: int, d: int = 5) -> bool:
+    """True when the image content runs on across the boundary after line k.
+
+    Lines ``d`` apart on one side of a seam are correlated; across a seam
+    between two images they are not.  A line artefact in one micrograph (a
+    stitching or upscaling step) has its structures run straight across.
+    """
+    cross, within = _cross_within(a, k, d)
+    return cross >= 0.45 and cross > within - 0.2
+
+
+def _cross_within(a: np.ndarray, k: int, d: int = 5) -> tuple[float, float]:
+    n = a.shape[0]
+    lo, hi = k - 2, k + 3  # lines d apart across the boundary (after line k)
+    if lo - d < 0 or hi + d >= n:
+        return 0.0, 1.0
+    cross = _corr(a[lo], a[hi])
+    within = min(_corr(a[lo - d], a[lo]), _corr(a[hi], a[hi + d]))
+    return cross, within
+
+
+def _seam_candidates(sub: np.ndarray, in_mosaic: bool):
+    """(axis, k) seams to try: strong jumps first, then regular-grid seams."""
+    for axis in (0, 1):
+        k = _seam(sub, axis, 0.2, relaxed=in_mosaic)
+        if k is not None:
+            yield axis, k
+    for axis in (0, 1):
+        k = _grid_seam(sub, axis, relaxed=in_mosaic)
+        if k is not None:
+            yield axis, k
+
+
 def _xy_cut(g: np.ndarray, box: _Box, *, tol: float, min_gutter: int, min_side: int,
             depth: int = 0, seams: bool = True, colour: float = 1.0,
             in_mosaic: bool = False) -> list[_Box]:
@@ -193,10 +287,7 @@ def _xy_cut(g: np.ndarray, box: _Box, *, tol: float, min_gutter: int, min_side: 
                                depth=depth + 1, seams=seams, colour=colour))
         return out
     if seams:
-        for axis in (0, 1):
-            k = _seam(sub, axis, 0.2, relaxed=in_mosaic)
-            if k is None:
-                continue
+        for axis, k in _seam_candidates(sub, in_mosaic):
             if axis == 0:
                 parts = [_Box(b.x0, b.y0, b.x1, b.y0 + k + 1), _Box(b.x0, b.y0 + k + 1, b.x1, b.y1)]
             else:
