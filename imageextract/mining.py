@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import re
 import shlex
@@ -47,6 +46,7 @@ from . import __version__
 from .captions import CaptionInfo, classify_caption, classify_panel
 from .documents.model import Document, FigureRef, normalize_doi
 from .errors import ImageExtractError
+from .pipeline import settings_fingerprint
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,6 @@ def _clean_identifier(item: str) -> str:
                                          "https://dx.doi.org"))):
         return doi
     return item.strip()
-
-
-def _fingerprint(backend: str, options: dict, nm_per_px: float | None) -> str:
-    blob = json.dumps({"backend": backend, "options": options, "nm_per_px": nm_per_px,
-                       "scalebar": True}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -270,9 +264,6 @@ class _Run:
         self.result.failures.append((item, reason))
         logger.warning("%s", reason if reason.startswith(item) else f"{item}: {reason}")
 
-    def clear(self, *items: str) -> None:
-        self.store.clear_failure(*items)
-
     def document_done(self, ident: str) -> str | None:
         """document_id when ``ident`` was fully handled by an earlier run."""
         if self.overwrite:
@@ -314,7 +305,7 @@ class _Run:
             self.fail(ident, "fetch", f"{ident}: no full text available from {self.fetcher.name} "
                                       "(not open access or not entitled)")
             return
-        self.clear(ident)
+        self.store.clear_failure(ident)
         document_id = doc.document_id
         all_ok = True
         for fig in doc.figures:
@@ -387,7 +378,7 @@ class _Run:
                     "figure_id": fig_item, "document_id": document_id, "label": fig.label,
                     "caption": fig.caption, "image_url": url, "material": info.material,
                     "run_id": r.run_id})
-            self.clear(fig_item)
+            self.store.clear_failure(fig_item)
             self.figures_done.add(fig_item)
         return ok
 
@@ -533,7 +524,7 @@ def mine(
             idents = list(dict.fromkeys(_clean_identifier(x) for x in raw if x.strip()))
         if max_articles:
             idents = idents[: int(max_articles)]
-        fp = _fingerprint(backend, backend_options, nm_per_px)
+        fp = settings_fingerprint(backend, backend_options, nm_per_px)
         with Store(out / "results.sqlite") as store:
             run_id = store.begin_run(
                 command=command, version=__version__, fingerprint=fp, overwrite=overwrite,

@@ -29,6 +29,7 @@ from .calibration import calibrate
 from .errors import ImageExtractError
 from .io import find_images, load_image
 from .store import Store
+from .weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,6 @@ def _segmenter(backend: str, options: dict[str, Any]):
     if key not in _SEGMENTERS:
         _SEGMENTERS[key] = get_segmenter(backend, **options)
     return _SEGMENTERS[key]
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def micrograph_id_for(path: str | Path, digest: str) -> str:
@@ -280,8 +273,10 @@ def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> di
     return {"ok": True, "record": record, "particles": table}
 
 
-def _fingerprint(backend: str, backend_options: dict, nm_per_px: float | None,
-                 read_scale_bar: bool, split_panels: bool) -> str:
+def settings_fingerprint(backend: str, backend_options: dict, nm_per_px: float | None,
+                         read_scale_bar: bool = True, split_panels: bool = True) -> str:
+    """Hash of the settings that shape results; a store refuses to mix results
+    of different fingerprints (see :meth:`Store.begin_run`)."""
     blob = json.dumps({"backend": backend, "options": backend_options,
                        "nm_per_px": nm_per_px, "scalebar": read_scale_bar,
                        **({} if split_panels else {"split_panels": False})},
@@ -394,7 +389,7 @@ def analyze(
         raise ImageExtractError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     files = find_images(paths)
-    fp = _fingerprint(backend, backend_options, nm_per_px, read_scale_bar, split_panels)
+    fp = settings_fingerprint(backend, backend_options, nm_per_px, read_scale_bar, split_panels)
     with Store(out / "results.sqlite") as store:
         run_id = store.begin_run(
             command=command, version=__version__, fingerprint=fp, overwrite=overwrite,
@@ -406,7 +401,7 @@ def analyze(
         todo: list[tuple[str, str]] = []
         for f in files:
             try:
-                mid = micrograph_id_for(f, file_digest(f))
+                mid = micrograph_id_for(f, sha256_file(f))
             except OSError as err:
                 store.record_failure(str(f), stage="load", reason=f"{f}: cannot read ({err.strerror or err})",
                                      run_id=run_id)
