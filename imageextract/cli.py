@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, help="total epochs")
     t.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this long")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--finish", action="store_true",
+                   help="skip training: fit the size model, tune MC samples and the uncertainty "
+                        "threshold on the validation split and export (runs by itself when "
+                        "training completes)")
     return p
 
 
@@ -224,8 +228,11 @@ def _cmd_evaluate(args, progress: bool) -> int:
 def _cmd_train(args, progress: bool) -> int:
     if args.name != "bpartis":
         raise ImageExtractError(f"no trainer for backend {args.name!r}; trainable: bpartis")
-    from .segment.bpartis.train import train
+    from .segment.bpartis.train import finish, train
 
+    if args.finish:
+        finish(args.data, args.out, device=args.device, progress=progress)
+        return EXIT_OK
     opts = {}
     if args.epochs:
         opts["epochs"] = args.epochs

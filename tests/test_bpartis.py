@@ -3,6 +3,7 @@ weights needed)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -178,3 +179,23 @@ def test_exact_resume(tmp_path):
     seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
     assert seg.weights.startswith("bpartis:emps-v1@sha256:")
     assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("sha256") >= 1
+
+
+def test_finish_fits_size_model_tunes_and_exports(tmp_path):
+    from imageextract.segment.bpartis.train import finish, train
+
+    data = _tiny_emps(tmp_path / "emps")
+    train(data, tmp_path / "m", max_steps=2, epochs=10, crop=32, batch_size=2, val_every=1000,
+          progress=False, device="cpu", model_config=TINY, pretrained=False, threads=None,
+          export_at_end=False)
+    res = finish(data, tmp_path / "m", progress=False)
+    assert res["size_model"]["train_samples"] > 0
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
+    assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
+    tune = json.loads((tmp_path / "m" / "tune.json").read_text())
+    assert {r["mc_samples"] for r in tune["table"]} == {1, 4, 8, 16}
+    backend = BPartIS(model=str(tmp_path / "m"))
+    assert backend.size_model is not None  # stored inside weights.pt, under its sha256
+    seg = backend.predict(np.full((48, 56), 200, np.uint8))
+    assert seg.labels.shape == (48, 56)

@@ -45,6 +45,11 @@ class BPartIS:
     uncertainty_threshold : float, optional
         Drop instances whose mean mutual information (nats) is above it;
         default from ``config.json``; ``float("inf")`` keeps all.
+    scale : float, optional
+        Working scale (network px per image px).  Default (None): found per
+        image so that the median particle has the diameter the network was
+        trained at (``inference.target_diameter`` in ``config.json``); the
+        image is tiled at that scale, never squeezed into a fixed size.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     threads : int, optional
@@ -62,7 +67,8 @@ class BPartIS:
 
     def __init__(self, *, model: str = DEFAULT_MODEL, weights: str | None = None,
                  mc_samples: int | None = None, uncertainty_threshold: float | None = None,
-                 device: str = "cpu", threads: int | None = None) -> None:
+                 scale: float | None = None, device: str = "cpu",
+                 threads: int | None = None) -> None:
         from ...weights import load_spec, models_dir
 
         try:
@@ -91,24 +97,26 @@ class BPartIS:
 
         state = torch.load(path, map_location="cpu", weights_only=True)
         self._setup(spec.config, state, tag=tag, mc_samples=mc_samples,
-                    uncertainty_threshold=uncertainty_threshold, device=device, threads=threads)
+                    uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
+                    threads=threads)
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict[str, Any], state_dict: dict | None = None, *,
                     mc_samples: int | None = None, uncertainty_threshold: float | None = None,
-                    device: str = "cpu", threads: int | None = None,
+                    scale: float | None = None, device: str = "cpu", threads: int | None = None,
                     tag: str = "none") -> "BPartIS":
         """Build from a config dict (as in ``config.json``) and optional
         weights; random weights when ``state_dict`` is None (for tests)."""
         self = cls.__new__(cls)
         self._setup(config, state_dict, tag=tag, mc_samples=mc_samples,
-                    uncertainty_threshold=uncertainty_threshold, device=device, threads=threads)
+                    uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
+                    threads=threads)
         return self
 
     def _setup(self, config: dict[str, Any], state: dict | None, *, tag: str,
                mc_samples: int | None, uncertainty_threshold: float | None,
-               device: str, threads: int | None) -> None:
+               scale: float | None, device: str, threads: int | None) -> None:
         import torch
 
         from .model import BPartISNet, ModelConfig
@@ -121,8 +129,12 @@ class BPartIS:
         self.config = dict(config)
         self.model_config = ModelConfig.from_dict(config.get("model"))
         net = BPartISNet(self.model_config)
+        self.size_model = None
         if state is not None:
+            from .size import pop_from_state
+
             state = {k: v.float() for k, v in state.items()}
+            self.size_model = pop_from_state(state)
             net.load_state_dict(state)
         self.net = net.to(self.device).eval()
         inf = config.get("inference", {})
@@ -133,8 +145,14 @@ class BPartIS:
             uncertainty_threshold = inf.get("uncertainty_threshold")
         self.uncertainty_threshold = (None if uncertainty_threshold is None
                                       else float(uncertainty_threshold))
-        self.tile_px = int(inf.get("tile_px", 1024))
-        self.overlap_px = int(inf.get("overlap_px", 96))
+        self.tile_px = int(inf.get("tile_px", 512))
+        self.overlap_px = int(inf.get("overlap_px", 128))
+        if scale is not None and not float(scale) > 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.scale = None if scale is None else float(scale)
+        td = inf.get("target_diameter")
+        self.target_diameter = None if td is None else float(td)
+        self.scale_limits = tuple(inf.get("scale_limits", (0.05, 2.5)))
         self.cluster_options = dict(inf.get("cluster", {}))
         self.mc_layers = tuple(inf.get("mc_layers", ("head",)))
         self.weights = tag
@@ -154,20 +172,24 @@ class BPartIS:
             (K,) mean mutual information in nats (zeros when ``mc_samples`` is
             1), ``pixel_uncertainty`` (M, N) float32.
         """
-        from .inference import network_maps, segment_maps
+        from .inference import segment_image
 
         rgb = to_rgb_uint8(image)
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ValueError(f"image is empty: shape {np.shape(image)}")
-        maps = network_maps(self.net, rgb, samples=self.mc_samples, tile=self.tile_px,
-                            overlap=self.overlap_px, mc_layers=self.mc_layers,
-                            device=self.device)
-        labels, scores, unc = segment_maps(
-            maps, coord_scale=self.model_config.coord_scale,
+        res = segment_image(
+            self.net, rgb, coord_scale=self.model_config.coord_scale,
+            samples=self.mc_samples, scale=self.scale, target_diameter=self.target_diameter,
+            scale_limits=self.scale_limits, size_model=self.size_model,
+            tile=self.tile_px, overlap=self.overlap_px,
+            mc_layers=self.mc_layers, device=self.device,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
-            **self.cluster_options)
-        return Segmentation(labels=labels, scores=scores, uncertainty=unc, backend=self.name,
-                            weights=self.weights, pixel_uncertainty=maps["mi"])
+            cluster_options=self.cluster_options)
+        logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
+                     res["scale"], res["passes"], res["scores"].size)
+        return Segmentation(labels=res["labels"], scores=res["scores"],
+                            uncertainty=res["uncertainty"], backend=self.name,
+                            weights=self.weights, pixel_uncertainty=res["mi"])
 
 
 __all__ = ["BPartIS"]

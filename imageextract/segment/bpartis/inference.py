@@ -159,13 +159,254 @@ def segment_maps(maps: dict[str, np.ndarray], *, coord_scale: float,
     """
     labels, scores = cluster(maps["offsets"], maps["log_s"], maps["seed"],
                              coord_scale=coord_scale, **cluster_options)
-    k = scores.size
-    unc = instance_means(maps["mi"], labels, k)
-    if uncertainty_threshold is not None and k:
-        keep = unc <= uncertainty_threshold
-        if not keep.all():
-            lut = np.zeros(k + 1, np.int32)
-            lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-            labels = lut[labels]
-            scores, unc = scores[keep], unc[keep]
+    unc = instance_means(maps["mi"], labels, scores.size)
+    if uncertainty_threshold is not None:
+        return drop_uncertain(labels, scores, unc, uncertainty_threshold)
     return labels, scores, unc
+
+
+def drop_uncertain(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray,
+                   threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Remove instances whose uncertainty is above ``threshold``; relabel 1..K.
+
+    >>> lab = np.array([[1, 2, 3]], np.int32)
+    >>> drop_uncertain(lab, np.ones(3), np.array([0.1, 0.5, 0.2]), 0.3)[0].tolist()
+    [[1, 0, 2]]
+    """
+    k = scores.size
+    keep = uncertainty <= threshold
+    if k == 0 or keep.all():
+        return labels, scores, uncertainty
+    lut = np.zeros(k + 1, np.int32)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels], scores[keep], uncertainty[keep]
+
+
+# ---------------------------------------------------------------------------
+# working scale: particles are brought to the size the network was trained on
+# ---------------------------------------------------------------------------
+def resize_rgb(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize ``(M, N, 3) uint8`` to ``shape`` (antialiased when shrinking)."""
+    if tuple(rgb.shape[:2]) == tuple(shape):
+        return rgb
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1)[None].float()
+    down = shape[0] < rgb.shape[0] or shape[1] < rgb.shape[1]
+    t = F.interpolate(t, size=tuple(int(v) for v in shape), mode="bilinear",
+                      align_corners=False, antialias=down)
+    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer label map (pixel centres)."""
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    yi = np.minimum(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), h - 1)
+    xi = np.minimum(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), w - 1)
+    return labels[yi[:, None], xi[None, :]]
+
+
+def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map ``(M, N)``."""
+    if tuple(values.shape) == tuple(shape):
+        return values
+    t = torch.from_numpy(np.array(values, dtype=np.float32, order="C"))[None, None]
+    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
+
+
+def upsample_labels(labels: np.ndarray, seed: np.ndarray, shape: tuple[int, int], *,
+                    fg_threshold: float = 0.5) -> np.ndarray:
+    """Enlarge a label map to ``shape`` with smooth outlines.
+
+    The foreground is the bilinearly upsampled ``seed`` map above
+    ``fg_threshold``; each foreground pixel takes the label of the nearest
+    pixel of the nearest-neighbour-enlarged label map, if that is within one
+    working-scale pixel; pixels outside the foreground become background.
+
+    >>> lab = np.zeros((4, 4), np.int32); lab[1:3, 1:3] = 1
+    >>> seed = np.where(lab > 0, 0.9, 0.1).astype(np.float32)
+    >>> up = upsample_labels(lab, seed, (16, 16))
+    >>> int(up.max()), int((up == 1).sum()) in range(36, 101)
+    (1, True)
+    """
+    from scipy import ndimage
+
+    near = resize_labels(labels, shape)
+    fg = resize_map(seed, shape) > fg_threshold
+    reach = max(shape[0] / labels.shape[0], shape[1] / labels.shape[1])
+    dist, (iy, ix) = ndimage.distance_transform_edt(near == 0, return_indices=True)
+    out = np.where(fg & (dist <= reach), near[iy, ix], 0).astype(np.int32)
+    return out
+
+
+def median_diameter(labels: np.ndarray) -> float:
+    """Median equivalent circular diameter (px) of the instances; nan if none.
+
+    >>> lab = np.zeros((20, 20), np.int32); lab[2:6, 2:6] = 1; lab[10:18, 10:18] = 2
+    >>> round(median_diameter(lab), 2)
+    6.77
+    """
+    counts = np.bincount(labels.ravel())[1:]
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return float("nan")
+    return float(np.median(np.sqrt(4.0 * counts / np.pi)))
+
+
+def scaled_shape(shape: tuple[int, int], scale: float, *, min_side: int = 32) -> tuple[int, int]:
+    """``shape`` times ``scale``, rounded, each side at least ``min_side``
+    (or the original side, if smaller)."""
+    return tuple(max(min(min_side, n), int(round(n * scale))) for n in shape)
+
+
+def find_scale(run, shape: tuple[int, int], *, target_diameter: float, estimate=None,
+               probe_px: int = 512, scale_limits: tuple[float, float] = (0.05, 2.5),
+               tolerance: float = 1.25, max_refine: int = 2, max_halvings: int = 2):
+    """Working scale at which the particles have ``target_diameter`` px.
+
+    1. First guess: ``estimate(s0)`` (the size model's diameter at the probe
+       scale ``s0``, where the longest side is ``probe_px``), or ``s0``.
+    2. Refine from the instances ``run(s)`` finds: their median diameter
+       ``d`` gives ``s * target / d`` (each step at most 2x), until ``d`` is
+       within ``tolerance`` of the target or ``max_refine`` steps.
+    3. Fragmentation check: real particles shrink with the image, pieces of
+       a particle too large for the network do not.  If the instances found
+       at ``s / 2`` are not clearly smaller than those at ``s``
+       (ratio > 1.5 / 2), ``s`` was too large: halve it (``max_halvings``).
+
+    Parameters
+    ----------
+    run : callable ``s -> (labels, ...)``
+        Segments the image at scale ``s`` (results are cached here).
+
+    Returns
+    -------
+    (scale, run(scale), number of distinct scales run)
+    """
+    h, w = shape
+    lo, hi = scale_limits
+    cache: dict[float, tuple] = {}
+
+    def at(sc: float):
+        key = round(sc, 4)
+        if key not in cache:
+            cache[key] = run(sc)
+        return cache[key]
+
+    def clip(v: float) -> float:
+        return float(np.clip(v, lo, hi))
+
+    s0 = min(1.0, probe_px / max(h, w))
+    s = s0
+    if estimate is not None:
+        d = estimate(s0)
+        if np.isfinite(d) and d > 0:
+            s = clip(s0 * target_diameter / d)
+    tried_native = False
+    for _ in range(max_refine):
+        d = median_diameter(at(s)[0])
+        if not np.isfinite(d):  # nothing found: look once at native resolution
+            if s < 1.0 and not tried_native:
+                s, tried_native = clip(1.0), True
+                continue
+            break
+        r = target_diameter / d
+        if max(r, 1.0 / r) < tolerance:
+            break
+        nxt = clip(s * float(np.clip(r, 0.5, 2.0)))
+        if round(nxt, 4) in cache or nxt == s:
+            break
+        s = nxt
+    for _ in range(max_halvings):
+        if s / 2 < lo:
+            break
+        d_full, d_half = median_diameter(at(s)[0]), median_diameter(at(s / 2)[0])
+        if not (np.isfinite(d_full) and np.isfinite(d_half)) or d_half / d_full <= 0.75:
+            break
+        s = s / 2
+    return s, at(s), len(cache)
+
+
+def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
+                  samples: int = 1, scale: float | None = None,
+                  target_diameter: float | None = 48.0, probe_px: int = 512,
+                  scale_limits: tuple[float, float] = (0.05, 2.5), max_passes: int = 2,
+                  size_model=None,
+                  tolerance: float = 1.25, tile: int = 512, overlap: int = 128,
+                  mc_layers: tuple[str, ...] = ("head",), device: str | torch.device = "cpu",
+                  uncertainty_threshold: float | None = None,
+                  cluster_options: dict | None = None, refine: bool = True) -> dict:
+    """Segment ``rgb`` at the working scale where particles have the size the
+    network was trained on, then map the instances back to full resolution.
+
+    The image is never shrunk to a fixed size: with ``scale=None`` the
+    working scale is found by :func:`find_scale` (size model, then the
+    particles the network finds); images larger than ``tile`` at the working
+    scale are tiled with ``overlap`` (so a 2048² micrograph of 40-px
+    particles runs tiled at full resolution).
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) uint8
+    scale : float, optional
+        Fixed working scale (output px per input px); skips the search.
+    target_diameter : float or None
+        Particle diameter (px) the network was trained at; None = native scale.
+    size_model : :class:`~.size.SizeModel`, optional
+        First guess of the diameter from one encoder pass at the probe scale.
+    max_passes : int
+        Refinement passes of the scale from the instances found.
+    refine : bool
+        When the working scale is below 1, trace the instances' outlines on
+        the bilinearly upsampled seed map (:func:`upsample_labels`) instead
+        of enlarging the label map's blocky pixels.
+
+    Returns
+    -------
+    dict with ``labels`` (M, N) int32, ``scores`` (K,), ``uncertainty`` (K,),
+    ``mi`` (M, N) float32 and ``scale`` (the working scale used) and
+    ``passes`` (network passes run).
+    """
+    h, w = rgb.shape[:2]
+    opts = dict(cluster_options or {})
+
+    def run(s: float):
+        shp = scaled_shape((h, w), s)
+        maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
+                            overlap=overlap, mc_layers=mc_layers, device=device)
+        lab, sc, un = segment_maps(maps, coord_scale=coord_scale,
+                                   uncertainty_threshold=uncertainty_threshold, **opts)
+        return lab, sc, un, maps["mi"], maps["seed"]
+
+    if scale is not None or not target_diameter:
+        s = float(scale) if scale is not None else 1.0
+        if not s > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        res, passes = run(s), 1
+    else:
+        estimate = None
+        if size_model is not None:
+            from .size import image_features
+
+            def estimate(sc: float) -> float:
+                feats = image_features(net, rgb, scale=sc, device=device)
+                return float(np.exp(size_model.predict(feats)[0]))
+
+        s, res, passes = find_scale(run, (h, w), target_diameter=target_diameter,
+                                    estimate=estimate, probe_px=probe_px,
+                                    scale_limits=scale_limits, tolerance=tolerance,
+                                    max_refine=max_passes)
+    lab, sc, un, mi, seed = res
+    if refine and lab.shape[0] < h:
+        lab = upsample_labels(lab, seed, (h, w), fg_threshold=opts.get("fg_threshold", 0.5))
+    else:
+        lab = resize_labels(lab, (h, w)).astype(np.int32, copy=False)
+    present = np.bincount(lab.ravel(), minlength=sc.size + 1)[1:] > 0
+    if not present.all():  # an instance smaller than a native pixel vanished
+        lut = np.zeros(sc.size + 1, np.int32)
+        lut[1:][present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+        lab, sc, un = lut[lab], sc[present], un[present]
+    return {"labels": lab, "scores": sc,
+            "uncertainty": un, "mi": resize_map(mi, (h, w)).astype(np.float32, copy=False),
+            "scale": s, "passes": passes}

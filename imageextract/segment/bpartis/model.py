@@ -362,3 +362,15 @@ def load_imagenet_encoder(model: BPartISNet, path: str | None = None) -> int:
         )
     model.encoder.load_state_dict(take)
     return len(take)
+
+
+def pooled_features(net: BPartISNet, image: torch.Tensor) -> torch.Tensor:
+    """Global statistics of the encoder's features, ``(B, F)``: the mean of
+    the stride-8 features and the mean and standard deviation of the
+    stride-16 and stride-32 features (the "style" the size model reads)."""
+    x = (image - net.mean) / net.std
+    _, _, f8, f16, f32 = net.encoder(x)
+    parts = [f8.mean((2, 3))]
+    for f in (f16, f32):
+        parts += [f.mean((2, 3)), f.std((2, 3), unbiased=False)]
+    return torch.cat(parts, 1)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
-from .inference import network_maps, segment_maps
+from .inference import drop_uncertain, segment_image
 from .loss import instance_loss
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 
@@ -42,18 +42,24 @@ logger = logging.getLogger(__name__)
 VERSION = "emps-v1"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+SIZE_MODEL = "size_model.npz"
+SIZE_STATS = "size_model.json"
 
 #: Defaults of the recipe (stored in the checkpoint; a resumed run keeps them).
 DEFAULTS: dict[str, Any] = {
-    "epochs": 120,
+    "epochs": 50,
     "crop": 256,
     "batch_size": 4,
     "lr": 1e-3,
     "weight_decay": 1e-4,
-    "warmup_steps": 300,
-    "scale_range": (0.7, 1.4),
+    "warmup_steps": 200,
+    "scale_range": (0.5, 2.0),
+    # every image is first brought to this median particle diameter (px); the
+    # backend finds the same working scale at inference (segment_image)
+    "target_diameter": 48.0,
+    "scale_limits": (0.05, 2.5),
     "p_invert": 0.15,
-    "val_every": 10,
+    "val_every": 5,
     "loss": {"w_inst": 1.0, "w_var": 10.0, "w_seed": 1.0, "fg_weight": 10.0},
 }
 
@@ -71,13 +77,30 @@ def load_split(data_dir: str | Path, split: str, *, progress: bool = False) -> l
     return items
 
 
+def base_scale(labels: np.ndarray, target_diameter: float | None, *,
+               limits: tuple[float, float] = (0.05, 2.5)) -> float:
+    """Scale that brings the image's median particle diameter to
+    ``target_diameter`` px (clipped to ``limits``); 1 when no target or no
+    particles.  Inference estimates the same scale from its own first pass
+    (:func:`~.inference.segment_image`)."""
+    from .inference import median_diameter
+
+    d = median_diameter(labels) if target_diameter else float("nan")
+    if not np.isfinite(d):
+        return 1.0
+    return float(np.clip(target_diameter / d, *limits))
+
+
 def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, crop: int, *,
-                 scale_range=(0.7, 1.4), p_invert: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                 base: float = 1.0, scale_range=(0.7, 1.4),
+                 p_invert: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training crop.
 
-    Random scale (log-uniform in ``scale_range``, limited so the window fits),
-    random position, 90-degree rotations and flips, contrast/brightness
-    jitter, gamma, optional inversion and grey conversion, Gaussian noise.
+    Random scale (``base`` times a log-uniform factor in ``scale_range``),
+    random position (an image smaller than the crop at that scale is placed
+    at a random spot on a flat canvas of its mean grey, labelled background),
+    90-degree rotations and flips, contrast/brightness jitter, gamma,
+    optional inversion and grey conversion, Gaussian noise.
 
     Returns
     -------
@@ -86,20 +109,27 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     """
     h, w = labels.shape
     lo, hi = scale_range
-    lo = max(lo, crop / min(h, w))
-    hi = max(hi, lo)
-    s = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    win = min(int(round(crop / s)), h, w)
-    y0 = int(rng.integers(0, h - win + 1))
-    x0 = int(rng.integers(0, w - win + 1))
-    img = torch.from_numpy(np.array(rgb[y0:y0 + win, x0:x0 + win], order="C")).permute(2, 0, 1)
+    s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    wy = min(h, max(1, int(round(crop / s))))
+    wx = min(w, max(1, int(round(crop / s))))
+    y0 = int(rng.integers(0, h - wy + 1))
+    x0 = int(rng.integers(0, w - wx + 1))
+    img = torch.from_numpy(np.array(rgb[y0:y0 + wy, x0:x0 + wx], order="C")).permute(2, 0, 1)
     img = img.float().div_(255.0)[None]
-    lab = torch.from_numpy(labels[y0:y0 + win, x0:x0 + win].astype(np.int64))[None, None]
-    if win != crop:
-        img = F.interpolate(img, size=(crop, crop), mode="bilinear", align_corners=False,
-                            antialias=win > crop)
-        lab = F.interpolate(lab.float(), size=(crop, crop), mode="nearest").long()
+    lab = torch.from_numpy(labels[y0:y0 + wy, x0:x0 + wx].astype(np.int64))[None, None]
+    oy, ox = min(crop, max(1, int(round(wy * s)))), min(crop, max(1, int(round(wx * s))))
+    if (oy, ox) != (wy, wx):
+        img = F.interpolate(img, size=(oy, ox), mode="bilinear", align_corners=False,
+                            antialias=oy < wy or ox < wx)
+        lab = F.interpolate(lab.float(), size=(oy, ox), mode="nearest").long()
     img, lab = img[0], lab[0, 0]
+    if (oy, ox) != (crop, crop):
+        py, px = int(rng.integers(0, crop - oy + 1)), int(rng.integers(0, crop - ox + 1))
+        canvas = img.mean((1, 2), keepdim=True).expand(3, crop, crop).clone()
+        canvas[:, py:py + oy, px:px + ox] = img
+        lcanvas = torch.zeros((crop, crop), dtype=torch.int64)
+        lcanvas[py:py + oy, px:px + ox] = lab
+        img, lab = canvas, lcanvas
     k = int(rng.integers(0, 4))
     if k:
         img, lab = torch.rot90(img, k, (1, 2)), torch.rot90(lab, k, (0, 1))
@@ -119,13 +149,16 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     return img.clamp(0.0, 1.0).contiguous(), lab.contiguous()
 
 
-def make_batch(items: list[tuple], rng: np.random.Generator, batch_size: int, crop: int,
-               **aug) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, 3, crop, crop)`` images and ``(B, crop, crop)`` labels."""
+def make_batch(items: list[tuple], rng: np.random.Generator, batch_size: int, crop: int, *,
+               bases: list[float] | None = None, **aug) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 3, crop, crop)`` images and ``(B, crop, crop)`` labels;
+    ``bases[i]`` is item ``i``'s base scale (see :func:`base_scale`)."""
     imgs, labs = [], []
     for _ in range(batch_size):
-        _, rgb, lab = items[int(rng.integers(0, len(items)))]
-        im, lb = augment_crop(rng, rgb, lab, crop, **aug)
+        i = int(rng.integers(0, len(items)))
+        _, rgb, lab = items[i]
+        im, lb = augment_crop(rng, rgb, lab, crop, base=1.0 if bases is None else bases[i],
+                              **aug)
         imgs.append(im)
         labs.append(lb)
     return torch.stack(imgs), torch.stack(labs)
@@ -166,15 +199,25 @@ def _fallback_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def evaluate(net: BPartISNet, items: list[tuple], *, coord_scale: float, samples: int = 1,
              uncertainty_threshold: float | None = None, device="cpu",
-             progress: bool = False, cluster_options: dict | None = None) -> dict[str, float]:
-    """Mean paper metrics (and AJI+) of ``net`` on ``items``."""
+             progress: bool = False, cluster_options: dict | None = None,
+             target_diameter: float | None = None, oracle_scale: bool = False,
+             size_model=None) -> dict[str, float]:
+    """Mean paper metrics (and AJI+) of ``net`` on ``items``, each image
+    segmented as the backend does it (:func:`~.inference.segment_image`).
+
+    ``oracle_scale=True`` runs each image once at the scale its ground truth
+    says (:func:`base_scale`) instead of searching for it: a fast and
+    steadier measure of the network for model selection during training.
+    """
     paper, aji = _metric_fns()
     rows = []
     for _, rgb, gt in tqdm(items, desc="val", disable=not progress, leave=False):
-        maps = network_maps(net, rgb, samples=samples, device=device)
-        pred, _, _ = segment_maps(maps, coord_scale=coord_scale,
-                                  uncertainty_threshold=uncertainty_threshold,
-                                  **(cluster_options or {}))
+        fixed = base_scale(gt, target_diameter) if oracle_scale and target_diameter else None
+        pred = segment_image(net, rgb, coord_scale=coord_scale, samples=samples, scale=fixed,
+                             target_diameter=target_diameter, device=device,
+                             size_model=size_model,
+                             uncertainty_threshold=uncertainty_threshold,
+                             cluster_options=cluster_options)["labels"]
         r = {k: float(v) for k, v in paper(gt, pred).items()
              if k in ("ap", "ap50", "ap75", "mean_iou")}
         if aji is not None:
@@ -234,7 +277,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           checkpoint_minutes: float = 5.0, progress: bool = True, device: str = "auto",
           max_minutes: float | None = None, max_steps: int | None = None,
           model_config: dict | None = None, pretrained: bool = True,
-          threads: int | None = 2, export_at_end: bool = True) -> dict[str, Any]:
+          threads: int | None = 2, export_at_end: bool = True,
+          init_weights: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -262,6 +306,9 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
         Initialise the encoder with ImageNet weights (Lite0 only).
     threads : int
         torch intra-op threads (2 on the shared CPU machine).
+    init_weights : path, optional
+        Start a new run from these network weights (a ``best.pt`` or
+        ``weights.pt`` of the same architecture) instead of ImageNet.
 
     Returns
     -------
@@ -284,7 +331,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       checkpoint_minutes=checkpoint_minutes, progress=progress, device=device,
                       max_minutes=max_minutes, max_steps=max_steps, model_config=model_config,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
-                      t_start=t_start)
+                      init_weights=init_weights, t_start=t_start)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -293,7 +340,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
 
 def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, val_every,
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
-           pretrained, threads, export_at_end, t_start) -> dict[str, Any]:
+           pretrained, threads, export_at_end, init_weights, t_start) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -314,6 +361,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         recipe["seed"] = seed
         recipe["model"] = ModelConfig.from_dict(model_config).to_dict()
         recipe["pretrained"] = bool(pretrained)
+        if init_weights is not None:
+            recipe["init_weights"] = str(init_weights)
     train_items = load_split(data_dir, "train-fit", progress=progress)
     val_items = load_split(data_dir, "val", progress=progress)
     if not train_items:
@@ -324,7 +373,12 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     mcfg = ModelConfig.from_dict(recipe["model"])
     torch.manual_seed(int(recipe["seed"]))
     net = BPartISNet(mcfg)
-    if ckpt is None and recipe["pretrained"]:
+    if ckpt is None and init_weights is not None:
+        state = torch.load(init_weights, map_location="cpu", weights_only=False)
+        state = state.get("model", state)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        logger.info("network initialised from %s", init_weights)
+    elif ckpt is None and recipe["pretrained"]:
         n = load_imagenet_encoder(net)
         logger.info("encoder initialised from ImageNet weights (%d tensors)", n)
     net.to(dev)
@@ -348,6 +402,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     stop_step = total if max_steps is None else min(total, int(max_steps))
     loss_cfg = recipe["loss"]
     aug = {"scale_range": tuple(recipe["scale_range"]), "p_invert": recipe["p_invert"]}
+    limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
+    bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
+             for _, _, lab in train_items]
 
     def save_checkpoint() -> None:
         _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
@@ -362,7 +419,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         if not val_items:
             return
         t0 = time.monotonic()
-        m = evaluate(net, val_items, coord_scale=mcfg.coord_scale, device=dev)
+        m = evaluate(net, val_items, coord_scale=mcfg.coord_scale, device=dev,
+                     target_diameter=recipe.get("target_diameter"), oracle_scale=True)
         net.train()
         score = selection_score(m)
         m["step"] = step
@@ -395,7 +453,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
             break
         rng = np.random.default_rng([int(recipe["seed"]), step])
         torch.manual_seed(int(recipe["seed"]) * 1_000_003 + step)
-        imgs, labs = make_batch(train_items, rng, recipe["batch_size"], recipe["crop"], **aug)
+        imgs, labs = make_batch(train_items, rng, recipe["batch_size"], recipe["crop"],
+                                bases=bases, **aug)
         imgs, labs = imgs.to(dev), labs.to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup_steps"])
@@ -433,7 +492,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     logger.info("stopped at step %d of %d (%s)", step, total,
                 "done" if done else ("time limit" if stopped_early else "step limit"))
     if done and export_at_end:
-        export(out)
+        finish(data_dir, out, device=device, progress=progress)
     return {"step": step, "total_steps": total, "best": best, "done": done}
 
 
@@ -465,16 +524,25 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     state = (torch.load(out / BEST, map_location="cpu", weights_only=True)
              if (out / BEST).is_file() else ckpt["model"])
     state = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in state.items()}
+    size_stats = {}
+    if (out / SIZE_MODEL).is_file():  # stored in full precision beside the network
+        from .size import SizeModel, to_state
+
+        state.update(to_state(SizeModel.load(out / SIZE_MODEL)))
+        if (out / SIZE_STATS).is_file():
+            size_stats = json.loads((out / SIZE_STATS).read_text())
     _atomic_save(state, out / "weights.pt")
     digest = sha256_file(out / "weights.pt")
     cfg_path = out / "config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    recipe = ckpt["recipe"]
     inf = {"mc_samples": 8, "mc_layers": ["head"], "uncertainty_threshold": None,
-           "tile_px": 1024, "overlap_px": 96,
+           "tile_px": 512, "overlap_px": 128,
+           "target_diameter": recipe.get("target_diameter"),
+           "scale_limits": list(recipe.get("scale_limits", (0.05, 2.5))),
            "cluster": {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}}
     inf.update(old.get("inference", {}))
     inf.update(inference or {})
-    recipe = ckpt["recipe"]
     cfg = {
         "backend": "bpartis",
         "version": VERSION,
@@ -485,6 +553,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "training": {k: v for k, v in recipe.items() if k != "model"}
         | {"steps_done": ckpt["step"], "train_hours": round(ckpt.get("train_seconds", 0) / 3600, 2),
            "data": "EMPS train-fit (official train minus val)"},
+        "size_model": size_stats,
         "metrics": {"val": ckpt["best"]} | ({"test": test_metrics} if test_metrics else
                                             old.get("metrics", {}).get("test", {}) and
                                             {"test": old["metrics"]["test"]} or {}),
@@ -530,62 +599,162 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     return cfg_path
 
 
-def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] = (1, 4, 8),
-         thresholds: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, float("inf")),
+def _load_best(out: Path, device) -> tuple[BPartISNet, dict]:
+    ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = (torch.load(out / BEST, map_location="cpu", weights_only=True)
+             if (out / BEST).is_file() else ckpt["model"])
+    net = BPartISNet(ModelConfig.from_dict(ckpt["recipe"]["model"]))
+    net.load_state_dict(state)
+    net.to(device).eval()
+    return net, ckpt["recipe"]
+
+
+def _instance_precision(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Whether each predicted instance 1..K matches a ground-truth instance
+    at IoU > 0.5 (bool array, (K,))."""
+    k = int(pred.max(initial=0))
+    if k == 0:
+        return np.zeros(0, bool)
+    g = gt.ravel().astype(np.int64)
+    p = pred.ravel().astype(np.int64)
+    ng = int(g.max(initial=0)) + 1
+    inter = np.bincount(p * ng + g, minlength=(k + 1) * ng).reshape(k + 1, ng)
+    pa, ga = inter.sum(1), inter.sum(0)
+    iou = inter[1:, 1:] / np.maximum(pa[1:, None] + ga[None, 1:] - inter[1:, 1:], 1)
+    return (iou > 0.5).any(1) if ng > 1 else np.zeros(k, bool)
+
+
+def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
+    """Metrics after dropping instances above each uncertainty threshold.
+
+    Parameters
+    ----------
+    preds : list of ``(gt, labels, scores, uncertainty)``
+    thresholds : iterable of float (``inf`` keeps everything)
+
+    Returns
+    -------
+    One dict per threshold: paper metrics, AJI+, ``kept`` (fraction of
+    instances kept) and ``instance_precision`` (share of kept instances that
+    match a ground-truth particle at IoU > 0.5, pooled over images).
+    """
+    paper, aji = _metric_fns()
+    out = []
+    n_all = sum(int(p[2].size) for p in preds)
+    for thr in thresholds:
+        rows, n_kept, n_match = [], 0, 0
+        for gt, lab, sc, un in preds:
+            if math.isfinite(thr):
+                lab, sc, un = drop_uncertain(lab, sc, un, thr)
+            r = {k: float(v) for k, v in paper(gt, lab).items()
+                 if k in ("ap", "ap50", "ap75", "mean_iou")}
+            if aji is not None:
+                r["aji_plus"] = float(aji(gt, lab))
+            rows.append(r)
+            m = _instance_precision(gt, lab)
+            n_kept += m.size
+            n_match += int(m.sum())
+        metrics = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+        out.append({"uncertainty_threshold": None if not math.isfinite(thr) else float(thr),
+                    **metrics, "kept": n_kept / max(n_all, 1),
+                    "instance_precision": n_match / max(n_kept, 1),
+                    "score": selection_score(metrics)})
+    return out
+
+
+def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
+             progress: bool = True, per_image: int = 3, seed: int = 0) -> dict:
+    """Fit the size model (:mod:`.size`) on the best weights' encoder:
+    ``train-fit`` images at random scales, ridge alpha chosen on ``val``.
+    Writes ``size_model.npz`` and ``size_model.json`` (its accuracy) into
+    ``out_dir``; :func:`export` stores it inside ``weights.pt``."""
+    from .size import fit_size_model
+
+    out = Path(out_dir)
+    dev = _resolve_device(device)
+    net, _ = _load_best(out, dev)
+    model, stats = fit_size_model(net, load_split(data_dir, "train-fit", progress=progress),
+                                  load_split(data_dir, "val", progress=progress),
+                                  per_image=per_image, seed=seed, device=dev,
+                                  progress=progress)
+    model.save(out / SIZE_MODEL)
+    (out / SIZE_STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def _size_model(out: Path):
+    from .size import SizeModel
+
+    return SizeModel.load(out / SIZE_MODEL) if (out / SIZE_MODEL).is_file() else None
+
+
+def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] = (1, 4, 8, 16),
+         layer_sets: tuple[tuple[str, ...], ...] = (("head",), ("dec1", "head")),
+         keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
-    """Tune MC samples ``T`` and the uncertainty threshold on ``split`` (val).
+    """Tune MC samples ``T``, the dropout layers sampled and the uncertainty
+    threshold ``t_u`` on ``split`` (val).
 
-    Network maps are computed once per ``T``; each threshold only re-filters
-    the clustered instances.  The setting with the best
-    :func:`selection_score` (ties: fewer samples) is written into
-    ``config.json`` via :func:`export` when ``write``.
+    Each ``(T, layers)`` setting segments the split once (as the backend does,
+    :func:`~.inference.segment_image`); the thresholds tried are the
+    quantiles of the instances' uncertainties that keep ``keep_fractions`` of
+    them, and each only re-filters the instances.  The setting with the best
+    :func:`selection_score` (ties: faster) is written into ``config.json``
+    via :func:`export` when ``write``.
 
     Returns
     -------
     dict with ``best`` (settings and metrics) and ``table`` (one row per
-    ``(T, threshold)``).
+    ``(T, layers, threshold)``, with seconds per image).
     """
     out = Path(out_dir)
-    ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-    state = (torch.load(out / BEST, map_location="cpu", weights_only=True)
-             if (out / BEST).is_file() else ckpt["model"])
-    mcfg = ModelConfig.from_dict(ckpt["recipe"]["model"])
-    net = BPartISNet(mcfg)
-    net.load_state_dict(state)
     dev = _resolve_device(device)
-    net.to(dev).eval()
+    net, recipe = _load_best(out, dev)
+    coord_scale = ModelConfig.from_dict(recipe["model"]).coord_scale
+    size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
-    paper, aji = _metric_fns()
     table = []
     for t in samples:
-        preds = []
-        t0 = time.monotonic()
-        for _, rgb, gt in tqdm(items, desc=f"tune T={t}", disable=not progress, leave=False):
-            maps = network_maps(net, rgb, samples=t, device=dev)
-            preds.append((gt, maps))
-        secs = (time.monotonic() - t0) / max(1, len(items))
-        for thr in (thresholds if t > 1 else (float("inf"),)):
-            rows = []
-            for gt, maps in preds:
-                pred, _, _ = segment_maps(maps, coord_scale=mcfg.coord_scale,
-                                          uncertainty_threshold=None if math.isinf(thr) else thr)
-                r = {k: float(v) for k, v in paper(gt, pred).items()
-                     if k in ("ap", "ap50", "ap75", "mean_iou")}
-                if aji is not None:
-                    r["aji_plus"] = float(aji(gt, pred))
-                rows.append(r)
-            m = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-            row = {"mc_samples": t, "uncertainty_threshold": None if math.isinf(thr) else thr,
-                   "seconds_per_image_maps": round(secs, 3), **m,
-                   "score": selection_score(m)}
-            table.append(row)
-            logger.info("tune %s", row)
-    best = max(table, key=lambda r: (round(r["score"], 4), -r["mc_samples"]))
+        for layers in (layer_sets if t > 1 else (("head",),)):
+            preds = []
+            t0 = time.monotonic()
+            for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)}",
+                                   disable=not progress, leave=False):
+                res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
+                                    target_diameter=recipe.get("target_diameter"),
+                                    size_model=size_model, mc_layers=layers, device=dev)
+                preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
+            secs = (time.monotonic() - t0) / max(1, len(items))
+            if t > 1:
+                allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
+                thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
+                                                for q in keep_fractions if q < 1 and allu.size})
+            else:
+                thrs = [float("inf")]
+            for row in uncertainty_sweep(preds, thrs):
+                row = {"mc_samples": t, "mc_layers": list(layers),
+                       "seconds_per_image": round(secs, 3), **row}
+                table.append(row)
+                logger.info("tune %s", row)
+    best = max(table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
     if write:
+        (out / "tune.json").write_text(json.dumps({"split": split, "best": best, "table": table},
+                                                  indent=2, default=float) + "\n")
         export(out, inference={"mc_samples": max(best["mc_samples"], 1),
+                               "mc_layers": best["mc_layers"],
                                "uncertainty_threshold": best["uncertainty_threshold"]})
     return {"best": best, "table": table}
+
+
+def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
+           progress: bool = True) -> dict[str, Any]:
+    """After training: fit the size model, tune the MC samples, dropout
+    layers and uncertainty threshold on ``val``, and export the model folder
+    (``weights.pt``, ``config.json``, ``MODEL_CARD.md``)."""
+    stats = fit_size(data_dir, out_dir, device=device, progress=progress)
+    res = tune(data_dir, out_dir, device=device, progress=progress, write=True)
+    return {"size_model": stats, "tuned": res["best"]}
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -608,13 +777,20 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
+    p.add_argument("--finish", action="store_true",
+                   help="only fit the size model, tune on val and export (done after training)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if a.finish:
+        res = finish(a.data, a.out, device=a.device, progress=not a.no_progress)
+        logging.getLogger(__name__).info("result: %s", res)
+        return 0
     res = train(a.data, a.out, resume=a.resume, epochs=a.epochs, crop=a.crop,
                 batch_size=a.batch_size, lr=a.lr, seed=a.seed, val_every=a.val_every,
                 checkpoint_minutes=a.checkpoint_minutes, progress=not a.no_progress,
                 device=a.device, max_minutes=a.max_minutes, max_steps=a.max_steps,
-                threads=a.threads)
+                threads=a.threads, init_weights=a.init)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 

@@ -1,0 +1,185 @@
+"""Working-scale search and scale-normalised training crops of the bpartis
+backend (oracle network maps; no trained weights needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from imageextract.segment.bpartis import inference  # noqa: E402
+from imageextract.segment.bpartis.inference import (  # noqa: E402
+    median_diameter, resize_labels, segment_image)
+from imageextract.segment.bpartis.train import augment_crop, base_scale  # noqa: E402
+
+SCALE = 64.0
+
+
+def _disc_image(shape, discs):
+    """Dark discs on a light background and their label map."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    truth = np.zeros(shape, np.int32)
+    for i, (cy, cx, r) in enumerate(discs, 1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    gray = np.where(truth > 0, 50, 200).astype(np.uint8)
+    return np.stack([gray] * 3, -1), truth
+
+
+def _oracle_maps(min_diameter, max_diameter, calls):
+    """A stand-in for the network: perfect maps for dark blobs whose diameter
+    lies in the range it was 'trained' on, nothing for the others (as a
+    network does with particles far outside its training sizes)."""
+    from scipy import ndimage
+
+    def network_maps(net, rgb, *, samples=1, **_):
+        calls.append(rgb.shape[:2])
+        lab, n = ndimage.label(rgb[..., 0] < 125)
+        h, w = lab.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        off = np.zeros((2, h, w), np.float32)
+        seed = np.zeros((h, w), np.float32)
+        for i, sl in enumerate(ndimage.find_objects(lab), 1):
+            m = lab == i
+            d = np.sqrt(4 * m.sum() / np.pi)
+            if not (min_diameter <= d <= max_diameter):
+                continue
+            cy, cx = yy[m].mean(), xx[m].mean()
+            off[0][m] = (cy - yy[m]) / SCALE
+            off[1][m] = (cx - xx[m]) / SCALE
+            seed[m] = 0.9
+        ls = np.full((2, h, w), 3.0, np.float32)
+        return {"offsets": off, "log_s": ls, "seed": seed, "mi": np.zeros((h, w), np.float32)}
+
+    return network_maps
+
+
+@pytest.mark.parametrize("radius", [60, 18])
+def test_working_scale_brings_particles_to_the_trained_size(monkeypatch, radius):
+    calls = []
+    monkeypatch.setattr(inference, "network_maps", _oracle_maps(20, 110, calls))
+    centres = [(100, 100), (100, 300), (300, 120), (310, 320), (200, 500)]
+    rgb, truth = _disc_image((420, 640), [(y, x, radius) for y, x in centres])
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=48.0, probe_px=512)
+    # the final pass ran where the median particle is ~48 px across
+    d_native = 2 * radius
+    assert res["scale"] * d_native == pytest.approx(48.0, rel=0.3)
+    assert res["passes"] == len(calls) >= 2
+    # instances come back at full resolution, one per disc, IoU > 0.9
+    assert res["labels"].shape == truth.shape and res["labels"].max() == len(centres)
+    for i in range(1, len(centres) + 1):
+        p = np.bincount(res["labels"][truth == i]).argmax()
+        inter = np.sum((truth == i) & (res["labels"] == p))
+        union = np.sum((truth == i) | (res["labels"] == p))
+        assert inter / union > 0.9
+    assert res["scores"].shape == (len(centres),) and res["mi"].shape == truth.shape
+
+
+def test_fixed_scale_and_native_scale(monkeypatch):
+    calls = []
+    monkeypatch.setattr(inference, "network_maps", _oracle_maps(5, 500, calls))
+    rgb, truth = _disc_image((300, 300), [(150, 150, 40)])
+    res = segment_image(None, rgb, coord_scale=SCALE, scale=0.5)
+    assert calls == [(150, 150)] and res["scale"] == 0.5 and res["labels"].max() == 1
+    calls.clear()
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=None)
+    assert calls == [(300, 300)] and res["labels"].max() == 1
+    with pytest.raises(ValueError, match="scale"):
+        segment_image(None, rgb, coord_scale=SCALE, scale=0.0)
+
+
+def test_large_micrograph_with_small_particles_runs_at_full_resolution(monkeypatch):
+    calls = []
+    monkeypatch.setattr(inference, "network_maps", _oracle_maps(6, 110, calls))
+    rng = np.random.default_rng(3)
+    centres = [(int(y), int(x)) for y, x in rng.integers(40, 2008, (30, 2))]
+    rgb, truth = _disc_image((2048, 2048), [(y, x, 22) for y, x in centres])
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=48.0)
+    assert calls[-1][0] >= 2048  # never shrunk: diameter 44 px is already right
+    assert res["labels"].shape == (2048, 2048)
+
+
+def test_resize_labels_keeps_ids():
+    lab = np.zeros((10, 10), np.int32)
+    lab[2:6, 2:6] = 7
+    up = resize_labels(lab, (40, 40))
+    assert set(np.unique(up)) == {0, 7} and np.sum(up == 7) == 16 * 16
+    assert median_diameter(np.zeros((4, 4), np.int32)) != median_diameter(lab)  # nan
+
+
+def test_training_crop_is_scale_normalised():
+    rng = np.random.default_rng(0)
+    rgb, truth = _disc_image((400, 600), [(120, 150, 100), (260, 420, 110)])
+    base = base_scale(truth, 48.0)
+    assert 48.0 / 220 < base < 48.0 / 200
+    img, lab = augment_crop(rng, rgb, truth, 128, base=base, scale_range=(1.0, 1.0))
+    assert img.shape == (3, 128, 128) and lab.shape == (128, 128)
+    # whole image fits (600 * 0.23 < 128): both particles, padded with background
+    assert set(np.unique(lab.numpy())) == {0, 1, 2}
+    assert median_diameter(lab.numpy()) == pytest.approx(48.0, rel=0.1)
+    assert base_scale(np.zeros((5, 5), np.int32), 48.0) == 1.0
+    assert base_scale(truth, None) == 1.0
+
+
+def _fragmenting_maps(max_diameter, piece, calls):
+    """A stand-in network that cuts blobs wider than ``max_diameter`` into
+    ``piece``-px squares (as a network does with particles larger than any it
+    was trained on) and segments smaller blobs whole."""
+    from scipy import ndimage
+
+    def network_maps(net, rgb, *, samples=1, **_):
+        calls.append(rgb.shape[:2])
+        lab, n = ndimage.label(rgb[..., 0] < 125)
+        h, w = lab.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        inst = np.zeros((h, w), np.int64)
+        for i in range(1, n + 1):
+            m = lab == i
+            if np.sqrt(4 * m.sum() / np.pi) > max_diameter:
+                cells = (yy // piece) * (w // piece + 1) + xx // piece + 1
+                inst[m] = i * 100000 + cells[m]
+            else:
+                inst[m] = i * 100000
+        off = np.zeros((2, h, w), np.float32)
+        seed = (inst > 0).astype(np.float32) * 0.9
+        yf, xf = yy.astype(np.float32), xx.astype(np.float32)
+        for v in np.unique(inst[inst > 0]):
+            m = inst == v
+            off[0][m] = (yf[m].mean() - yf[m]) / SCALE
+            off[1][m] = (xf[m].mean() - xf[m]) / SCALE
+        return {"offsets": off, "log_s": np.full((2, h, w), 3.0, np.float32), "seed": seed,
+                "mi": np.zeros((h, w), np.float32)}
+
+    return network_maps
+
+
+def test_fragments_are_recognised_and_the_scale_lowered(monkeypatch):
+    calls = []
+    # particles of 240 px; a first guess 4x too large would see 960-px blobs
+    # cut into 48-px pieces that look just right
+    monkeypatch.setattr(inference, "network_maps", _fragmenting_maps(100, 48, calls))
+    rgb, truth = _disc_image((700, 700), [(200, 200, 120), (480, 470, 120)])
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=48.0, scale_limits=(0.05, 4),
+                        size_model=None)
+    assert res["labels"].max() == 2, res["scale"]
+    assert res["scale"] * 240 < 100  # ended where particles are whole
+
+
+def test_size_model_first_guess(monkeypatch):
+    from imageextract.segment.bpartis import size
+
+    calls = []
+    monkeypatch.setattr(inference, "network_maps", _oracle_maps(20, 110, calls))
+    rgb, truth = _disc_image((600, 600), [(150, 150, 100), (420, 430, 100)])
+
+    class Perfect:  # diameter 200 px at native resolution
+        @staticmethod
+        def predict(features):
+            return np.array([np.log(200 * features[0])])
+
+    monkeypatch.setattr(size, "image_features", lambda net, rgb, scale, device: np.array([scale]))
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=48.0, size_model=Perfect())
+    assert res["scale"] == pytest.approx(0.24, rel=0.01)
+    assert calls[0] == (144, 144)  # the first network pass is already at the right scale
+    assert res["labels"].max() == 2
