@@ -146,10 +146,12 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
 
 
 def segment_maps(maps: dict[str, np.ndarray], *, coord_scale: float,
-                 uncertainty_threshold: float | None = None,
+                 uncertainty_threshold: float | None = None, min_score: float = 0.0,
+                 min_rel_area: float = 0.0,
                  **cluster_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cluster stitched maps; drop instances whose mean MI exceeds
-    ``uncertainty_threshold``.
+    """Cluster stitched maps, then drop instances whose mean seed is below
+    ``min_score``, whose area is below ``min_rel_area`` times the median
+    instance area, or whose mean MI exceeds ``uncertainty_threshold``.
 
     Returns
     -------
@@ -160,9 +162,38 @@ def segment_maps(maps: dict[str, np.ndarray], *, coord_scale: float,
     labels, scores = cluster(maps["offsets"], maps["log_s"], maps["seed"],
                              coord_scale=coord_scale, **cluster_options)
     unc = instance_means(maps["mi"], labels, scores.size)
+    return filter_instances(labels, scores, unc, min_score=min_score,
+                            min_rel_area=min_rel_area,
+                            uncertainty_threshold=uncertainty_threshold)
+
+
+def filter_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray, *,
+                     min_score: float = 0.0, min_rel_area: float = 0.0,
+                     uncertainty_threshold: float | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the instances with score >= ``min_score`` and area >=
+    ``min_rel_area`` x the median area of those, then drop those with
+    uncertainty above ``uncertainty_threshold``; relabel 1..K.
+
+    >>> lab = np.array([[1, 1, 2, 3, 3]], np.int32)
+    >>> filter_instances(lab, np.array([0.9, 0.9, 0.5]), np.zeros(3), min_score=0.6,
+    ...                  min_rel_area=0.8)[0].tolist()
+    [[1, 1, 0, 0, 0]]
+    """
+    k = scores.size
+    if k == 0:
+        return labels, scores, uncertainty
+    keep = scores >= min_score
+    if min_rel_area > 0 and keep.any():
+        area = np.bincount(labels.ravel(), minlength=k + 1)[1:]
+        keep &= area >= min_rel_area * np.median(area[keep])
     if uncertainty_threshold is not None:
-        return drop_uncertain(labels, scores, unc, uncertainty_threshold)
-    return labels, scores, unc
+        keep &= uncertainty <= uncertainty_threshold
+    if keep.all():
+        return labels, scores, uncertainty
+    lut = np.zeros(k + 1, np.int32)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels], scores[keep], uncertainty[keep]
 
 
 def drop_uncertain(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray,

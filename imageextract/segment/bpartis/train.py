@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
-from .inference import drop_uncertain, segment_image
+from .inference import filter_instances, segment_image
 from .loss import instance_loss
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 
@@ -499,10 +499,18 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
 # ---------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and k not in ("step", "epoch"))
+
+
 def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = None,
-           test_metrics: dict | None = None, notes: str = "") -> Path:
+           test_metrics: dict | None = None, tuning: dict | None = None,
+           notes: str | None = None) -> Path:
     """Write ``weights.pt`` (best val weights, or the checkpoint's when no
-    validation ran), ``config.json`` and ``MODEL_CARD.md`` into ``out_dir``.
+    validation ran, plus the size model when fitted), ``config.json`` and
+    ``MODEL_CARD.md`` into ``out_dir``.
 
     Parameters
     ----------
@@ -512,6 +520,11 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         config's and the defaults.
     test_metrics : dict, optional
         Metrics on the test split, recorded in the config and the card.
+    tuning : dict, optional
+        Val metrics of the tuned backend (from :func:`tune`).
+    notes : str, optional
+        Free text for the card's "Notes" section (kept from an earlier export
+        when None).
 
     Returns
     -------
@@ -543,6 +556,14 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            "cluster": {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}}
     inf.update(old.get("inference", {}))
     inf.update(inference or {})
+    metrics = {"val_training": ckpt["best"]}
+    for key, val in (("val", tuning), ("test", test_metrics)):
+        if val:
+            metrics[key] = val
+        elif old.get("metrics", {}).get(key):
+            metrics[key] = old["metrics"][key]
+    if notes is None:
+        notes = old.get("notes", "")
     cfg = {
         "backend": "bpartis",
         "version": VERSION,
@@ -554,12 +575,11 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         | {"steps_done": ckpt["step"], "train_hours": round(ckpt.get("train_seconds", 0) / 3600, 2),
            "data": "EMPS train-fit (official train minus val)"},
         "size_model": size_stats,
-        "metrics": {"val": ckpt["best"]} | ({"test": test_metrics} if test_metrics else
-                                            old.get("metrics", {}).get("test", {}) and
-                                            {"test": old["metrics"]["test"]} or {}),
+        "metrics": metrics,
+        "notes": notes,
     }
     cfg_path.write_text(json.dumps(cfg, indent=2, default=float) + "\n")
-    val = ckpt["best"]
+    cl = inf.get("cluster", {})
     lines = [
         "# bpartis-emps — Bayesian particle instance segmentation (EMPS)",
         "",
@@ -575,25 +595,39 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "## Recipe",
         f"- steps: {ckpt['step']} of {recipe['total_steps']} ({recipe['epochs']} epochs), crop "
         f"{recipe['crop']} px, batch {recipe['batch_size']}, AdamW lr {recipe['lr']} "
-        f"(warm-up {recipe['warmup_steps']}, cosine), weight decay {recipe['weight_decay']}",
-        "- augmentation: random scale crops, 90° rotations, flips, grey, inversion, "
+        f"(warm-up {recipe['warmup_steps']}, cosine), weight decay {recipe['weight_decay']}"
+        + (f"; started from `{recipe['init_weights']}`" if recipe.get("init_weights") else ""),
+        f"- scale: each image is resized so that its median particle is "
+        f"{recipe.get('target_diameter')} px across, times a log-uniform factor in "
+        f"{list(recipe['scale_range'])}; smaller images are placed on a flat canvas",
+        "- augmentation: random crops, 90° rotations, flips, grey, inversion, "
         "contrast/brightness, gamma, noise",
-        f"- training time: {ckpt.get('train_seconds', 0) / 3600:.2f} h on CPU",
+        f"- training time: {ckpt.get('train_seconds', 0) / 3600:.2f} h on 2 CPU cores",
         "",
         "## Inference",
-        f"- MC samples {inf['mc_samples']}, uncertainty threshold {inf['uncertainty_threshold']}, "
-        f"tiles {inf['tile_px']} px with {inf['overlap_px']} px overlap",
+        f"- working scale per image: size model (ridge regression on pooled encoder features, "
+        f"val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
+        f"50 %), refined from the particles found, fragmentation check at half scale; target "
+        f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
+        f"{inf['overlap_px']} px overlap at that scale",
+        f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
+        f"(the encoder and the rest of the decoder run once); uncertainty threshold "
+        f"{inf['uncertainty_threshold']} nats (mean mutual information of the seed map)",
+        f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
+        f"{cl.get('min_rel_area', 0)} x the image's median",
         "",
-        "## Metrics",
-        "Validation (best checkpoint): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)),
+        "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
+        "- val during training (best checkpoint, ground-truth scale, T = 1): "
+        + _fmt(ckpt["best"]),
     ]
-    if cfg["metrics"].get("test"):
-        lines.append("Test: " + ", ".join(f"{k} {v:.4f}" for k, v in cfg["metrics"]["test"].items()
-                                         if isinstance(v, (int, float))))
+    if metrics.get("val"):
+        lines.append("- val, backend as shipped (tuned there): " + _fmt(metrics["val"]))
+    if metrics.get("test"):
+        lines.append("- test (99 images), backend as shipped: " + _fmt(metrics["test"]))
     if notes:
-        lines += ["", notes]
-    lines += ["", "## Weights", f"`weights.pt` sha256: `{digest}`", ""]
+        lines += ["", "## Notes", notes]
+    lines += ["", "## Weights", f"`weights.pt` sha256: `{digest}` (network in fp16 and the "
+              "size model)", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(lines))
     logger.info("exported %s (sha256 %s)", out / "weights.pt", digest[:12])
     return cfg_path
@@ -624,28 +658,34 @@ def _instance_precision(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return (iou > 0.5).any(1) if ng > 1 else np.zeros(k, bool)
 
 
-def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
-    """Metrics after dropping instances above each uncertainty threshold.
+def filter_sweep(preds: list[tuple], settings: list[dict]) -> list[dict]:
+    """Metrics of the predictions after each setting of the instance filters.
 
     Parameters
     ----------
     preds : list of ``(gt, labels, scores, uncertainty)``
-    thresholds : iterable of float (``inf`` keeps everything)
+    settings : list of dicts with any of ``min_score``, ``min_rel_area`` and
+        ``uncertainty_threshold`` (None or ``inf`` keeps everything), passed
+        to :func:`~.inference.filter_instances`
 
     Returns
     -------
-    One dict per threshold: paper metrics, AJI+, ``kept`` (fraction of
-    instances kept) and ``instance_precision`` (share of kept instances that
-    match a ground-truth particle at IoU > 0.5, pooled over images).
+    One dict per setting: the setting, the paper metrics, AJI+, ``kept``
+    (fraction of instances kept) and ``instance_precision`` (share of kept
+    instances that match a ground-truth particle at IoU > 0.5, pooled over
+    images).
     """
     paper, aji = _metric_fns()
     out = []
     n_all = sum(int(p[2].size) for p in preds)
-    for thr in thresholds:
+    for setting in settings:
+        opts = dict(setting)
+        thr = opts.get("uncertainty_threshold")
+        if thr is not None and not math.isfinite(thr):
+            opts["uncertainty_threshold"] = None
         rows, n_kept, n_match = [], 0, 0
         for gt, lab, sc, un in preds:
-            if math.isfinite(thr):
-                lab, sc, un = drop_uncertain(lab, sc, un, thr)
+            lab, sc, un = filter_instances(lab, sc, un, **opts)
             r = {k: float(v) for k, v in paper(gt, lab).items()
                  if k in ("ap", "ap50", "ap75", "mean_iou")}
             if aji is not None:
@@ -655,11 +695,16 @@ def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
             n_kept += m.size
             n_match += int(m.sum())
         metrics = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-        out.append({"uncertainty_threshold": None if not math.isfinite(thr) else float(thr),
-                    **metrics, "kept": n_kept / max(n_all, 1),
+        out.append({**opts, **metrics, "kept": n_kept / max(n_all, 1),
                     "instance_precision": n_match / max(n_kept, 1),
                     "score": selection_score(metrics)})
     return out
+
+
+def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
+    """:func:`filter_sweep` over uncertainty thresholds alone (``inf`` keeps
+    everything)."""
+    return filter_sweep(preds, [{"uncertainty_threshold": float(t)} for t in thresholds])
 
 
 def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
@@ -690,23 +735,30 @@ def _size_model(out: Path):
 
 def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] = (1, 4, 8, 16),
          layer_sets: tuple[tuple[str, ...], ...] = (("head",), ("dec1", "head")),
+         min_scores: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
+         min_rel_areas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3),
          keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
-    """Tune MC samples ``T``, the dropout layers sampled and the uncertainty
-    threshold ``t_u`` on ``split`` (val).
+    """Tune the instance filters, the MC samples ``T``, the dropout layers
+    sampled and the uncertainty threshold ``t_u`` on ``split`` (val).
 
-    Each ``(T, layers)`` setting segments the split once (as the backend does,
-    :func:`~.inference.segment_image`); the thresholds tried are the
-    quantiles of the instances' uncertainties that keep ``keep_fractions`` of
-    them, and each only re-filters the instances.  The setting with the best
-    :func:`selection_score` (ties: faster) is written into ``config.json``
-    via :func:`export` when ``write``.
+    1. Filters: the split is segmented once (``T = 1``, as the backend does
+       it, :func:`~.inference.segment_image`); every ``(min_score,
+       min_rel_area)`` pair only re-filters the instances.
+    2. With the best filters, each ``(T, layers)`` setting segments the split
+       once; the thresholds tried are the quantiles of the instances'
+       uncertainties that keep ``keep_fractions`` of them.
+
+    The setting with the best :func:`selection_score` (ties: faster) is
+    written into ``config.json`` via :func:`export` when ``write``, and the
+    whole table into ``tune.json``.
 
     Returns
     -------
-    dict with ``best`` (settings and metrics) and ``table`` (one row per
-    ``(T, layers, threshold)``, with seconds per image).
+    dict with ``best`` (settings and metrics), ``filters`` (stage 1 table)
+    and ``table`` (stage 2, one row per ``(T, layers, threshold)``, with
+    seconds per image).
     """
     out = Path(out_dir)
     dev = _resolve_device(device)
@@ -714,18 +766,30 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     coord_scale = ModelConfig.from_dict(recipe["model"]).coord_scale
     size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
+
+    def segment_all(t: int, layers, cluster_options: dict) -> tuple[list, float]:
+        preds = []
+        t0 = time.monotonic()
+        for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)}",
+                               disable=not progress, leave=False):
+            res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
+                                target_diameter=recipe.get("target_diameter"),
+                                size_model=size_model, mc_layers=layers, device=dev,
+                                cluster_options=cluster_options)
+            preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
+        return preds, (time.monotonic() - t0) / max(1, len(items))
+
+    preds, _ = segment_all(1, ("head",), {})
+    filt_table = filter_sweep(preds, [{"min_score": a, "min_rel_area": b}
+                                      for a in min_scores for b in min_rel_areas])
+    best_f = max(filt_table, key=lambda r: (round(r["score"], 3), -r["min_score"],
+                                            -r["min_rel_area"]))
+    filters = {"min_score": best_f["min_score"], "min_rel_area": best_f["min_rel_area"]}
+    logger.info("tune filters: %s", best_f)
     table = []
     for t in samples:
         for layers in (layer_sets if t > 1 else (("head",),)):
-            preds = []
-            t0 = time.monotonic()
-            for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)}",
-                                   disable=not progress, leave=False):
-                res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
-                                    target_diameter=recipe.get("target_diameter"),
-                                    size_model=size_model, mc_layers=layers, device=dev)
-                preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
-            secs = (time.monotonic() - t0) / max(1, len(items))
+            preds, secs = segment_all(t, layers, filters)
             if t > 1:
                 allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
                 thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
@@ -733,18 +797,29 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
             else:
                 thrs = [float("inf")]
             for row in uncertainty_sweep(preds, thrs):
+                thr = row.pop("uncertainty_threshold")
                 row = {"mc_samples": t, "mc_layers": list(layers),
-                       "seconds_per_image": round(secs, 3), **row}
+                       "seconds_per_image": round(secs, 3), **filters,
+                       "uncertainty_threshold": thr, **row}
                 table.append(row)
                 logger.info("tune %s", row)
     best = max(table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
     if write:
-        (out / "tune.json").write_text(json.dumps({"split": split, "best": best, "table": table},
-                                                  indent=2, default=float) + "\n")
+        (out / "tune.json").write_text(json.dumps(
+            {"split": split, "best": best, "filters": filt_table, "table": table},
+            indent=2, default=float) + "\n")
+        old = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        cluster_opts = {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}
+        cluster_opts.update(old.get("inference", {}).get("cluster", {}))
+        cluster_opts.update(filters)
         export(out, inference={"mc_samples": max(best["mc_samples"], 1),
                                "mc_layers": best["mc_layers"],
-                               "uncertainty_threshold": best["uncertainty_threshold"]})
-    return {"best": best, "table": table}
+                               "uncertainty_threshold": best["uncertainty_threshold"],
+                               "cluster": cluster_opts},
+               tuning={k: best[k] for k in ("ap", "ap50", "ap75", "mean_iou", "aji_plus",
+                                            "kept", "instance_precision",
+                                            "seconds_per_image") if k in best})
+    return {"best": best, "filters": filt_table, "table": table}
 
 
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
