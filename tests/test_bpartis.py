@@ -199,3 +199,15 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
     seg = backend.predict(np.full((48, 56), 200, np.uint8))
     assert seg.labels.shape == (48, 56)
+
+
+def test_mirror_averaging_is_mirror_equivariant():
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(5).integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    a = network_maps(b.net, rgb, flips=True, tile=64, overlap=16)
+    m = network_maps(b.net, rgb[:, ::-1], flips=True, tile=64, overlap=16)
+    np.testing.assert_allclose(m["seed"][:, ::-1], a["seed"], atol=1e-5)
+    np.testing.assert_allclose(m["offsets"][0][:, ::-1], a["offsets"][0], atol=1e-5)
+    np.testing.assert_allclose(-m["offsets"][1][:, ::-1], a["offsets"][1], atol=1e-5)

@@ -91,9 +91,36 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
 
 
+def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
+               mc_layers: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile."""
+    x, th, tw = _pad32(t)
+    if samples > 1:
+        off = ls = p_sum = ent_sum = None
+        for o in net.sample_mc(x, samples, layers=mc_layers):
+            p = o["seed"][0, :, :th, :tw]
+            if off is None:
+                off, ls = o["offsets"][0, :, :th, :tw].clone(), o["log_s"][0, :, :th, :tw].clone()
+                p_sum, ent_sum = p.clone(), _entropy(p)
+            else:
+                off += o["offsets"][0, :, :th, :tw]
+                ls += o["log_s"][0, :, :th, :tw]
+                p_sum += p
+                ent_sum += _entropy(p)
+        off, ls, seed = off / samples, ls / samples, p_sum / samples
+        mi = (_entropy(seed) - ent_sum / samples).clamp_(0.0, _LN2)
+    else:
+        o = net(x)
+        off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
+        seed = o["seed"][0, :, :th, :tw]
+        mi = torch.zeros_like(seed)
+    return off, ls, seed, mi
+
+
 @torch.inference_mode()
 def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: int = 1024,
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
+                 flips: bool = False,
                  device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """Run the network on ``rgb`` (M, N, 3) uint8 and return stitched maps.
 
@@ -105,6 +132,9 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
         Tile size and overlap in pixels (images up to ``tile`` run whole).
     mc_layers : tuple of str
         Dropout layers sampled (see :meth:`~.model.BPartISNet.sample_mc`).
+    flips : bool
+        Test-time augmentation: also run the left-right mirrored tile and
+        average the (un-mirrored) maps; twice the network time.
 
     Returns
     -------
@@ -120,26 +150,16 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     tiles = {}
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
-            x, th, tw = _pad32(img[..., y0:y0 + tile, x0:x0 + tile])
-            if samples > 1:
-                off = ls = p_sum = ent_sum = None
-                for o in net.sample_mc(x, samples, layers=mc_layers):
-                    p = o["seed"][0, :, :th, :tw]
-                    if off is None:
-                        off, ls = o["offsets"][0, :, :th, :tw].clone(), o["log_s"][0, :, :th, :tw].clone()
-                        p_sum, ent_sum = p.clone(), _entropy(p)
-                    else:
-                        off += o["offsets"][0, :, :th, :tw]
-                        ls += o["log_s"][0, :, :th, :tw]
-                        p_sum += p
-                        ent_sum += _entropy(p)
-                off, ls, seed = off / samples, ls / samples, p_sum / samples
-                mi = (_entropy(seed) - ent_sum / samples).clamp_(0.0, _LN2)
-            else:
-                o = net(x)
-                off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
-                seed = o["seed"][0, :, :th, :tw]
-                mi = torch.zeros_like(seed)
+            t = img[..., y0:y0 + tile, x0:x0 + tile]
+            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers)
+            if flips:
+                o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers)
+                o2 = o2.flip(2)
+                o2[1].neg_()  # x offsets point the other way in the mirror
+                off = (off + o2) / 2
+                ls = (ls + l2.flip(2)) / 2
+                seed = (seed + s2.flip(2)) / 2
+                mi = (mi + m2.flip(2)) / 2
             tiles[i, j] = torch.cat([off, ls, seed, mi], 0).float().cpu().numpy()
     full = stitch(tiles, ys, xs, tile, (h, w))
     return {"offsets": full[0:2], "log_s": full[2:4], "seed": full[4], "mi": full[5]}
@@ -367,7 +387,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   tolerance: float = 1.25, tile: int = 512, overlap: int = 128,
                   mc_layers: tuple[str, ...] = ("head",), device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
-                  cluster_options: dict | None = None, refine: bool = True) -> dict:
+                  cluster_options: dict | None = None, refine: bool = True,
+                  flips: bool = False) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -388,6 +409,9 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         First guess of the diameter from one encoder pass at the probe scale.
     max_passes : int
         Refinement passes of the scale from the instances found.
+    flips : bool
+        Average the maps of the image and its mirror image (see
+        :func:`network_maps`).
     refine : bool
         When the working scale is below 1, trace the instances' outlines on
         the bilinearly upsampled seed map (:func:`upsample_labels`) instead
@@ -405,7 +429,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     def run(s: float):
         shp = scaled_shape((h, w), s)
         maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
-                            overlap=overlap, mc_layers=mc_layers, device=device)
+                            overlap=overlap, mc_layers=mc_layers, flips=flips, device=device)
         lab, sc, un = segment_maps(maps, coord_scale=coord_scale,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]

@@ -735,8 +735,8 @@ def _size_model(out: Path):
 
 def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] = (1, 4, 8, 16),
          layer_sets: tuple[tuple[str, ...], ...] = (("head",), ("dec1", "head")),
-         min_scores: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
-         min_rel_areas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3),
+         min_scores: tuple[float, ...] = (0.0, 0.6, 0.7, 0.75, 0.78, 0.8, 0.82, 0.85),
+         min_rel_areas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
          keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
