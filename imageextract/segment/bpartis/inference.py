@@ -383,7 +383,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   samples: int = 1, scale: float | None = None,
                   target_diameter: float | None = 48.0, probe_px: int = 512,
                   scale_limits: tuple[float, float] = (0.05, 2.5), max_passes: int = 2,
-                  size_model=None,
+                  max_halvings: int = 2, size_model=None,
                   tolerance: float = 1.25, tile: int = 512, overlap: int = 128,
                   mc_layers: tuple[str, ...] = ("head",), device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
@@ -409,6 +409,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         First guess of the diameter from one encoder pass at the probe scale.
     max_passes : int
         Refinement passes of the scale from the instances found.
+    max_halvings : int
+        Fragmentation checks (see :func:`find_scale`).
     flips : bool
         Average the maps of the image and its mirror image (see
         :func:`network_maps`).
@@ -451,7 +453,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         s, res, passes = find_scale(run, (h, w), target_diameter=target_diameter,
                                     estimate=estimate, probe_px=probe_px,
                                     scale_limits=scale_limits, tolerance=tolerance,
-                                    max_refine=max_passes)
+                                    max_refine=max_passes, max_halvings=max_halvings)
     lab, sc, un, mi, seed = res
     if refine and lab.shape[0] < h:
         lab = upsample_labels(lab, seed, (h, w), fg_threshold=opts.get("fg_threshold", 0.5))

@@ -767,6 +767,8 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
 
+    halvings = 2
+
     def segment_all(t: int, layers, cluster_options: dict) -> tuple[list, float]:
         preds = []
         t0 = time.monotonic()
@@ -775,7 +777,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
             res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
                                 target_diameter=recipe.get("target_diameter"),
                                 size_model=size_model, mc_layers=layers, device=dev,
-                                cluster_options=cluster_options)
+                                cluster_options=cluster_options, max_halvings=halvings)
             preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
         return preds, (time.monotonic() - t0) / max(1, len(items))
 
@@ -786,6 +788,13 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
                                             -r["min_rel_area"]))
     filters = {"min_score": best_f["min_score"], "min_rel_area": best_f["min_rel_area"]}
     logger.info("tune filters: %s", best_f)
+    search_table = []
+    for halvings in (0, 1, 2):
+        row = filter_sweep(segment_all(1, ("head",), filters)[0], [{}])[0]
+        search_table.append({"max_halvings": halvings, **row})
+        logger.info("tune scale search: %s", search_table[-1])
+    halvings = max(search_table, key=lambda r: (round(r["score"], 3), -r["max_halvings"]))[
+        "max_halvings"]
     table = []
     for t in samples:
         for layers in (layer_sets if t > 1 else (("head",),)):
@@ -806,7 +815,8 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     best = max(table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
     if write:
         (out / "tune.json").write_text(json.dumps(
-            {"split": split, "best": best, "filters": filt_table, "table": table},
+            {"split": split, "best": best, "filters": filt_table, "search": search_table,
+             "table": table},
             indent=2, default=float) + "\n")
         old = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         cluster_opts = {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}
@@ -815,11 +825,11 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         export(out, inference={"mc_samples": max(best["mc_samples"], 1),
                                "mc_layers": best["mc_layers"],
                                "uncertainty_threshold": best["uncertainty_threshold"],
-                               "cluster": cluster_opts},
+                               "max_halvings": halvings, "cluster": cluster_opts},
                tuning={k: best[k] for k in ("ap", "ap50", "ap75", "mean_iou", "aji_plus",
                                             "kept", "instance_precision",
                                             "seconds_per_image") if k in best})
-    return {"best": best, "filters": filt_table, "table": table}
+    return {"best": best, "filters": filt_table, "search": search_table, "table": table}
 
 
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
