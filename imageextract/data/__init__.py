@@ -28,10 +28,15 @@ def _render(labels: np.ndarray, *, rng: np.random.Generator, dark_particles: boo
 def disc_labels(shape: tuple[int, int], centres, radii) -> np.ndarray:
     """Label image with one disc per (centre, radius); later discs win overlaps."""
     h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
     labels = np.zeros(shape, dtype=np.int32)
     for k, ((cy, cx), r) in enumerate(zip(centres, radii), start=1):
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+        # paint inside the disc's bounding box only (same pixels as a full-image test)
+        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)) + 1)
+        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        labels[y0:y1, x0:x1][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
     return labels
 
 
