@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .inference import median_diameter, resize_rgb, scaled_shape
+from .inference import _pad32, median_diameter, resize_rgb, scaled_shape
 from .model import BPartISNet, pooled_features
 
 logger = logging.getLogger(__name__)
@@ -81,10 +80,7 @@ def image_features(net: BPartISNet, rgb: np.ndarray, *, scale: float,
     small = resize_rgb(rgb, scaled_shape(rgb.shape[:2], scale))
     x = torch.from_numpy(np.array(small, dtype=np.uint8, order="C")).to(device)
     x = x.permute(2, 0, 1).float().div_(255.0)[None]
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % 32, (-w) % 32
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+    x, _, _ = _pad32(x)
     return pooled_features(net, x)[0].double().cpu().numpy()
 
 

@@ -650,16 +650,9 @@ def _load_best(out: Path, device) -> tuple[BPartISNet, dict]:
 def _instance_precision(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Whether each predicted instance 1..K matches a ground-truth instance
     at IoU > 0.5 (bool array, (K,))."""
-    k = int(pred.max(initial=0))
-    if k == 0:
-        return np.zeros(0, bool)
-    g = gt.ravel().astype(np.int64)
-    p = pred.ravel().astype(np.int64)
-    ng = int(g.max(initial=0)) + 1
-    inter = np.bincount(p * ng + g, minlength=(k + 1) * ng).reshape(k + 1, ng)
-    pa, ga = inter.sum(1), inter.sum(0)
-    iou = inter[1:, 1:] / np.maximum(pa[1:, None] + ga[None, 1:] - inter[1:, 1:], 1)
-    return (iou > 0.5).any(1) if ng > 1 else np.zeros(k, bool)
+    from ...evaluation.metrics import _check_pair, _overlap
+
+    return (_overlap(*_check_pair(gt, pred)).iou() > 0.5).any(0)
 
 
 def filter_sweep(preds: list[tuple], settings: list[dict]) -> list[dict]:
