@@ -227,63 +227,6 @@ def keep_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarr
     return lut[labels], scores[keep], uncertainty[keep]
 
 
-def filter_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray, *,
-                     min_score: float = 0.0, min_rel_area: float = 0.0,
-                     uncertainty_threshold: float | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the instances with score >= ``min_score`` and area >=
-    ``min_rel_area`` x the median area of those, then drop those with
-    uncertainty above ``uncertainty_threshold``; relabel 1..K.
-
-    >>> lab = np.array([[1, 1, 2, 3, 3]], np.int32)
-    >>> filter_instances(lab, np.array([0.9, 0.9, 0.5]), np.zeros(3), min_score=0.6,
-    ...                  min_rel_area=0.8)[0].tolist()
-    [[1, 1, 0, 0, 0]]
-    """
-    k = scores.size
-    if k == 0:
-        return labels, scores, uncertainty
-    keep = scores >= min_score
-    if min_rel_area > 0 and keep.any():
-        area = np.bincount(labels.ravel(), minlength=k + 1)[1:]
-        keep &= area >= min_rel_area * np.median(area[keep])
-    if uncertainty_threshold is not None:
-        keep &= uncertainty <= uncertainty_threshold
-    return keep_instances(labels, scores, uncertainty, keep)
-
-
-def keep_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray,
-                   keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the instances ``i + 1`` with ``keep[i]``; relabel them 1..K.
-
-    >>> keep_instances(np.array([[1, 2, 3]], np.int32), np.ones(3), np.zeros(3),
-    ...                np.array([True, False, True]))[0].tolist()
-    [[1, 0, 2]]
-    """
-    if keep.all():
-        return labels, scores, uncertainty
-    lut = np.zeros(scores.size + 1, np.int32)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels], scores[keep], uncertainty[keep]
-
-
-def drop_uncertain(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray,
-                   threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Remove instances whose uncertainty is above ``threshold``; relabel 1..K.
-
-    >>> lab = np.array([[1, 2, 3]], np.int32)
-    >>> drop_uncertain(lab, np.ones(3), np.array([0.1, 0.5, 0.2]), 0.3)[0].tolist()
-    [[1, 0, 2]]
-    """
-    k = scores.size
-    keep = uncertainty <= threshold
-    if k == 0 or keep.all():
-        return labels, scores, uncertainty
-    lut = np.zeros(k + 1, np.int32)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels], scores[keep], uncertainty[keep]
-
-
 # ---------------------------------------------------------------------------
 # working scale: particles are brought to the size the network was trained on
 # ---------------------------------------------------------------------------
