@@ -195,6 +195,11 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
     tune = json.loads((tmp_path / "m" / "tune.json").read_text())
     assert {r["mc_samples"] for r in tune["table"]} == {1, 4, 8, 16}
+    # the scale search and foreground threshold chosen on val are what the backend runs
+    searched = {(r["max_passes"], r["max_halvings"]) for r in tune["search"]}
+    assert (cfg["inference"]["max_passes"], cfg["inference"]["max_halvings"]) in searched
+    assert cfg["inference"]["cluster"]["fg_threshold"] in {r["fg_threshold"]
+                                                          for r in tune["foreground"]}
     backend = BPartIS(model=str(tmp_path / "m"))
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
     seg = backend.predict(np.full((48, 56), 200, np.uint8))

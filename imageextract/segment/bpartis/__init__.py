@@ -153,6 +153,7 @@ class BPartIS:
         td = inf.get("target_diameter")
         self.target_diameter = None if td is None else float(td)
         self.scale_limits = tuple(inf.get("scale_limits", (0.05, 2.5)))
+        self.max_passes = int(inf.get("max_passes", 2))
         self.max_halvings = int(inf.get("max_halvings", 2))
         self.cluster_options = dict(inf.get("cluster", {}))
         self.mc_layers = tuple(inf.get("mc_layers", ("head",)))
@@ -181,7 +182,8 @@ class BPartIS:
         res = segment_image(
             self.net, rgb, coord_scale=self.model_config.coord_scale,
             samples=self.mc_samples, scale=self.scale, target_diameter=self.target_diameter,
-            scale_limits=self.scale_limits, max_halvings=self.max_halvings,
+            scale_limits=self.scale_limits, max_passes=self.max_passes,
+            max_halvings=self.max_halvings,
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px,
             mc_layers=self.mc_layers, device=self.device,
