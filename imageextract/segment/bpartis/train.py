@@ -236,6 +236,9 @@ def selection_score(metrics: dict[str, float]) -> float:
     The paper's AP is reported but not selected on: at IoU threshold 0 two
     touching particles count as a duplicate, so AP rewards merging them and
     swings with a few pixels (METRICS.md); AP50 and AJI+ are steadier.
+
+    >>> selection_score({"ap": 0.2, "ap50": 0.9, "aji_plus": 0.7})
+    0.8
     """
     vals = [metrics[k] for k in ("ap50", "aji_plus")
             if k in metrics and math.isfinite(metrics[k])]
@@ -754,6 +757,9 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
        segments the split once (``T = 1``, filters :data:`VAL_FILTERS`).
     1. Filters: with the best search, the split is segmented once; every
        ``(min_score, min_rel_area)`` pair only re-filters the instances.
+       Exact for a single-pass search; with refinement passes the filters
+       also steer the search, which re-filtering does not see (the stage 2
+       rows are measured with the filters in the loop).
     1b. Foreground threshold of the clustering: one pass per value.
     2. With the best of those, each ``(T, layers)`` setting segments the
        split once; the thresholds tried are the quantiles of the instances'
