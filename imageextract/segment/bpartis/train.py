@@ -782,9 +782,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
 
-    search = {"max_passes": 2, "max_halvings": 2}
-
-    def segment_all(t: int, layers, cluster_options: dict) -> tuple[list, float]:
+    def segment_all(t: int, layers, cluster_options: dict, search: dict) -> tuple[list, float]:
         preds = []
         t0 = time.monotonic()
         for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)}",
@@ -796,35 +794,40 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
             preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
         return preds, (time.monotonic() - t0) / max(1, len(items))
 
+    def measure(cluster_options: dict, search: dict) -> dict:
+        """Metrics of one ``T = 1`` pass over the split, as the backend runs it."""
+        preds, secs = segment_all(1, ("head",), cluster_options, search)
+        return {**filter_sweep(preds, [{}])[0], "seconds_per_image": round(secs, 3)}
+
     search_table = []
     for passes, halvings in searches:
         search = {"max_passes": passes, "max_halvings": halvings}
-        preds, secs = segment_all(1, ("head",), VAL_FILTERS)
-        search_table.append({**search, **filter_sweep(preds, [{}])[0],
-                             "seconds_per_image": round(secs, 3)})
+        search_table.append({**search, **measure(VAL_FILTERS, search)})
         logger.info("tune scale search: %s", search_table[-1])
     best_s = max(search_table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
     search = {"max_passes": best_s["max_passes"], "max_halvings": best_s["max_halvings"]}
-    preds, _ = segment_all(1, ("head",), {})
+    preds, _ = segment_all(1, ("head",), {}, search)
     filt_table = filter_sweep(preds, [{"min_score": a, "min_rel_area": b}
                                       for a in min_scores for b in min_rel_areas])
     best_f = max(filt_table, key=lambda r: (round(r["score"], 3), -r["min_score"],
                                             -r["min_rel_area"]))
     filters = {"min_score": best_f["min_score"], "min_rel_area": best_f["min_rel_area"]}
     logger.info("tune filters: %s", best_f)
+
+    def with_fg(fg: float) -> dict:  # no seed below the foreground threshold can start one
+        return {**filters, "fg_threshold": fg, "seed_threshold": max(0.5, fg)}
+
     fg_table = []
     for fg in fg_thresholds:
-        opts = {**filters, "fg_threshold": fg, "seed_threshold": max(0.5, fg)}
-        fg_table.append({"fg_threshold": fg, **filter_sweep(segment_all(1, ("head",), opts)[0],
-                                                            [{}])[0]})
+        fg_table.append({"fg_threshold": fg, **measure(with_fg(fg), search)})
         logger.info("tune foreground: %s", fg_table[-1])
     if fg_table:
-        fg = max(fg_table, key=lambda r: (round(r["score"], 3), r["fg_threshold"]))["fg_threshold"]
-        filters.update({"fg_threshold": fg, "seed_threshold": max(0.5, fg)})
+        filters = with_fg(max(fg_table, key=lambda r: (round(r["score"], 3),
+                                                       r["fg_threshold"]))["fg_threshold"])
     table = []
     for t in samples:
         for layers in (layer_sets if t > 1 else (("head",),)):
-            preds, secs = segment_all(t, layers, filters)
+            preds, secs = segment_all(t, layers, filters, search)
             if t > 1:
                 allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
                 thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
