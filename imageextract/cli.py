@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, help="total epochs")
     t.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this long")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes building training batches ahead of the step (for a GPU)")
+    t.add_argument("--init", metavar="WEIGHTS", help="start a new run from these weights (best.pt)")
     t.add_argument("--finish", action="store_true",
                    help="skip training: fit the size model, tune MC samples and the uncertainty "
                         "threshold on the validation split and export (runs by itself when "
@@ -238,7 +241,10 @@ def _cmd_train(args, progress: bool) -> int:
         opts["epochs"] = args.epochs
     if args.max_minutes:
         opts["max_minutes"] = args.max_minutes
-    train(args.data, args.out, resume=args.resume, device=args.device, progress=progress, **opts)
+    if args.init:
+        opts["init_weights"] = args.init
+    train(args.data, args.out, resume=args.resume, device=args.device, progress=progress,
+          workers=args.workers, **opts)
     return EXIT_OK
 
 

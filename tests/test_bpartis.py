@@ -15,7 +15,11 @@ from imageextract.errors import WeightsError  # noqa: E402
 from imageextract.segment.bpartis import BPartIS  # noqa: E402
 from imageextract.segment.bpartis.cluster import cluster, mutual_information  # noqa: E402
 from imageextract.segment.bpartis.inference import stitch, tile_starts  # noqa: E402
-from imageextract.segment.bpartis.loss import instance_loss, lovasz_hinge  # noqa: E402
+from imageextract.segment.bpartis.loss import (  # noqa: E402
+    instance_loss,
+    lovasz_hinge,
+    prepare_targets,
+)
 from imageextract.types import Segmentation  # noqa: E402
 
 TINY = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
@@ -137,6 +141,44 @@ def test_lovasz_and_loss():
     assert o.grad is not None
 
 
+
+def test_prepared_targets_give_the_same_loss():
+    """Targets made ahead (in a data worker) equal the loss's own bookkeeping,
+    also for non-consecutive ids and a small chunk bound (several Lovasz calls)."""
+    off, ls, seed, truth = _disc_maps((40, 40), [(10, 10, 6), (25, 28, 8), (30, 8, 4)])
+    truth = np.where(truth > 0, truth * 1000 + 7, 0)  # ids 1007, 2007, 3007
+    labels = torch.tensor(truth)[None].long()
+    args = (torch.tensor(off)[None], torch.tensor(ls)[None], torch.tensor(seed)[None, None])
+    ref, _ = instance_loss(*args, labels, coord_scale=SCALE, chunk_elems=500)
+    tg = prepare_targets(truth, chunk_elems=500)
+    assert tg["k"] == 3 and len(tg["chunks"]) >= 2
+    assert sorted(torch.unique(tg["lab_k"]).tolist()) == [-1, 0, 1, 2]
+    got, _ = instance_loss(*args, None, coord_scale=SCALE, targets=[tg])
+    assert torch.allclose(ref, got)
+    empty = prepare_targets(np.zeros((8, 8), np.int32))
+    assert empty["k"] == 0 and empty["chunks"] == []
+    with pytest.raises(ValueError, match="labels or targets"):
+        instance_loss(*args, None, coord_scale=SCALE)
+
+
+def test_shading_augmentations():
+    from imageextract.segment.bpartis.train import illumination_field, shade_particles
+
+    lab = torch.zeros(30, 30, dtype=torch.int64)
+    lab[5:15, 5:15] = 4
+    lab[18:28, 12:26] = 9
+    img = torch.full((3, 30, 30), 0.8)
+    out = shade_particles(img, lab, angle=0.0, strength=0.6)  # darker towards +x
+    assert torch.equal(out[:, lab == 0], img[:, lab == 0])
+    assert float(out[0, 10, 14]) < float(out[0, 10, 11]) < 0.79  # right side of particle 4
+    assert float(out[0, 10, 5]) == pytest.approx(0.8)  # left side untouched
+    assert float(out.min()) >= 0.8 * (1 - 0.6) - 1e-6
+    field = illumination_field(np.random.default_rng(3), 64)
+    assert field.shape == (64, 64) and 0.4 <= float(field.min()) <= float(field.max()) <= 1.6
+    # smooth: neighbouring pixels differ by far less than the field's range
+    assert float((field[:, 1:] - field[:, :-1]).abs().max()) < 0.05
+
+
 def _tiny_emps(root, n=6):
     from PIL import Image
 
@@ -179,6 +221,27 @@ def test_exact_resume(tmp_path):
     seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
     assert seg.weights.startswith("bpartis:emps-v1@sha256:")
     assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("sha256") >= 1
+
+
+
+def test_batches_do_not_depend_on_worker_processes(tmp_path):
+    """Batch ``i`` comes from ``(seed, i)`` alone: a run with two loader
+    processes takes the same batches as one without (to float rounding of
+    the thread count), so its weights match closely."""
+    from imageextract.segment.bpartis.train import train
+
+    data = _tiny_emps(tmp_path / "emps")
+    opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
+                device="cpu", model_config=TINY, pretrained=False, threads=1,
+                export_at_end=False, max_steps=3)
+    train(data, tmp_path / "w0", **opts)
+    train(data, tmp_path / "w2", workers=2, **opts)
+    a = torch.load(tmp_path / "w0" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for k, v in a["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5)
 
 
 def test_finish_fits_size_model_tunes_and_exports(tmp_path):

@@ -86,11 +86,63 @@ def _windows(lab_k: np.ndarray, k: int, margin: int, rel_margin: float) -> list:
     return out
 
 
+def prepare_targets(labels: np.ndarray, *, margin: int = 16, rel_margin: float = 0.3,
+                    chunk_elems: int = 2_000_000) -> dict:
+    """The label-only part of :func:`instance_loss` for one image.
+
+    Pure numpy on the labels, so a data-loading worker can do it while the
+    accelerator trains (on a GPU this bookkeeping, not the network, bounds
+    the step time).
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Instance ids, 0 = background (need not be consecutive).
+
+    Returns
+    -------
+    dict with ``k`` (number of instances), ``lab_k`` ((H*W,) int64 tensor:
+    instance index 0..k-1, -1 = background) and ``chunks`` (list of
+    ``(rows, index)`` int64 tensors: the instances of one Lovasz call and the
+    flat pixel indices of their windows, padded with -1).
+    """
+    lab = np.asarray(labels)
+    h, w = lab.shape
+    flat = lab.reshape(-1).astype(np.int64, copy=False)
+    present = np.bincount(flat, minlength=1) > 0 if flat.size else np.zeros(1, bool)
+    present[0] = False  # background
+    lut = np.full(present.size, -1, dtype=np.int64)
+    k = int(present.sum())
+    lut[present] = np.arange(k)
+    lab_k_np = lut[lab]  # -1 = background, ids in increasing order
+    chunks = []
+    if k:
+        boxes = _windows(lab_k_np, k, margin, rel_margin)
+        sizes = np.array([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes])
+        order = np.argsort(sizes)
+        start = 0
+        while start < k:
+            stop = start + 1
+            while stop < k and int(sizes[order[stop]]) * (stop - start + 1) <= chunk_elems:
+                stop += 1
+            rows = order[start:stop]
+            length = int(sizes[rows].max())
+            index = np.full((rows.size, length), -1, dtype=np.int64)
+            for r, kk in enumerate(rows):
+                y0, y1, x0, x1 = boxes[kk]
+                fl = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
+                index[r, : fl.size] = fl
+            chunks.append((torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(index)))
+            start = stop
+    return {"k": k, "lab_k": torch.from_numpy(lab_k_np.reshape(-1)), "chunks": chunks}
+
+
 def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor,
-                  labels: torch.Tensor, *, coord_scale: float, w_inst: float = 1.0,
+                  labels: torch.Tensor | None, *, coord_scale: float, w_inst: float = 1.0,
                   w_var: float = 10.0, w_seed: float = 1.0, fg_weight: float = 10.0,
                   center: str = "centroid", margin: int = 16, rel_margin: float = 0.3,
-                  chunk_elems: int = 2_000_000) -> tuple[torch.Tensor, dict]:
+                  chunk_elems: int = 2_000_000,
+                  targets: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of a batch.
 
     The Lovasz hinge of instance ``k`` is evaluated on the instance's bounding
@@ -105,11 +157,16 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
     log_s : (B, 2, H, W) tensor
     seed : (B, 1, H, W) tensor in [0, 1]
     labels : (B, H, W) int64 tensor
-        Instance ids, 0 = background (need not be consecutive).
+        Instance ids, 0 = background (need not be consecutive); may be None
+        when ``targets`` is given.
     coord_scale : float
         Pixels per embedding unit.
     chunk_elems : int
         Bound on instances x window pixels handled in one Lovasz call.
+    targets : list of dict, optional
+        :func:`prepare_targets` of each image, made ahead (e.g. by a data
+        worker); ``margin``, ``rel_margin`` and ``chunk_elems`` then are
+        those it was made with.
 
     Returns
     -------
@@ -118,6 +175,12 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
     """
     b, _, h, w = offsets.shape
     dev = offsets.device
+    if targets is None:
+        if labels is None:
+            raise ValueError("instance_loss needs labels or targets")
+        targets = [prepare_targets(labels[i].cpu().numpy(), margin=margin,
+                                   rel_margin=rel_margin, chunk_elems=chunk_elems)
+                   for i in range(b)]
     grid = coordinate_grid(h, w, coord_scale, device=dev).view(2, -1)
     total = offsets.new_zeros(())
     parts = {"inst": 0.0, "var": 0.0, "seed": 0.0}
@@ -126,13 +189,9 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         emb = offsets[i].view(2, -1) + grid  # (2, N)
         ls = log_s[i].view(2, -1)
         sd = seed[i].view(-1)
-        lab_np = labels[i].cpu().numpy()
-        ids, inv = np.unique(lab_np, return_inverse=True)
-        inv = inv.reshape(lab_np.shape)
-        has_bg = ids.size > 0 and ids[0] == 0
-        lab_k_np = (inv - 1 if has_bg else inv).astype(np.int64)  # -1 = background
-        k = int(ids.size - (1 if has_bg else 0))
-        lab_k = torch.from_numpy(lab_k_np.reshape(-1)).to(dev)
+        tg = targets[i]
+        k = int(tg["k"])
+        lab_k = torch.as_tensor(tg["lab_k"]).to(dev, non_blocking=True)
         fg = lab_k >= 0
         seed_bg = (sd[~fg] ** 2).sum()
         if k == 0:
@@ -155,27 +214,12 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         phi_own = torch.exp(-d_own).detach()
         seed_l = (seed_bg + fg_weight * ((sd[fg] - phi_own) ** 2).sum()) / n_pix
         # Lovasz hinge on windows, instances grouped by window size
-        boxes = _windows(lab_k_np, k, margin, rel_margin)
-        sizes = np.array([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes])
-        order = np.argsort(sizes)
         inst_sum = emb.new_zeros(())
-        start = 0
-        while start < k:
-            length = int(sizes[order[start]])
-            stop = start + 1
-            while stop < k and int(sizes[order[stop]]) * (stop - start + 1) <= chunk_elems:
-                stop += 1
-            rows = order[start:stop]
-            length = int(sizes[rows].max())
-            index = np.full((rows.size, length), -1, dtype=np.int64)
-            for r, kk in enumerate(rows):
-                y0, y1, x0, x1 = boxes[kk]
-                flat = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
-                index[r, : flat.size] = flat
-            index_t = torch.from_numpy(index).to(dev)
+        for rows, index in tg["chunks"]:
+            rows_t = torch.as_tensor(rows).to(dev, non_blocking=True)
+            index_t = torch.as_tensor(index).to(dev, non_blocking=True)
             valid = index_t >= 0
             safe = index_t.clamp_min(0)
-            rows_t = torch.from_numpy(rows).to(dev)
             e = emb[:, safe]  # (2, R, L)
             c = centers[rows_t].T[:, :, None]  # (2, R, 1)
             sr = s[rows_t].T[:, :, None]
@@ -183,7 +227,6 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
             target = ((lab_k[safe] == rows_t[:, None]) & valid).to(emb.dtype)
             logits = torch.where(valid, 2.0 * phi - 1.0, torch.full_like(phi, -1.0))
             inst_sum = inst_sum + lovasz_hinge(logits, target).sum()
-            start = stop
         inst_loss = inst_sum / k
         total = total + w_inst * inst_loss + w_var * var_loss + w_seed * seed_l
         parts["inst"] += float(inst_loss.detach())

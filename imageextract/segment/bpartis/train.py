@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
 from .inference import filter_instances, segment_image
-from .loss import instance_loss
+from .loss import instance_loss, prepare_targets
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "target_diameter": 48.0,
     "scale_limits": (0.05, 2.5),
     "p_invert": 0.15,
+    # shading: each particle darkened towards one side (SEM shadowing), and a
+    # smooth illumination field over the crop (recipes that predate them: 0)
+    "p_shade": 0.3,
+    "p_illumination": 0.3,
     "val_every": 5,
     "loss": {"w_inst": 1.0, "w_var": 10.0, "w_seed": 1.0, "fg_weight": 10.0},
 }
@@ -96,14 +100,20 @@ def base_scale(labels: np.ndarray, target_diameter: float | None, *,
 
 def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, crop: int, *,
                  base: float = 1.0, scale_range=(0.7, 1.4),
-                 p_invert: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                 p_invert: float = 0.15, p_shade: float = 0.0,
+                 p_illumination: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training crop.
 
     Random scale (``base`` times a log-uniform factor in ``scale_range``),
     random position (an image smaller than the crop at that scale is placed
     at a random spot on a flat canvas of its mean grey, labelled background),
     90-degree rotations and flips, contrast/brightness jitter, gamma,
-    optional inversion and grey conversion, Gaussian noise.
+    optional inversion and grey conversion, Gaussian noise.  With
+    ``p_shade`` every particle of the crop is darkened towards one side
+    (:func:`shade_particles`, the shadowed flank of SEM spheres) and with
+    ``p_illumination`` the crop is multiplied by a smooth random field
+    (:func:`illumination_field`); both draw random numbers only when their
+    probability is above 0, so older recipes keep their exact batches.
 
     Returns
     -------
@@ -139,6 +149,11 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     if rng.random() < 0.5:
         img, lab = img.flip(2), lab.flip(1)
     # photometric
+    if p_shade > 0 and rng.random() < p_shade:
+        img = shade_particles(img, lab, angle=rng.uniform(0.0, 2.0 * math.pi),
+                              strength=rng.uniform(0.3, 0.8))
+    if p_illumination > 0 and rng.random() < p_illumination:
+        img = img * illumination_field(rng, crop)[None]
     if rng.random() < 0.5:
         img = img.mean(0, keepdim=True).expand(3, -1, -1)
     if rng.random() < p_invert:
@@ -150,6 +165,59 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
         img = img + torch.randn(img.shape, generator=gen) * rng.uniform(0.0, 0.04)
     return img.clamp(0.0, 1.0).contiguous(), lab.contiguous()
+
+
+def shade_particles(img: torch.Tensor, labels: torch.Tensor, *, angle: float,
+                    strength: float) -> torch.Tensor:
+    """Darken every labelled particle towards one side.
+
+    A pixel of particle ``k`` at ``p`` is multiplied by
+    ``1 - strength * clip(<p - c_k, u> / r_k, 0, 1)``, with ``c_k`` the
+    particle's centroid, ``r_k`` its equivalent radius and ``u`` the unit
+    vector at ``angle`` (radians; the same for all particles, as a detector
+    sees them).  Background pixels are unchanged.
+
+    Parameters
+    ----------
+    img : (C, H, W) float tensor
+    labels : (H, W) int64 tensor, 0 = background
+
+    Returns
+    -------
+    (C, H, W) tensor
+
+    >>> lab = torch.zeros(5, 5, dtype=torch.int64); lab[1:4, 1:4] = 1
+    >>> out = shade_particles(torch.ones(1, 5, 5), lab, angle=0.0, strength=0.5)
+    >>> float(out[0, 2, 1]), float(out[0, 2, 3]) < 1.0, float(out[0, 0, 4])
+    (1.0, True, 1.0)
+    """
+    h, w = labels.shape
+    flat = labels.reshape(-1)
+    n = int(flat.max()) + 1 if flat.numel() else 1
+    if n <= 1:
+        return img
+    ys = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w).reshape(-1)
+    xs = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w).reshape(-1)
+    count = torch.bincount(flat, minlength=n).float().clamp_min(1.0)
+    cy = torch.bincount(flat, ys, minlength=n) / count
+    cx = torch.bincount(flat, xs, minlength=n) / count
+    radius = (count / math.pi).sqrt().clamp_min(1.0)
+    proj = ((ys - cy[flat]) * math.sin(angle) + (xs - cx[flat]) * math.cos(angle)) / radius[flat]
+    factor = 1.0 - strength * proj.clamp(0.0, 1.0)
+    factor = torch.where(flat > 0, factor, torch.ones_like(factor)).view(1, h, w)
+    return img * factor
+
+
+def illumination_field(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """``(size, size)`` smooth multiplicative field around 1: a random ramp
+    (up to +-30 % across the crop) plus a bicubic-upsampled 3x3 random grid
+    (+-20 %), clipped to [0.4, 1.6]."""
+    t = torch.linspace(-1.0, 1.0, size)
+    gy, gx = rng.uniform(-0.3, 0.3, size=2)
+    ramp = 1.0 + float(gy) * t[:, None] + float(gx) * t[None, :]
+    coarse = torch.from_numpy(rng.uniform(-0.2, 0.2, size=(1, 1, 3, 3)).astype(np.float32))
+    bumps = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)[0, 0]
+    return (ramp + bumps).clamp(0.4, 1.6)
 
 
 def make_batch(items: list[tuple], rng: np.random.Generator, batch_size: int, crop: int, *,
@@ -289,7 +357,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           max_minutes: float | None = None, max_steps: int | None = None,
           model_config: dict | None = None, pretrained: bool = True,
           threads: int | None = 2, export_at_end: bool = True,
-          init_weights: str | Path | None = None) -> dict[str, Any]:
+          init_weights: str | Path | None = None, workers: int = 0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -320,6 +388,12 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
     init_weights : path, optional
         Start a new run from these network weights (a ``best.pt`` or
         ``weights.pt`` of the same architecture) instead of ImageNet.
+    workers : int
+        Processes that build the augmented batches ahead of the training step
+        (0: built in this process).  Each step's batch depends on
+        ``(seed, step)`` only, so the batches are the same (to float rounding:
+        worker processes run one thread) for any number of
+        workers; use several where a GPU would otherwise wait for them.
 
     Returns
     -------
@@ -342,7 +416,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       checkpoint_minutes=checkpoint_minutes, progress=progress, device=device,
                       max_minutes=max_minutes, max_steps=max_steps, model_config=model_config,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
-                      init_weights=init_weights, t_start=t_start)
+                      init_weights=init_weights, workers=workers, t_start=t_start)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -351,10 +425,15 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
 
 def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, val_every,
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
-           pretrained, threads, export_at_end, init_weights, t_start) -> dict[str, Any]:
+           pretrained, threads, export_at_end, init_weights, workers,
+           t_start) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
+    if dev.type == "cuda":  # fixed crop size: let cuDNN pick its kernels once
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     ckpt_path = out / CHECKPOINT
     ckpt = None
     if resume:
@@ -387,7 +466,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     if ckpt is None and init_weights is not None:
         state = torch.load(init_weights, map_location="cpu", weights_only=False)
         state = state.get("model", state)
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        # an exported weights.pt also carries the size model, which is refitted
+        net.load_state_dict({k: v.float() for k, v in state.items()
+                             if not k.startswith("size_model.")})
         logger.info("network initialised from %s", init_weights)
     elif ckpt is None and recipe["pretrained"]:
         n = load_imagenet_encoder(net)
@@ -412,7 +493,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         _set_rng_state(ckpt["rng"])
     stop_step = total if max_steps is None else min(total, int(max_steps))
     loss_cfg = recipe["loss"]
-    aug = {"scale_range": tuple(recipe["scale_range"]), "p_invert": recipe["p_invert"]}
+    aug = {"scale_range": tuple(recipe["scale_range"]), "p_invert": recipe["p_invert"],
+           "p_shade": recipe.get("p_shade", 0.0),
+           "p_illumination": recipe.get("p_illumination", 0.0)}
     limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
@@ -459,20 +542,27 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 total, recipe["epochs"], steps_per_epoch, recipe["crop"], recipe["batch_size"],
                 recipe["lr"], dev)
     stopped_early = False
+    batches = _BatchStream(train_items, bases, seed=int(recipe["seed"]),
+                           batch_size=recipe["batch_size"], crop=recipe["crop"], aug=aug)
+    if workers > 0:
+        loader = iter(torch.utils.data.DataLoader(
+            torch.utils.data.Subset(batches, range(step, stop_step)), batch_size=None,
+            shuffle=False, num_workers=int(workers), prefetch_factor=4,
+            pin_memory=dev.type == "cuda", worker_init_fn=_worker_init))
+    else:
+        loader = (batches[i] for i in range(step, stop_step))
     while step < stop_step:
         if max_minutes is not None and (time.monotonic() - t_start) / 60.0 >= max_minutes:
             stopped_early = True
             break
-        rng = np.random.default_rng([int(recipe["seed"]), step])
         torch.manual_seed(int(recipe["seed"]) * 1_000_003 + step)
-        imgs, labs = make_batch(train_items, rng, recipe["batch_size"], recipe["crop"],
-                                bases=bases, **aug)
-        imgs, labs = imgs.to(dev), labs.to(dev)
+        imgs, _, targets = next(loader)
+        imgs = imgs.to(dev, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup_steps"])
         o = net(imgs)
-        loss, parts = instance_loss(o["offsets"], o["log_s"], o["seed"], labs,
-                                    coord_scale=mcfg.coord_scale, **loss_cfg)
+        loss, parts = instance_loss(o["offsets"], o["log_s"], o["seed"], None,
+                                    coord_scale=mcfg.coord_scale, targets=targets, **loss_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -511,6 +601,31 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
 # ---------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------
+class _BatchStream(torch.utils.data.Dataset):
+    """Training batches indexed by step: batch ``i`` is built from a generator
+    seeded with ``(seed, i)`` (see :func:`make_batch`)."""
+
+    def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict):
+        self.items, self.bases, self.seed = items, bases, seed
+        self.batch_size, self.crop, self.aug = batch_size, crop, aug
+
+    def __len__(self) -> int:  # steps are unbounded; Subset picks the range
+        return 2**62
+
+    def __getitem__(self, step: int):
+        """``(images, labels, targets)``: targets are the loss's label
+        bookkeeping (:func:`~.loss.prepare_targets`), made here so that
+        workers do it ahead of the step."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        imgs, labs = make_batch(self.items, rng, self.batch_size, self.crop, bases=self.bases,
+                                **self.aug)
+        return imgs, labs, [prepare_targets(lab.numpy()) for lab in labs]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -891,8 +1006,12 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes building batches ahead of the step (for a GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
+    p.add_argument("--no-finish", action="store_true",
+                   help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
                    help="only fit the size model, tune on val and export (done after training)")
     a = p.parse_args(argv)
@@ -905,7 +1024,8 @@ def _main(argv: list[str] | None = None) -> int:
                 batch_size=a.batch_size, lr=a.lr, seed=a.seed, val_every=a.val_every,
                 checkpoint_minutes=a.checkpoint_minutes, progress=not a.no_progress,
                 device=a.device, max_minutes=a.max_minutes, max_steps=a.max_steps,
-                threads=a.threads, init_weights=a.init)
+                threads=a.threads, init_weights=a.init, workers=a.workers,
+                export_at_end=not a.no_finish)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
