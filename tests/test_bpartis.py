@@ -263,6 +263,16 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert (cfg["inference"]["max_passes"], cfg["inference"]["max_halvings"]) in searched
     assert cfg["inference"]["cluster"]["fg_threshold"] in {r["fg_threshold"]
                                                           for r in tune["foreground"]}
+    # a search whose passes depend on the filters: the candidates are measured in the loop
+    from imageextract.segment.bpartis.train import tune
+
+    res2 = tune(data, tmp_path / "m", samples=(1,), searches=((0, 1),), fg_thresholds=(),
+                refilter_top=2, progress=False, write=False)
+    in_loop = [r for r in res2["filters"] if r.get("in_loop")]
+    assert 1 <= len(in_loop) <= 3
+    assert {"min_score": 0.8, "min_rel_area": 0.2}.items() <= in_loop[0].items()
+    chosen = (res2["best"]["min_score"], res2["best"]["min_rel_area"])
+    assert chosen in {(r["min_score"], r["min_rel_area"]) for r in in_loop}
     backend = BPartIS(model=str(tmp_path / "m"))
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
     seg = backend.predict(np.full((48, 56), 200, np.uint8))

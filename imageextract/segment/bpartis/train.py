@@ -859,7 +859,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
          min_rel_areas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4),
          keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          searches: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (2, 0), (2, 1)),
-         fg_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5),
+         fg_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5), refilter_top: int = 4,
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
     """Tune the scale search, the instance filters, the foreground threshold,
@@ -872,9 +872,11 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
        segments the split once (``T = 1``, filters :data:`VAL_FILTERS`).
     1. Filters: with the best search, the split is segmented once; every
        ``(min_score, min_rel_area)`` pair only re-filters the instances.
-       Exact for a single-pass search; with refinement passes the filters
-       also steer the search, which re-filtering does not see (the stage 2
-       rows are measured with the filters in the loop).
+       Exact for the single-pass search ``(0, 0)``; otherwise the filters
+       also steer the search, which re-filtering does not see, so the
+       ``refilter_top`` best re-filtered pairs and :data:`VAL_FILTERS` are
+       measured with the filters in the loop (rows with ``in_loop``, listed
+       first) and the best of those is taken.
     1b. Foreground threshold of the clustering: one pass per value.
     2. With the best of those, each ``(T, layers)`` setting segments the
        split once; the thresholds tried are the quantiles of the instances'
@@ -924,8 +926,24 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     preds, _ = segment_all(1, ("head",), {}, search)
     filt_table = filter_sweep(preds, [{"min_score": a, "min_rel_area": b}
                                       for a in min_scores for b in min_rel_areas])
-    best_f = max(filt_table, key=lambda r: (round(r["score"], 3), -r["min_score"],
-                                            -r["min_rel_area"]))
+    def filter_key(r):
+        return (round(r["score"], 3), -r["min_score"], -r["min_rel_area"])
+
+    best_f = max(filt_table, key=filter_key)
+    if search["max_passes"] or search["max_halvings"]:
+        # the filters steer this search: re-filtering only ranks the candidates;
+        # the best few (and the stage-0 filters) are measured with them in the loop
+        top = sorted(filt_table, key=filter_key, reverse=True)[:refilter_top]
+        measured = [{**VAL_FILTERS, **{k: v for k, v in best_s.items()
+                                      if k not in ("max_passes", "max_halvings")}}]
+        for r in top:
+            f = {"min_score": r["min_score"], "min_rel_area": r["min_rel_area"]}
+            if f != {k: measured[0][k] for k in ("min_score", "min_rel_area")}:
+                measured.append({**f, **measure(f, search)})
+        for r in measured:
+            r["in_loop"] = True
+        filt_table = measured + filt_table
+        best_f = max(measured, key=filter_key)
     filters = {"min_score": best_f["min_score"], "min_rel_area": best_f["min_rel_area"]}
     logger.info("tune filters: %s", best_f)
 
