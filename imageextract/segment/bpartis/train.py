@@ -235,6 +235,31 @@ def make_batch(items: list[tuple], rng: np.random.Generator, batch_size: int, cr
     return torch.stack(imgs), torch.stack(labs)
 
 
+class _BatchStream(torch.utils.data.Dataset):
+    """Training batches indexed by step: batch ``i`` is built from a generator
+    seeded with ``(seed, i)`` (see :func:`make_batch`)."""
+
+    def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict):
+        self.items, self.bases, self.seed = items, bases, seed
+        self.batch_size, self.crop, self.aug = batch_size, crop, aug
+
+    def __len__(self) -> int:  # steps are unbounded; Subset picks the range
+        return 2**62
+
+    def __getitem__(self, step: int):
+        """``(images, targets)``: targets are the loss's label bookkeeping
+        (:func:`~.loss.prepare_targets`), made here so that workers do it
+        ahead of the step (the label maps themselves are not sent back)."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        imgs, labs = make_batch(self.items, rng, self.batch_size, self.crop, bases=self.bases,
+                                **self.aug)
+        return imgs, [prepare_targets(lab.numpy()) for lab in labs]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
 # ---------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------
@@ -556,7 +581,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
             stopped_early = True
             break
         torch.manual_seed(int(recipe["seed"]) * 1_000_003 + step)
-        imgs, _, targets = next(loader)
+        imgs, targets = next(loader)
         imgs = imgs.to(dev, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup_steps"])
@@ -601,31 +626,6 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
 # ---------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------
-class _BatchStream(torch.utils.data.Dataset):
-    """Training batches indexed by step: batch ``i`` is built from a generator
-    seeded with ``(seed, i)`` (see :func:`make_batch`)."""
-
-    def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict):
-        self.items, self.bases, self.seed = items, bases, seed
-        self.batch_size, self.crop, self.aug = batch_size, crop, aug
-
-    def __len__(self) -> int:  # steps are unbounded; Subset picks the range
-        return 2**62
-
-    def __getitem__(self, step: int):
-        """``(images, labels, targets)``: targets are the loss's label
-        bookkeeping (:func:`~.loss.prepare_targets`), made here so that
-        workers do it ahead of the step."""
-        rng = np.random.default_rng([self.seed, int(step)])
-        imgs, labs = make_batch(self.items, rng, self.batch_size, self.crop, bases=self.bases,
-                                **self.aug)
-        return imgs, labs, [prepare_targets(lab.numpy()) for lab in labs]
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -934,12 +934,11 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         # the filters steer this search: re-filtering only ranks the candidates;
         # the best few (and the stage-0 filters) are measured with them in the loop
         top = sorted(filt_table, key=filter_key, reverse=True)[:refilter_top]
-        measured = [{**VAL_FILTERS, **{k: v for k, v in best_s.items()
-                                      if k not in ("max_passes", "max_halvings")}}]
-        for r in top:
-            f = {"min_score": r["min_score"], "min_rel_area": r["min_rel_area"]}
-            if f != {k: measured[0][k] for k in ("min_score", "min_rel_area")}:
-                measured.append({**f, **measure(f, search)})
+        candidates = [{"min_score": r["min_score"], "min_rel_area": r["min_rel_area"]}
+                      for r in top]
+        stage0 = {**VAL_FILTERS, **{k: v for k, v in best_s.items() if k not in search}}
+        measured = [stage0] + [{**f, **measure(f, search)} for f in candidates
+                               if f != VAL_FILTERS]
         for r in measured:
             r["in_loop"] = True
         filt_table = measured + filt_table
