@@ -258,6 +258,10 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
     tune = json.loads((tmp_path / "m" / "tune.json").read_text())
     assert {r["mc_samples"] for r in tune["table"]} == {1, 4, 8, 16}
+    assert {r["mc_maps"] for r in tune["table"] if r["mc_samples"] > 1} == {"mean", "point"}
+    # shipped with its uncertainty on: T = 1 is measured but not chosen
+    assert cfg["inference"]["mc_samples"] >= 2
+    assert cfg["inference"]["mc_maps"] == res["tuned"]["mc_maps"]
     # the scale search and foreground threshold chosen on val are what the backend runs
     searched = {(r["max_passes"], r["max_halvings"]) for r in tune["search"]}
     assert (cfg["inference"]["max_passes"], cfg["inference"]["max_halvings"]) in searched
@@ -277,6 +281,50 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
     seg = backend.predict(np.full((48, 56), 200, np.uint8))
     assert seg.labels.shape == (48, 56)
+
+
+def test_point_maps_cluster_the_deterministic_pass_and_keep_the_mc_uncertainty():
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(7).integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    det = network_maps(b.net, rgb, samples=1, tile=64, overlap=16)
+    torch.manual_seed(3)
+    mean = network_maps(b.net, rgb, samples=6, tile=64, overlap=16, mc_maps="mean")
+    torch.manual_seed(3)
+    point = network_maps(b.net, rgb, samples=6, tile=64, overlap=16, mc_maps="point")
+    for k in ("offsets", "log_s", "seed"):
+        np.testing.assert_allclose(point[k], det[k], atol=1e-6)
+    # the same dropout draws: the uncertainty is the MC samples' either way
+    np.testing.assert_allclose(point["mi"], mean["mi"], atol=1e-6)
+    assert point["mi"].max() > 0
+    assert np.abs(mean["seed"] - det["seed"]).max() > 1e-6  # the mean is not the point
+    with pytest.raises(ValueError, match="mc_maps"):
+        network_maps(b.net, rgb, samples=2, mc_maps="median")
+    # the backend reads it from the config
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"tile_px": 64, "overlap_px": 16,
+                                                           "mc_maps": "point"}}, mc_samples=3)
+    assert b2.mc_maps == "point"
+    assert b2.predict(rgb).uncertainty.shape == b2.predict(rgb).scores.shape
+
+
+def test_head_samples_are_channel_dropout_of_the_head():
+    b = tiny_backend(mc_samples=1)
+    net = b.net.eval()
+    y = torch.randn(2, net.head.in_channels, 5, 7)
+    p = net.config.dropout
+    torch.manual_seed(11)
+    got = list(net.head_samples(y, 3, chunk=2))
+    torch.manual_seed(11)
+    masks = torch.cat([torch.rand(2, 2, 1, y.shape[1]), torch.rand(1, 2, 1, y.shape[1])]) >= p
+    assert 0 < masks.float().mean() < 1
+    for t, out in enumerate(got):
+        want = net._activate(net.head(y * masks[t, :, 0, :, None, None] / (1 - p)))
+        for k in ("offsets", "log_s", "seed"):
+            torch.testing.assert_close(out[k], want[k], rtol=1e-5, atol=1e-6)
+    # sample_mc at inference takes this path: T outputs of the right shape
+    outs = list(net.sample_mc(torch.rand(1, 3, 32, 32), 5, layers=("head",), point=True))
+    assert len(outs) == 6 and outs[1]["seed"].shape == (1, 1, 32, 32)
 
 
 def test_mirror_averaging_is_mirror_equivariant():

@@ -157,6 +157,7 @@ class BPartIS:
         self.max_halvings = int(inf.get("max_halvings", 2))
         self.cluster_options = dict(inf.get("cluster", {}))
         self.mc_layers = tuple(inf.get("mc_layers", ("head",)))
+        self.mc_maps = str(inf.get("mc_maps", "mean"))
         self.weights = tag
 
     # -- inference ----------------------------------------------------------
@@ -186,7 +187,7 @@ class BPartIS:
             max_halvings=self.max_halvings,
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px,
-            mc_layers=self.mc_layers, device=self.device,
+            mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
             cluster_options=self.cluster_options)
         logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",

@@ -92,23 +92,28 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
-               mc_layers: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+               mc_layers: tuple[str, ...], mc_maps: str = "mean") -> tuple[torch.Tensor, ...]:
     """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile."""
     x, th, tw = _pad32(t)
     if samples > 1:
-        off = ls = p_sum = ent_sum = None
-        for o in net.sample_mc(x, samples, layers=mc_layers):
+        point = mc_maps == "point"
+        outs = net.sample_mc(x, samples, layers=mc_layers, point=point)
+        if point:
+            o = next(outs)
+            off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
+            seed = o["seed"][0, :, :th, :tw]
+        off_sum = ls_sum = p_sum = ent_sum = 0.0
+        for o in outs:
             p = o["seed"][0, :, :th, :tw]
-            if off is None:
-                off, ls = o["offsets"][0, :, :th, :tw].clone(), o["log_s"][0, :, :th, :tw].clone()
-                p_sum, ent_sum = p.clone(), _entropy(p)
-            else:
-                off += o["offsets"][0, :, :th, :tw]
-                ls += o["log_s"][0, :, :th, :tw]
-                p_sum += p
-                ent_sum += _entropy(p)
-        off, ls, seed = off / samples, ls / samples, p_sum / samples
-        mi = (_entropy(seed) - ent_sum / samples).clamp_(0.0, _LN2)
+            p_sum = p_sum + p
+            ent_sum = ent_sum + _entropy(p)
+            if not point:
+                off_sum = off_sum + o["offsets"][0, :, :th, :tw]
+                ls_sum = ls_sum + o["log_s"][0, :, :th, :tw]
+        mean = p_sum / samples
+        if not point:
+            off, ls, seed = off_sum / samples, ls_sum / samples, mean
+        mi = (_entropy(mean) - ent_sum / samples).clamp_(0.0, _LN2)
     else:
         o = net(x)
         off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
@@ -117,10 +122,13 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
     return off, ls, seed, mi
 
 
+MC_MAPS = ("mean", "point")
+
+
 @torch.inference_mode()
 def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: int = 1024,
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
-                 flips: bool = False,
+                 mc_maps: str = "mean", flips: bool = False,
                  device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """Run the network on ``rgb`` (M, N, 3) uint8 and return stitched maps.
 
@@ -132,6 +140,14 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
         Tile size and overlap in pixels (images up to ``tile`` run whole).
     mc_layers : tuple of str
         Dropout layers sampled (see :meth:`~.model.BPartISNet.sample_mc`).
+    mc_maps : {"mean", "point"}
+        Maps clustered when ``samples > 1``: ``"mean"`` averages the
+        offsets, sigmas and seed over the samples (Yildirim & Cole);
+        ``"point"`` takes them from the deterministic pass (dropout off,
+        the weight-scaling estimate of the predictive mean) and uses the
+        samples only for the MI.  Averaging the sigmoid seed pulls
+        confident seeds towards 0.5, so a ``min_score`` tuned at ``T = 1``
+        keeps its meaning only with ``"point"``.
     flips : bool
         Test-time augmentation: also run the left-right mirrored tile and
         average the (un-mirrored) maps; twice the network time.
@@ -139,9 +155,12 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     Returns
     -------
     dict with ``offsets`` (2, M, N), ``log_s`` (2, M, N), ``seed`` (M, N)
-    (means over the samples) and ``mi`` (M, N): mutual information of the
-    seed in nats (zeros when ``samples == 1``).
+    (means over the samples, or the deterministic pass with ``"point"``)
+    and ``mi`` (M, N): mutual information of the seed in nats (zeros when
+    ``samples == 1``).
     """
+    if mc_maps not in MC_MAPS:
+        raise ValueError(f"mc_maps must be one of {MC_MAPS}, got {mc_maps!r}")
     net.eval()
     h, w = rgb.shape[:2]
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).to(device)
@@ -151,9 +170,9 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
             t = img[..., y0:y0 + tile, x0:x0 + tile]
-            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers)
+            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps)
             if flips:
-                o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers)
+                o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps)
                 o2 = o2.flip(2)
                 o2[1].neg_()  # x offsets point the other way in the mirror
                 off = (off + o2) / 2
@@ -379,7 +398,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   scale_limits: tuple[float, float] = (0.05, 2.5), max_passes: int = 2,
                   max_halvings: int = 2, size_model=None,
                   tolerance: float = 1.25, tile: int = 512, overlap: int = 128,
-                  mc_layers: tuple[str, ...] = ("head",), device: str | torch.device = "cpu",
+                  mc_layers: tuple[str, ...] = ("head",), mc_maps: str = "mean",
+                  device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False) -> dict:
@@ -405,6 +425,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         Refinement passes of the scale from the instances found.
     max_halvings : int
         Fragmentation checks (see :func:`find_scale`).
+    mc_maps : {"mean", "point"}
+        Maps clustered when ``samples > 1`` (see :func:`network_maps`).
     flips : bool
         Average the maps of the image and its mirror image (see
         :func:`network_maps`).
@@ -425,7 +447,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     def run(s: float):
         shp = scaled_shape((h, w), s)
         maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
-                            overlap=overlap, mc_layers=mc_layers, flips=flips, device=device)
+                            overlap=overlap, mc_layers=mc_layers, mc_maps=mc_maps, flips=flips,
+                            device=device)
         lab, sc, un = segment_maps(maps, coord_scale=coord_scale,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]

@@ -282,13 +282,39 @@ class BPartISNet(nn.Module):
 
     def heads(self, y: torch.Tensor, mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Output heads on full-resolution features."""
-        out = self.head(self._drop(y, "head", mc))
-        cfg = self.config
+        return self._activate(self.head(self._drop(y, "head", mc)))
+
+    def _activate(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw head outputs ``(..., 5, H, W)`` -> offsets, log sigmas, seed."""
         return {
-            "offsets": torch.tanh(out[:, 0:2]),
-            "log_s": out[:, 2:4] * cfg.sigma_scale,
-            "seed": torch.sigmoid(out[:, 4:5]),
+            "offsets": torch.tanh(out[..., 0:2, :, :]),
+            "log_s": out[..., 2:4, :, :] * self.config.sigma_scale,
+            "seed": torch.sigmoid(out[..., 4:5, :, :]),
         }
+
+    def head_samples(self, y: torch.Tensor, samples: int, *, chunk: int = 8):
+        """Yield ``samples`` MC-dropout outputs of the head on features ``y``.
+
+        The head is a 1x1 convolution after channel dropout, so dropping
+        channel ``c`` of ``y`` equals zeroing column ``c`` of the head's
+        weights: each sample is the head with a masked weight matrix, and
+        ``chunk`` samples are one matrix product with ``y``.  Same
+        distribution as ``heads(y, ("head",))``, without a masked copy of
+        ``y`` per sample.
+        """
+        p = float(self.config.dropout)
+        b, c = y.shape[:2]
+        w = self.head.weight[:, :, 0, 0]  # (5, C)
+        bias = self.head.bias.view(1, 1, -1, 1, 1)
+        flat = y.reshape(b, c, -1)
+        for start in range(0, samples, chunk):
+            n = min(chunk, samples - start)
+            keep = (torch.rand(n, b, 1, c, device=y.device) >= p).to(y.dtype) / (1.0 - p)
+            eff = (keep * w).transpose(0, 1).reshape(b, n * w.shape[0], c)  # (B, n*5, C)
+            raw = torch.bmm(eff, flat).view(b, n, w.shape[0], *y.shape[2:]).transpose(0, 1)
+            out = self._activate(raw + bias)
+            for t in range(n):
+                yield {k: v[t] for k, v in out.items()}
 
     def tail(self, z2: torch.Tensor, s1: torch.Tensor,
              mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -302,21 +328,29 @@ class BPartISNet(nn.Module):
         return self.tail(z2, s1)
 
     def sample_mc(self, image: torch.Tensor, samples: int, *,
-                  layers: tuple[str, ...] = ("head",)):
+                  layers: tuple[str, ...] = ("head",), point: bool = False):
         """Yield ``samples`` MC-dropout outputs; everything upstream of the
         first stochastic layer runs once.
 
         ``layers=("head",)`` (the default, and the fast one) samples only the
         dropout before the 1x1 output head; ``("dec2", "dec1", "head")``
-        samples the whole decoder tail.
+        samples the whole decoder tail.  With ``point``, the deterministic
+        output (dropout off) is yielded first, sharing the same upstream pass.
         """
         layers = tuple(layers)
         z2, s1, _ = self.shared(image)
         if set(layers) <= {"head"}:
             y = self.trunk(z2, s1)
-            for _ in range(samples):
-                yield self.heads(y, layers)
+            if point:
+                yield self.heads(y)
+            if layers and not self.training:
+                yield from self.head_samples(y, samples)
+            else:
+                for _ in range(samples):
+                    yield self.heads(y, layers)
         else:
+            if point:
+                yield self.tail(z2, s1)
             for _ in range(samples):
                 yield self.tail(z2, s1, layers)
 

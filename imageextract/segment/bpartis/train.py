@@ -676,7 +676,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     cfg_path = out / "config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     recipe = ckpt["recipe"]
-    inf = {"mc_samples": 8, "mc_layers": ["head"], "uncertainty_threshold": None,
+    inf = {"mc_samples": 8, "mc_layers": ["head"], "mc_maps": "mean",
+           "uncertainty_threshold": None,
            "tile_px": 512, "overlap_px": 128,
            "target_diameter": recipe.get("target_diameter"),
            "scale_limits": list(recipe.get("scale_limits", (0.05, 2.5))),
@@ -738,8 +739,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
         f"{inf['overlap_px']} px overlap at that scale",
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
-        f"(the encoder and the rest of the decoder run once); uncertainty threshold "
-        f"{inf['uncertainty_threshold']} nats (mean mutual information of the seed map)",
+        f"(the encoder and the rest of the decoder run once); clustered maps: "
+        + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
+           else "the deterministic pass (the samples give the uncertainty)")
+        + f"; uncertainty threshold {inf['uncertainty_threshold']} nats (mean mutual information of the seed map)",
         f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
         f"{cl.get('min_rel_area', 0)} x the image's median",
         "",
@@ -860,6 +863,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
          keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          searches: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (2, 0), (2, 1)),
          fg_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5), refilter_top: int = 4,
+         mc_maps: tuple[str, ...] = ("mean", "point"), min_samples: int = 2,
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
     """Tune the scale search, the instance filters, the foreground threshold,
@@ -878,12 +882,17 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
        measured with the filters in the loop (rows with ``in_loop``, listed
        first) and the best of those is taken.
     1b. Foreground threshold of the clustering: one pass per value.
-    2. With the best of those, each ``(T, layers)`` setting segments the
-       split once; the thresholds tried are the quantiles of the instances'
-       uncertainties that keep ``keep_fractions`` of them.
+    2. With the best of those, each ``(T, layers, mc_maps)`` setting
+       segments the split once (``mc_maps``: cluster the samples' mean or
+       the deterministic pass, see :func:`~.inference.network_maps`); the
+       thresholds tried are the quantiles of the instances' uncertainties
+       that keep ``keep_fractions`` of them.
 
-    The setting with the best :func:`selection_score` (ties: faster) is
-    written into ``config.json`` via :func:`export` when ``write``, and the
+    The setting with the best :func:`selection_score` (ties: faster, then
+    the higher share of kept instances that match a particle) among
+    those with at least ``min_samples`` MC samples (default 2: the backend
+    ships with its uncertainty on; ``T = 1`` rows are measured for
+    reference) is written into ``config.json`` via :func:`export` when ``write``, and the
     whole table into ``tune.json``.
 
     Returns
@@ -899,14 +908,16 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
 
-    def segment_all(t: int, layers, cluster_options: dict, search: dict) -> tuple[list, float]:
+    def segment_all(t: int, layers, cluster_options: dict, search: dict,
+                    maps: str = "mean") -> tuple[list, float]:
         preds = []
         t0 = time.monotonic()
-        for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)}",
+        for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)} {maps}",
                                disable=not progress, leave=False):
             res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
                                 target_diameter=recipe.get("target_diameter"),
-                                size_model=size_model, mc_layers=layers, device=dev,
+                                size_model=size_model, mc_layers=layers, mc_maps=maps,
+                                device=dev,
                                 cluster_options=cluster_options, **search)
             preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
         return preds, (time.monotonic() - t0) / max(1, len(items))
@@ -957,23 +968,27 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         filters = with_fg(max(fg_table, key=lambda r: (round(r["score"], 3),
                                                        r["fg_threshold"]))["fg_threshold"])
     table = []
-    for t in samples:
-        for layers in (layer_sets if t > 1 else (("head",),)):
-            preds, secs = segment_all(t, layers, filters, search)
-            if t > 1:
-                allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
-                thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
-                                                for q in keep_fractions if q < 1 and allu.size})
-            else:
-                thrs = [float("inf")]
-            for row in uncertainty_sweep(preds, thrs):
-                thr = row.pop("uncertainty_threshold")
-                row = {"mc_samples": t, "mc_layers": list(layers),
-                       "seconds_per_image": round(secs, 3), **filters,
-                       "uncertainty_threshold": thr, **row}
-                table.append(row)
-                logger.info("tune %s", row)
-    best = max(table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
+    settings = [(t, layers, maps) for t in samples
+                for layers in (layer_sets if t > 1 else (("head",),))
+                for maps in (mc_maps if t > 1 else ("mean",))]
+    for t, layers, maps in settings:
+        preds, secs = segment_all(t, layers, filters, search, maps)
+        if t > 1:
+            allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
+            thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
+                                            for q in keep_fractions if q < 1 and allu.size})
+        else:
+            thrs = [float("inf")]
+        for row in uncertainty_sweep(preds, thrs):
+            thr = row.pop("uncertainty_threshold")
+            row = {"mc_samples": t, "mc_layers": list(layers), "mc_maps": maps,
+                   "seconds_per_image": round(secs, 3), **filters,
+                   "uncertainty_threshold": thr, **row}
+            table.append(row)
+            logger.info("tune %s", row)
+    eligible = [r for r in table if r["mc_samples"] >= min_samples] or table
+    best = max(eligible, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"],
+                                        r.get("instance_precision", 0.0)))
     if write:
         (out / "tune.json").write_text(json.dumps(
             {"split": split, "best": best, "search": search_table, "filters": filt_table,
@@ -984,7 +999,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         cluster_opts.update(old.get("inference", {}).get("cluster", {}))
         cluster_opts.update(filters)
         export(out, inference={"mc_samples": max(best["mc_samples"], 1),
-                               "mc_layers": best["mc_layers"],
+                               "mc_layers": best["mc_layers"], "mc_maps": best["mc_maps"],
                                "uncertainty_threshold": best["uncertainty_threshold"],
                                **search, "cluster": cluster_opts},
                tuning={k: best[k] for k in ("ap", "ap50", "ap75", "mean_iou", "aji_plus",
