@@ -76,6 +76,7 @@ def main() -> int:
             preds.append((gt, seg.labels, seg.scores, seg.uncertainty))
         rows = uncertainty_sweep(preds, thresholds if t > 1 else [math.inf])
         result["runs"].append({"mc_samples": t, "mc_layers": list(backend.mc_layers),
+                               "mc_maps": backend.mc_maps,
                                "wall_seconds_median": statistics.median(wall),
                                "wall_seconds_mean": statistics.fmean(wall),
                                "cpu_seconds_median": statistics.median(cpu),
@@ -88,7 +89,8 @@ def main() -> int:
              f"`python benchmarks/bench_bpartis_uncertainty.py --split {args.split} "
              f"--samples {args.samples}`; tuned t_u = {tuned}.", ""]
     for run in result["runs"]:
-        lines += [f"## T = {run['mc_samples']} ({'+'.join(run['mc_layers'])}): "
+        lines += [f"## T = {run['mc_samples']} ({'+'.join(run['mc_layers'])}"
+                  + (f", {run['mc_maps']} maps" if run["mc_samples"] > 1 else "") + "): "
                   f"{run['wall_seconds_median']:.2f} s wall / {run['cpu_seconds_median']:.2f} s CPU "
                   "per image (median)", "",
                   "| t_u (nats) | kept | instance precision | AP | AP50 | AP75 | mean IoU | AJI+ |",

@@ -221,7 +221,14 @@ def test_exact_resume(tmp_path):
     seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
     assert seg.weights.startswith("bpartis:emps-v1@sha256:")
     assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("sha256") >= 1
+    # a checkpoint stripped of its optimizer (to ship it) cannot resume: a clear error
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    del ckpt["optimizer"]
+    torch.save(ckpt, tmp_path / "b" / "checkpoint.pt")
+    from imageextract.errors import ImageExtractError
 
+    with pytest.raises(ImageExtractError, match="no optimizer state.*--init"):
+        train(data, tmp_path / "b", resume=True, max_steps=4, **opts)
 
 
 def test_batches_do_not_depend_on_worker_processes(tmp_path):
@@ -256,6 +263,10 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
+    # the card says where the training time was spent
+    (machine,) = cfg["training"]["train_hours_by_device"]
+    assert machine.startswith("CPU (")
+    assert f"h on {machine}" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
     tune = json.loads((tmp_path / "m" / "tune.json").read_text())
     assert {r["mc_samples"] for r in tune["table"]} == {1, 4, 8, 16}
     assert {r["mc_maps"] for r in tune["table"] if r["mc_samples"] > 1} == {"mean", "point"}
@@ -265,6 +276,13 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     # the scale search and foreground threshold chosen on val are what the backend runs
     searched = {(r["max_passes"], r["max_halvings"]) for r in tune["search"]}
     assert (cfg["inference"]["max_passes"], cfg["inference"]["max_halvings"]) in searched
+    # a search other than the first (the default) only when it wins on resampled images
+    chosen = [r for r in tune["search"]
+              if (r["max_passes"], r["max_halvings"]) == (cfg["inference"]["max_passes"],
+                                                          cfg["inference"]["max_halvings"])][0]
+    assert chosen is tune["search"][0] or chosen["win_rate"] >= 0.9
+    assert all(0 <= r["win_rate"] <= 1 for r in tune["search"][1:])
+    assert len(tune["search"][0]["per_image_score"]) >= 1
     assert cfg["inference"]["cluster"]["fg_threshold"] in {r["fg_threshold"]
                                                           for r in tune["foreground"]}
     # a search whose passes depend on the filters: the candidates are measured in the loop

@@ -465,6 +465,11 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         if not ckpt_path.is_file():
             raise ImageExtractError(f"cannot resume: {ckpt_path} does not exist")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if "optimizer" not in ckpt:
+            raise ImageExtractError(
+                f"cannot resume from {ckpt_path}: it holds the weights but no optimizer "
+                f"state (stripped to ship it); start a new run from it with "
+                f"--init {out / BEST if (out / BEST).is_file() else ckpt_path}")
         recipe = ckpt["recipe"]
         logger.info("resuming from %s at step %d", ckpt_path, ckpt["step"])
     else:
@@ -477,7 +482,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         recipe["model"] = ModelConfig.from_dict(model_config).to_dict()
         recipe["pretrained"] = bool(pretrained)
         if init_weights is not None:
-            recipe["init_weights"] = str(init_weights)
+            from ...weights import sha256_file
+
+            recipe["init_weights"] = (f"{init_weights} (sha256 "
+                                      f"{sha256_file(Path(init_weights))[:12]})")
     train_items = load_split(data_dir, "train-fit", progress=progress)
     val_items = load_split(data_dir, "val", progress=progress)
     if not train_items:
@@ -509,11 +517,13 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                             fused=dev.type in ("cpu", "cuda"))
     step, best, best_score, train_seconds = 0, {}, float("-inf"), 0.0
     history: list[dict] = []
+    device_seconds: dict[str, float] = {}  # training time per kind of machine
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, best, best_score = ckpt["step"], ckpt["best"], ckpt["best_score"]
         train_seconds = ckpt.get("train_seconds", 0.0)
+        device_seconds = dict(ckpt.get("device_seconds", {}))
         history = ckpt.get("history", [])
         _set_rng_state(ckpt["rng"])
     stop_step = total if max_steps is None else min(total, int(max_steps))
@@ -525,13 +535,17 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
 
+    here = _device_name(dev)
+
     def save_checkpoint() -> None:
+        spent = time.monotonic() - t_run
+        per_device = {**device_seconds, here: device_seconds.get(here, 0.0) + spent}
         _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": {"kind": "warmup-cosine", "step": step},
                       "rng": _rng_state(), "step": step, "epoch": step / steps_per_epoch,
                       "best": best, "best_score": best_score, "recipe": recipe,
-                      "train_seconds": train_seconds + (time.monotonic() - t_run),
-                      "history": history}, ckpt_path)
+                      "train_seconds": train_seconds + spent,
+                      "device_seconds": per_device, "history": history}, ckpt_path)
 
     def validate() -> None:
         nonlocal best, best_score
@@ -632,6 +646,23 @@ def _fmt(metrics: dict) -> str:
                      and k not in ("step", "epoch"))
 
 
+def _device_name(dev: torch.device) -> str:
+    """Name of the machine kind training runs on, for the model card."""
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} GPU"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _fmt_devices(ckpt: dict) -> str:
+    """``"1.20 h (1.20 h on CPU (2 threads))"``; runs before the per-device
+    record only give the total."""
+    total = f"{ckpt.get('train_seconds', 0) / 3600:.2f} h"
+    per = ckpt.get("device_seconds") or {}
+    if not per:
+        return total
+    return total + " (" + ", ".join(f"{v / 3600:.2f} h on {k}" for k, v in per.items()) + ")"
+
+
 def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = None,
            test_metrics: dict | None = None, tuning: dict | None = None,
            notes: str | None = None) -> Path:
@@ -701,6 +732,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "inference": inf,
         "training": {k: v for k, v in recipe.items() if k != "model"}
         | {"steps_done": ckpt["step"], "train_hours": round(ckpt.get("train_seconds", 0) / 3600, 2),
+           "train_hours_by_device": {k: round(v / 3600, 3)
+                                     for k, v in (ckpt.get("device_seconds") or {}).items()},
            "data": "EMPS train-fit (official train minus val)"},
         "size_model": size_stats,
         "metrics": metrics,
@@ -729,8 +762,11 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"{recipe.get('target_diameter')} px across, times a log-uniform factor in "
         f"{list(recipe['scale_range'])}; smaller images are placed on a flat canvas",
         "- augmentation: random crops, 90° rotations, flips, grey, inversion, "
-        "contrast/brightness, gamma, noise",
-        f"- training time: {ckpt.get('train_seconds', 0) / 3600:.2f} h on 2 CPU cores",
+        "contrast/brightness, gamma, noise"
+        + (f", particle shading (p {recipe['p_shade']})" if recipe.get("p_shade") else "")
+        + (f", illumination field (p {recipe['p_illumination']})"
+           if recipe.get("p_illumination") else ""),
+        f"- training time of this run: {_fmt_devices(ckpt)}",
         "",
         "## Inference",
         f"- working scale per image: size model (ridge regression on pooled encoder features, "
@@ -781,7 +817,8 @@ def _instance_precision(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return (_overlap(*_check_pair(gt, pred)).iou() > 0.5).any(0)
 
 
-def filter_sweep(preds: list[tuple], settings: list[dict]) -> list[dict]:
+def filter_sweep(preds: list[tuple], settings: list[dict], *,
+                 per_image: bool = False) -> list[dict]:
     """Metrics of the predictions after each setting of the instance filters.
 
     Parameters
@@ -796,7 +833,8 @@ def filter_sweep(preds: list[tuple], settings: list[dict]) -> list[dict]:
     One dict per setting: the setting, the paper metrics, AJI+, ``kept``
     (fraction of instances kept) and ``instance_precision`` (share of kept
     instances that match a ground-truth particle at IoU > 0.5, pooled over
-    images).
+    images); with ``per_image``, also ``per_image_score``: each image's
+    :func:`selection_score`, in the order of ``preds``.
     """
     paper, aji = _metric_fns()
     out = []
@@ -821,7 +859,26 @@ def filter_sweep(preds: list[tuple], settings: list[dict]) -> list[dict]:
         out.append({**opts, **metrics, "kept": n_kept / max(n_all, 1),
                     "instance_precision": n_match / max(n_kept, 1),
                     "score": selection_score(metrics)})
+        if per_image:
+            out[-1]["per_image_score"] = [selection_score(r) for r in rows]
     return out
+
+
+def paired_win_rate(candidate, baseline, *, n_boot: int = 2000, seed: int = 0) -> float:
+    """Share of bootstrap resamples of the images in which ``candidate``'s
+    mean per-image score beats ``baseline``'s (paired: the same images).
+
+    >>> paired_win_rate([0.9, 0.8, 0.9, 0.7], [0.5, 0.6, 0.5, 0.4])
+    1.0
+    >>> paired_win_rate([0.9, 0.1], [0.5, 0.5]) < 0.9
+    True
+    """
+    d = np.asarray(candidate, float) - np.asarray(baseline, float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, d.size, (n_boot, d.size))
+    return float((d[idx].mean(1) > 0).mean())
 
 
 def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
@@ -864,6 +921,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
          searches: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (2, 0), (2, 1)),
          fg_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5), refilter_top: int = 4,
          mc_maps: tuple[str, ...] = ("mean", "point"), min_samples: int = 2,
+         search_confidence: float = 0.9,
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
     """Tune the scale search, the instance filters, the foreground threshold,
@@ -874,6 +932,10 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
        (refinements of the size model's first guess from the particles
        found, fragmentation checks; see :func:`~.inference.find_scale`)
        segments the split once (``T = 1``, filters :data:`VAL_FILTERS`).
+       The first search is the default; another is taken only if it beats
+       the default in at least ``search_confidence`` of paired bootstrap
+       resamples of the images (:func:`paired_win_rate`): a search step
+       that misfires wrecks a whole image, and a small split can hide that.
     1. Filters: with the best search, the split is segmented once; every
        ``(min_score, min_rel_area)`` pair only re-filters the instances.
        Exact for the single-pass search ``(0, 0)``; otherwise the filters
@@ -922,17 +984,24 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
             preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
         return preds, (time.monotonic() - t0) / max(1, len(items))
 
-    def measure(cluster_options: dict, search: dict) -> dict:
+    def measure(cluster_options: dict, search: dict, per_image: bool = False) -> dict:
         """Metrics of one ``T = 1`` pass over the split, as the backend runs it."""
         preds, secs = segment_all(1, ("head",), cluster_options, search)
-        return {**filter_sweep(preds, [{}])[0], "seconds_per_image": round(secs, 3)}
+        return {**filter_sweep(preds, [{}], per_image=per_image)[0],
+                "seconds_per_image": round(secs, 3)}
 
     search_table = []
     for passes, halvings in searches:
         search = {"max_passes": passes, "max_halvings": halvings}
-        search_table.append({**search, **measure(VAL_FILTERS, search)})
-        logger.info("tune scale search: %s", search_table[-1])
-    best_s = max(search_table, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
+        search_table.append({**search, **measure(VAL_FILTERS, search, per_image=True)})
+        if len(search_table) > 1:
+            search_table[-1]["win_rate"] = paired_win_rate(
+                search_table[-1]["per_image_score"], search_table[0]["per_image_score"])
+        logger.info("tune scale search: %s", {k: v for k, v in search_table[-1].items()
+                                              if k != "per_image_score"})
+    allowed = [search_table[0]] + [r for r in search_table[1:]
+                                   if r["win_rate"] >= search_confidence]
+    best_s = max(allowed, key=lambda r: (round(r["score"], 3), -r["seconds_per_image"]))
     search = {"max_passes": best_s["max_passes"], "max_halvings": best_s["max_halvings"]}
     preds, _ = segment_all(1, ("head",), {}, search)
     filt_table = filter_sweep(preds, [{"min_score": a, "min_rel_area": b}
@@ -947,7 +1016,9 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         top = sorted(filt_table, key=filter_key, reverse=True)[:refilter_top]
         candidates = [{"min_score": r["min_score"], "min_rel_area": r["min_rel_area"]}
                       for r in top]
-        stage0 = {**VAL_FILTERS, **{k: v for k, v in best_s.items() if k not in search}}
+        stage0 = {**VAL_FILTERS, **{k: v for k, v in best_s.items()
+                                    if k not in search and k not in ("per_image_score",
+                                                                     "win_rate")}}
         measured = [stage0] + [{**f, **measure(f, search)} for f in candidates
                                if f != VAL_FILTERS]
         for r in measured:
