@@ -771,7 +771,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "## Inference",
         f"- working scale per image: size model (ridge regression on pooled encoder features, "
         f"val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
-        f"50 %), refined from the particles found, fragmentation check at half scale; target "
+        f"50 %), then {inf.get('max_passes', 2)} refinement(s) from the particles found and "
+        f"{inf.get('max_halvings', 2)} fragmentation check(s) at half scale; target "
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
         f"{inf['overlap_px']} px overlap at that scale",
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
