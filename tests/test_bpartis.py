@@ -323,6 +323,8 @@ def test_point_maps_cluster_the_deterministic_pass_and_keep_the_mc_uncertainty()
     b2 = BPartIS.from_config({"model": TINY, "inference": {"tile_px": 64, "overlap_px": 16,
                                                            "mc_maps": "point"}}, mc_samples=3)
     assert b2.mc_maps == "point"
+    with pytest.raises(ValueError, match="mc_maps"):
+        BPartIS.from_config({"model": TINY, "inference": {"mc_maps": "median"}})
     assert b2.predict(rgb).uncertainty.shape == b2.predict(rgb).scores.shape
 
 

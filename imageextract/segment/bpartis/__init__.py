@@ -119,6 +119,7 @@ class BPartIS:
                scale: float | None, device: str, threads: int | None) -> None:
         import torch
 
+        from .inference import MC_MAPS
         from .model import BPartISNet, ModelConfig
 
         if threads is not None:
@@ -158,6 +159,9 @@ class BPartIS:
         self.cluster_options = dict(inf.get("cluster", {}))
         self.mc_layers = tuple(inf.get("mc_layers", ("head",)))
         self.mc_maps = str(inf.get("mc_maps", "mean"))
+        if self.mc_maps not in MC_MAPS:
+            raise ValueError(f"config inference.mc_maps must be one of {MC_MAPS}, "
+                             f"got {self.mc_maps!r}")
         self.weights = tag
 
     # -- inference ----------------------------------------------------------

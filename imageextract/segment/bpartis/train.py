@@ -779,7 +779,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
            else "the deterministic pass (the samples give the uncertainty)")
-        + f"; uncertainty threshold {inf['uncertainty_threshold']} nats (mean mutual information of the seed map)",
+        + f"; uncertainty threshold {inf['uncertainty_threshold']} nats "
+        "(mean mutual information of the seed map)",
         f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
         f"{cl.get('min_rel_area', 0)} x the image's median",
         "",
