@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, metavar="N",
                    help="processes building training batches ahead of the step (for a GPU)")
     t.add_argument("--init", metavar="WEIGHTS", help="start a new run from these weights (best.pt)")
+    t.add_argument("--hard-mining", type=float, default=0.0, metavar="K",
+                   help="with --init: draw the training images the starting weights get wrong "
+                        "up to 1+K times as often (0 = uniform)")
     t.add_argument("--finish", action="store_true",
                    help="skip training: fit the size model, tune MC samples and the uncertainty "
                         "threshold on the validation split and export (runs by itself when "
@@ -243,6 +246,10 @@ def _cmd_train(args, progress: bool) -> int:
         opts["max_minutes"] = args.max_minutes
     if args.init:
         opts["init_weights"] = args.init
+    if args.hard_mining:
+        if args.hard_mining < 0:
+            raise ImageExtractError(f"--hard-mining must be >= 0, got {args.hard_mining}")
+        opts["hard_mining"] = args.hard_mining
     train(args.data, args.out, resume=args.resume, device=args.device, progress=progress,
           workers=args.workers, **opts)
     return EXIT_OK

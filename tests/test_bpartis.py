@@ -231,6 +231,47 @@ def test_exact_resume(tmp_path):
         train(data, tmp_path / "b", resume=True, max_steps=4, **opts)
 
 
+def test_hard_mining_weights_and_exact_resume(tmp_path):
+    """Hard-example sampling: the starting network's per-image scores set the
+    draw probabilities, which are kept in the checkpoint so that a resumed run
+    takes the same batches as an uninterrupted one."""
+    from imageextract.errors import ImageExtractError
+    from imageextract.segment.bpartis.train import hard_weights, make_batch, train
+
+    w = hard_weights([1.0, 0.0, float("nan"), 0.75], strength=3.0)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[1] == pytest.approx(4 * w[0]) and w[2] == pytest.approx(w[1])  # nan = failed
+    assert w[3] == pytest.approx(1.75 * w[0])
+    assert np.allclose(hard_weights([0.2, 0.9], strength=0.0), 0.5)
+    with pytest.raises(ImageExtractError, match="strength"):
+        hard_weights([0.5], strength=-1.0)
+    # the draw follows the weights: item 1 only
+    items = [(f"s{i}", np.full((40, 40, 3), 50 * i, np.uint8),
+              np.full((40, 40), int(i == 1), np.int32)) for i in range(3)]
+    imgs, labs = make_batch(items, np.random.default_rng(0), 6, 16,
+                            weights=np.array([0.0, 1.0, 0.0]), p_invert=0.0, p_shade=0.0,
+                            p_illumination=0.0)
+    assert imgs.shape == (6, 3, 16, 16)
+    assert all(bool((lab > 0).any()) for lab in labs)  # every crop from the one particle image
+
+    data = _tiny_emps(tmp_path / "emps")
+    opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
+                device="cpu", model_config=TINY, pretrained=False, threads=None,
+                export_at_end=False, hard_mining=2.0)
+    train(data, tmp_path / "a", max_steps=2, **opts)
+    train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
+    train(data, tmp_path / "b", max_steps=3, **opts)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["recipe"]["hard_mining"] == 2.0
+    sw = np.asarray(b["sample_weights"])
+    assert sw.size == 5 and sw.sum() == pytest.approx(1.0) and sw.min() > 0
+    assert a["sample_weights"] == b["sample_weights"]
+    assert set(a["recipe"]["hard_mining_scores"]) == {"mean", "below_0.5", "max_over_min_weight"}
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+
+
 def test_batches_do_not_depend_on_worker_processes(tmp_path):
     """Batch ``i`` comes from ``(seed, i)`` alone: a run with two loader
     processes takes the same batches as one without (to float rounding of

@@ -221,12 +221,18 @@ def illumination_field(rng: np.random.Generator, size: int) -> torch.Tensor:
 
 
 def make_batch(items: list[tuple], rng: np.random.Generator, batch_size: int, crop: int, *,
-               bases: list[float] | None = None, **aug) -> tuple[torch.Tensor, torch.Tensor]:
+               bases: list[float] | None = None, weights: np.ndarray | None = None,
+               **aug) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, 3, crop, crop)`` images and ``(B, crop, crop)`` labels;
-    ``bases[i]`` is item ``i``'s base scale (see :func:`base_scale`)."""
+    ``bases[i]`` is item ``i``'s base scale (see :func:`base_scale`);
+    ``weights[i]`` (optional, summing to 1) is the probability of drawing item
+    ``i`` for each crop (uniform when None; see :func:`hard_weights`)."""
     imgs, labs = [], []
     for _ in range(batch_size):
-        i = int(rng.integers(0, len(items)))
+        if weights is None:
+            i = int(rng.integers(0, len(items)))
+        else:
+            i = int(rng.choice(len(items), p=weights))
         _, rgb, lab = items[i]
         im, lb = augment_crop(rng, rgb, lab, crop, base=1.0 if bases is None else bases[i],
                               **aug)
@@ -239,9 +245,11 @@ class _BatchStream(torch.utils.data.Dataset):
     """Training batches indexed by step: batch ``i`` is built from a generator
     seeded with ``(seed, i)`` (see :func:`make_batch`)."""
 
-    def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict):
+    def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict,
+                 weights: np.ndarray | None = None):
         self.items, self.bases, self.seed = items, bases, seed
         self.batch_size, self.crop, self.aug = batch_size, crop, aug
+        self.weights = weights
 
     def __len__(self) -> int:  # steps are unbounded; Subset picks the range
         return 2**62
@@ -252,7 +260,7 @@ class _BatchStream(torch.utils.data.Dataset):
         ahead of the step (the label maps themselves are not sent back)."""
         rng = np.random.default_rng([self.seed, int(step)])
         imgs, labs = make_batch(self.items, rng, self.batch_size, self.crop, bases=self.bases,
-                                **self.aug)
+                                weights=self.weights, **self.aug)
         return imgs, [prepare_targets(lab.numpy()) for lab in labs]
 
 
@@ -338,6 +346,45 @@ def selection_score(metrics: dict[str, float]) -> float:
     return float(np.mean(vals)) if vals else float("-inf")
 
 
+def hard_weights(scores, *, strength: float) -> np.ndarray:
+    """Sampling probabilities that favour the images a network gets wrong.
+
+    ``scores`` are per-image :func:`selection_score` values in [0, 1] (nan
+    counts as 0); image ``i`` is drawn with probability proportional to
+    ``1 + strength * (1 - scores[i])``, so with ``strength`` 2 a failed image
+    is drawn three times as often as a perfect one and every image is still
+    seen.
+
+    >>> hard_weights([1.0, 0.5, 0.0], strength=2.0).round(3).tolist()
+    [0.167, 0.333, 0.5]
+    """
+    if strength < 0 or not math.isfinite(strength):
+        raise ImageExtractError(f"hard-mining strength must be >= 0, got {strength!r}")
+    sc = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.0)
+    w = 1.0 + strength * (1.0 - np.clip(sc, 0.0, 1.0))
+    return w / w.sum()
+
+
+def image_scores(net: BPartISNet, items: list[tuple], *, coord_scale: float,
+                 target_diameter: float | None, device="cpu", progress: bool = False,
+                 cluster_options: dict | None = None) -> np.ndarray:
+    """Per-image :func:`selection_score` of ``net`` on ``items`` at the
+    ground-truth scale, T = 1 (what :func:`hard_weights` reads)."""
+    paper, aji = _metric_fns()
+    out = []
+    net.eval()
+    for _, rgb, gt in tqdm(items, desc="score images", disable=not progress, leave=False):
+        fixed = base_scale(gt, target_diameter) if target_diameter else None
+        pred = segment_image(net, rgb, coord_scale=coord_scale, samples=1, scale=fixed,
+                             target_diameter=target_diameter, device=device,
+                             cluster_options=cluster_options)["labels"]
+        m = {k: float(v) for k, v in paper(gt, pred).items() if k == "ap50"}
+        if aji is not None:
+            m["aji_plus"] = float(aji(gt, pred))
+        out.append(selection_score(m))
+    return np.asarray(out, dtype=float)
+
+
 # ---------------------------------------------------------------------------
 # checkpointing
 # ---------------------------------------------------------------------------
@@ -382,7 +429,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           max_minutes: float | None = None, max_steps: int | None = None,
           model_config: dict | None = None, pretrained: bool = True,
           threads: int | None = 2, export_at_end: bool = True,
-          init_weights: str | Path | None = None, workers: int = 0) -> dict[str, Any]:
+          init_weights: str | Path | None = None, workers: int = 0,
+          hard_mining: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -419,6 +467,13 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
         ``(seed, step)`` only, so the batches are the same (to float rounding:
         worker processes run one thread) for any number of
         workers; use several where a GPU would otherwise wait for them.
+    hard_mining : float
+        Strength of hard-example sampling (0: every train-fit image equally
+        often).  A new run scores each training image with its starting
+        network (:func:`image_scores`) and draws images with the
+        probabilities of :func:`hard_weights`; the probabilities are kept in
+        the checkpoint, so a resumed run draws the same batches.  Meant for
+        runs that start from trained weights (``init_weights``).
 
     Returns
     -------
@@ -441,7 +496,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       checkpoint_minutes=checkpoint_minutes, progress=progress, device=device,
                       max_minutes=max_minutes, max_steps=max_steps, model_config=model_config,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
-                      init_weights=init_weights, workers=workers, t_start=t_start)
+                      init_weights=init_weights, workers=workers, t_start=t_start,
+                      hard_mining=hard_mining)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -451,7 +507,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
 def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, val_every,
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
-           t_start) -> dict[str, Any]:
+           t_start, hard_mining=0.0) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -481,6 +537,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         recipe["seed"] = seed
         recipe["model"] = ModelConfig.from_dict(model_config).to_dict()
         recipe["pretrained"] = bool(pretrained)
+        recipe["hard_mining"] = float(hard_mining)
         if init_weights is not None:
             from ...weights import sha256_file
 
@@ -535,6 +592,30 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
 
+    sample_weights = None
+    if ckpt is not None and ckpt.get("sample_weights") is not None:
+        sample_weights = np.asarray(ckpt["sample_weights"], dtype=float)
+    elif float(recipe.get("hard_mining", 0.0)) > 0:
+        t0 = time.monotonic()
+        scores = image_scores(net, train_items, coord_scale=mcfg.coord_scale,
+                              target_diameter=recipe.get("target_diameter"), device=dev,
+                              progress=progress,
+                              cluster_options=recipe.get("val_filters", VAL_FILTERS))
+        net.train()
+        sample_weights = hard_weights(scores, strength=float(recipe["hard_mining"]))
+        recipe["hard_mining_scores"] = {
+            "mean": round(float(np.nanmean(scores)), 4),
+            "below_0.5": int(np.sum(np.nan_to_num(scores) < 0.5)),
+            "max_over_min_weight": round(float(sample_weights.max() / sample_weights.min()), 2)}
+        logger.info("hard mining: %d train-fit images scored (mean %.3f, %d below 0.5) in "
+                    "%.0f s; weights %.2f-%.2f x uniform", len(scores), np.nanmean(scores),
+                    recipe["hard_mining_scores"]["below_0.5"], time.monotonic() - t0,
+                    sample_weights.min() * len(scores), sample_weights.max() * len(scores))
+    if sample_weights is not None and sample_weights.size != len(train_items):
+        raise ImageExtractError(
+            f"the checkpoint's sampling weights cover {sample_weights.size} images but "
+            f"{data_dir} has {len(train_items)} train-fit images: resume with the same data")
+
     here = _device_name(dev)
 
     def save_checkpoint() -> None:
@@ -545,7 +626,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                       "rng": _rng_state(), "step": step, "epoch": step / steps_per_epoch,
                       "best": best, "best_score": best_score, "recipe": recipe,
                       "train_seconds": train_seconds + spent,
-                      "device_seconds": per_device, "history": history}, ckpt_path)
+                      "device_seconds": per_device, "history": history,
+                      "sample_weights": (None if sample_weights is None
+                                         else sample_weights.tolist())}, ckpt_path)
 
     def validate() -> None:
         nonlocal best, best_score
@@ -582,7 +665,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 recipe["lr"], dev)
     stopped_early = False
     batches = _BatchStream(train_items, bases, seed=int(recipe["seed"]),
-                           batch_size=recipe["batch_size"], crop=recipe["crop"], aug=aug)
+                           batch_size=recipe["batch_size"], crop=recipe["crop"], aug=aug,
+                           weights=sample_weights)
     if workers > 0:
         loader = iter(torch.utils.data.DataLoader(
             torch.utils.data.Subset(batches, range(step, stop_step)), batch_size=None,
@@ -1114,6 +1198,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="processes building batches ahead of the step (for a GPU)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--hard-mining", type=float, default=0.0,
+                   help="draw images the starting network gets wrong more often "
+                        "(strength; 0 = uniform)")
     p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
@@ -1130,7 +1217,7 @@ def _main(argv: list[str] | None = None) -> int:
                 checkpoint_minutes=a.checkpoint_minutes, progress=not a.no_progress,
                 device=a.device, max_minutes=a.max_minutes, max_steps=a.max_steps,
                 threads=a.threads, init_weights=a.init, workers=a.workers,
-                export_at_end=not a.no_finish)
+                export_at_end=not a.no_finish, hard_mining=a.hard_mining)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
