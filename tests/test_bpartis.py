@@ -311,6 +311,9 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     tune = json.loads((tmp_path / "m" / "tune.json").read_text())
     assert {r["mc_samples"] for r in tune["table"]} == {1, 4, 8, 16}
     assert {r["mc_maps"] for r in tune["table"] if r["mc_samples"] > 1} == {"mean", "point"}
+    assert {r["uncertainty"] for r in tune["table"]
+            if r["mc_samples"] > 1} == {"mi", "consistency"}
+    assert cfg["inference"]["uncertainty"] == res["tuned"]["uncertainty"]
     # shipped with its uncertainty on: T = 1 is measured but not chosen
     assert cfg["inference"]["mc_samples"] >= 2
     assert cfg["inference"]["mc_maps"] == res["tuned"]["mc_maps"]
@@ -367,6 +370,71 @@ def test_point_maps_cluster_the_deterministic_pass_and_keep_the_mc_uncertainty()
     with pytest.raises(ValueError, match="mc_maps"):
         BPartIS.from_config({"model": TINY, "inference": {"mc_maps": "median"}})
     assert b2.predict(rgb).uncertainty.shape == b2.predict(rgb).scores.shape
+
+
+def test_instance_consistency_over_samples():
+    from imageextract.segment.bpartis.cluster import instance_consistency
+
+    lab = np.zeros((10, 20), np.int32)
+    lab[2:8, 2:8] = 1
+    lab[2:8, 10:18] = 2
+    split = lab.copy()
+    split[2:8, 14:18] = 3  # instance 2 cut in half by a sample
+    merged = np.where(lab > 0, 1, 0)  # a sample that merges both
+    gone = np.where(lab == 2, 0, lab)  # a sample that drops instance 2
+    c = instance_consistency(lab, 2, [lab, split])
+    np.testing.assert_allclose(c, [1.0, 0.75])
+    c = instance_consistency(lab, 2, [merged])
+    np.testing.assert_allclose(c, [36 / 84, 48 / 84])
+    np.testing.assert_allclose(instance_consistency(lab, 2, [gone]), [1.0, 0.0])
+    assert instance_consistency(lab, 0, [lab]).shape == (0,)
+    with pytest.raises(ValueError, match="do not match"):
+        instance_consistency(lab, 2, [lab[:5]])
+
+
+def test_consistency_uncertainty_from_the_mc_samples():
+    """``uncertainty="consistency"``: the samples' maps are kept (stitched
+    like the mean maps) and each is clustered; a particle that a sample
+    loses gets uncertainty > 0, one that every sample reproduces 0."""
+    from imageextract.segment.bpartis.inference import network_maps, segment_maps
+
+    off, ls, seed, truth = _disc_maps((60, 80), [(20, 20, 10), (35, 55, 12)])
+    stack = np.concatenate([off, ls, seed[None]], 0).astype(np.float16)
+    lost = stack.copy()
+    lost[4][truth == 2] = 0.0  # this sample sees no particle 2
+    maps = {"offsets": off, "log_s": ls, "seed": seed, "mi": np.zeros_like(seed),
+            "samples": np.stack([stack, stack, lost, stack])}
+    opts = dict(coord_scale=SCALE, min_size=5)
+    lab, sc, un = segment_maps(maps, uncertainty="consistency", **opts)
+    assert lab.max() == 2
+    k2 = int(np.bincount(lab[truth == 2]).argmax())
+    assert un[k2 - 1] == pytest.approx(0.25, abs=0.02) and un[2 - k2] == pytest.approx(0, abs=1e-3)
+    lab, sc, un = segment_maps(maps, uncertainty="consistency", uncertainty_threshold=0.1,
+                               **opts)
+    assert lab.max() == 1 and np.all(lab[truth == 2] == 0)
+    with pytest.raises(ValueError, match="uncertainty must be"):
+        segment_maps(maps, uncertainty="entropy", **opts)
+    # the network keeps every sample's maps, tiled and stitched
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(7).integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    m = network_maps(b.net, rgb, samples=3, tile=64, overlap=16, mc_maps="point",
+                     keep_samples=True)
+    assert m["samples"].shape == (3, 5, 40, 70) and m["samples"].dtype == np.float16
+    assert "samples" not in network_maps(b.net, rgb, samples=1, keep_samples=True)
+    with pytest.raises(ValueError, match="flips"):
+        network_maps(b.net, rgb, samples=2, keep_samples=True, flips=True)
+    # the backend: from the config, or overridden; a bad kind is refused when it is built
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"tile_px": 64, "overlap_px": 16,
+                                                           "uncertainty": "consistency"}},
+                             mc_samples=3)
+    assert b2.uncertainty_kind == "consistency"
+    seg = b2.predict(rgb)
+    assert seg.uncertainty.shape == seg.scores.shape
+    assert np.all((seg.uncertainty >= 0) & (seg.uncertainty <= 1))
+    with pytest.raises(ValueError, match="inference.uncertainty"):
+        BPartIS.from_config({"model": TINY, "inference": {"uncertainty": "entropy"}})
+    with pytest.raises(ValueError, match="uncertainty must be"):
+        BPartIS.from_config({"model": TINY}, uncertainty="entropy")
 
 
 def test_head_samples_are_channel_dropout_of_the_head():

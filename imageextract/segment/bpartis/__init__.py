@@ -43,8 +43,14 @@ class BPartIS:
         MC-dropout samples ``T``; default from ``config.json``.  ``1`` turns
         uncertainty off (no dropout; ``uncertainty`` is all zeros).
     uncertainty_threshold : float, optional
-        Drop instances whose mean mutual information (nats) is above it;
-        default from ``config.json``; ``float("inf")`` keeps all.
+        Drop instances whose uncertainty is above it; default from
+        ``config.json``; ``float("inf")`` keeps all.  The uncertainty is
+        ``inference.uncertainty`` of ``config.json``: ``"mi"`` (default, the
+        paper's), the mean mutual information (nats) of the seed inside the
+        particle, or ``"consistency"``, one minus the particle's mean best
+        IoU with the particles of each MC sample clustered on its own.
+    uncertainty : {"mi", "consistency"}, optional
+        Overrides ``inference.uncertainty`` of ``config.json``.
     scale : float, optional
         Working scale (network px per image px).  Default (None): found per
         image so that the median particle has the diameter the network was
@@ -68,7 +74,7 @@ class BPartIS:
     def __init__(self, *, model: str = DEFAULT_MODEL, weights: str | None = None,
                  mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                  scale: float | None = None, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, uncertainty: str | None = None) -> None:
         from ...weights import load_spec, models_dir
 
         try:
@@ -98,28 +104,29 @@ class BPartIS:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self._setup(spec.config, state, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads)
+                    threads=threads, uncertainty=uncertainty)
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict[str, Any], state_dict: dict | None = None, *,
                     mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                     scale: float | None = None, device: str = "cpu", threads: int | None = None,
-                    tag: str = "none") -> "BPartIS":
+                    tag: str = "none", uncertainty: str | None = None) -> "BPartIS":
         """Build from a config dict (as in ``config.json``) and optional
         weights; random weights when ``state_dict`` is None (for tests)."""
         self = cls.__new__(cls)
         self._setup(config, state_dict, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads)
+                    threads=threads, uncertainty=uncertainty)
         return self
 
     def _setup(self, config: dict[str, Any], state: dict | None, *, tag: str,
                mc_samples: int | None, uncertainty_threshold: float | None,
-               scale: float | None, device: str, threads: int | None) -> None:
+               scale: float | None, device: str, threads: int | None,
+               uncertainty: str | None = None) -> None:
         import torch
 
-        from .inference import MC_MAPS
+        from .inference import MC_MAPS, UNCERTAINTY_KINDS
         from .model import BPartISNet, ModelConfig
 
         if threads is not None:
@@ -162,6 +169,11 @@ class BPartIS:
         if self.mc_maps not in MC_MAPS:
             raise ValueError(f"config inference.mc_maps must be one of {MC_MAPS}, "
                              f"got {self.mc_maps!r}")
+        self.uncertainty_kind = str(uncertainty or inf.get("uncertainty", "mi"))
+        if self.uncertainty_kind not in UNCERTAINTY_KINDS:
+            where = "uncertainty" if uncertainty else "config inference.uncertainty"
+            raise ValueError(f"{where} must be one of {UNCERTAINTY_KINDS}, "
+                             f"got {self.uncertainty_kind!r}")
         self.weights = tag
 
     # -- inference ----------------------------------------------------------
@@ -176,8 +188,9 @@ class BPartIS:
         -------
         Segmentation
             ``labels`` (M, N) int32, ``scores`` (K,) mean seed, ``uncertainty``
-            (K,) mean mutual information in nats (zeros when ``mc_samples`` is
-            1), ``pixel_uncertainty`` (M, N) float32.
+            (K,) as set by ``inference.uncertainty`` (zeros when
+            ``mc_samples`` is 1), ``pixel_uncertainty`` (M, N) float32: the
+            seed's mutual information in nats.
         """
         from .inference import segment_image
 
@@ -192,6 +205,7 @@ class BPartIS:
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
+            uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
             cluster_options=self.cluster_options)
         logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",

@@ -134,3 +134,38 @@ def instance_means(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray
     sums = np.bincount(lab, weights=values.ravel().astype(np.float64), minlength=k + 1)
     counts = np.bincount(lab, minlength=k + 1)
     return sums[1:] / np.maximum(counts[1:], 1)
+
+
+def instance_consistency(labels: np.ndarray, k: int, sample_labels) -> np.ndarray:
+    """How steadily each instance comes back when the MC samples are
+    clustered one by one: for instance ``i`` (label ``i + 1`` of ``labels``),
+    the mean over the samples of its best IoU with an instance of that
+    sample; (k,) in [0, 1].
+
+    An instance that every sample reproduces scores 1; one that the samples
+    split, merge with a neighbour or drop scores less.
+
+    >>> lab = np.array([[1, 1, 0, 2, 2]], np.int32)
+    >>> instance_consistency(lab, 2, [lab, np.array([[1, 1, 0, 2, 0]])]).tolist()
+    [1.0, 0.75]
+    """
+    if k == 0:
+        return np.zeros(0, np.float64)
+    lab = np.asarray(labels).ravel()
+    area = np.bincount(lab, minlength=k + 1)[1:].astype(np.float64)
+    total = np.zeros(k, np.float64)
+    n = 0
+    for other in sample_labels:
+        o = np.asarray(other).ravel()
+        if o.shape != lab.shape:
+            raise ValueError(f"sample labels of shape {np.shape(other)} do not match "
+                             f"labels of shape {np.shape(labels)}")
+        n += 1
+        m = o.max(initial=0)
+        both = (lab > 0) & (o > 0)
+        inter = np.bincount(lab[both].astype(np.int64) * (m + 1) + o[both],
+                            minlength=(k + 1) * (m + 1)).reshape(k + 1, m + 1)
+        o_area = np.bincount(o, minlength=m + 1).astype(np.float64)
+        iou = inter[1:, 1:] / np.maximum(area[:, None] + o_area[None, 1:] - inter[1:, 1:], 1.0)
+        total += iou.max(1, initial=0.0)
+    return total / max(n, 1)

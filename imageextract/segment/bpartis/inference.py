@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cluster import cluster, instance_means
+from .cluster import cluster, instance_consistency, instance_means
 from .model import BPartISNet
 
 
@@ -92,8 +92,10 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
-               mc_layers: tuple[str, ...], mc_maps: str = "mean") -> tuple[torch.Tensor, ...]:
-    """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile."""
+               mc_layers: tuple[str, ...], mc_maps: str = "mean",
+               keep: list | None = None) -> tuple[torch.Tensor, ...]:
+    """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile; with a
+    ``keep`` list, each MC sample's ``(5, h, w)`` maps are appended to it."""
     x, th, tw = _pad32(t)
     if samples > 1:
         point = mc_maps == "point"
@@ -105,6 +107,9 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
         off_sum = ls_sum = p_sum = ent_sum = 0.0
         for o in outs:
             p = o["seed"][0, :, :th, :tw]
+            if keep is not None:
+                keep.append(torch.cat([o["offsets"][0], o["log_s"][0], o["seed"][0]],
+                                      0)[:, :th, :tw].half().cpu())
             p_sum = p_sum + p
             ent_sum = ent_sum + _entropy(p)
             if not point:
@@ -128,7 +133,7 @@ MC_MAPS = ("mean", "point")
 @torch.inference_mode()
 def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: int = 1024,
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
-                 mc_maps: str = "mean", flips: bool = False,
+                 mc_maps: str = "mean", flips: bool = False, keep_samples: bool = False,
                  device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """Run the network on ``rgb`` (M, N, 3) uint8 and return stitched maps.
 
@@ -151,26 +156,37 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     flips : bool
         Test-time augmentation: also run the left-right mirrored tile and
         average the (un-mirrored) maps; twice the network time.
+    keep_samples : bool
+        Also return every MC sample's maps (for
+        :func:`~.cluster.instance_consistency`); float16, ``5 T`` values per
+        pixel.  Each tile draws its own dropout masks.
 
     Returns
     -------
     dict with ``offsets`` (2, M, N), ``log_s`` (2, M, N), ``seed`` (M, N)
     (means over the samples, or the deterministic pass with ``"point"``)
     and ``mi`` (M, N): mutual information of the seed in nats (zeros when
-    ``samples == 1``).
+    ``samples == 1``); with ``keep_samples`` and ``samples > 1``,
+    ``samples`` (T, 5, M, N): offsets, log_s and seed of each sample.
     """
     if mc_maps not in MC_MAPS:
         raise ValueError(f"mc_maps must be one of {MC_MAPS}, got {mc_maps!r}")
+    keep_samples = bool(keep_samples) and samples > 1
+    if keep_samples and flips:
+        raise ValueError("keep_samples does not combine with flips")
     net.eval()
     h, w = rgb.shape[:2]
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).to(device)
     img = img.permute(2, 0, 1).float().div_(255.0)[None]
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    tiles = {}
+    tiles, sample_tiles = {}, {}
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
             t = img[..., y0:y0 + tile, x0:x0 + tile]
-            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps)
+            kept = [] if keep_samples else None
+            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps, keep=kept)
+            if kept:
+                sample_tiles[i, j] = torch.cat(kept, 0).numpy()
             if flips:
                 o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps)
                 o2 = o2.flip(2)
@@ -181,25 +197,66 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
                 mi = (mi + m2.flip(2)) / 2
             tiles[i, j] = torch.cat([off, ls, seed, mi], 0).float().cpu().numpy()
     full = stitch(tiles, ys, xs, tile, (h, w))
-    return {"offsets": full[0:2], "log_s": full[2:4], "seed": full[4], "mi": full[5]}
+    out = {"offsets": full[0:2], "log_s": full[2:4], "seed": full[4], "mi": full[5]}
+    if sample_tiles:
+        out["samples"] = stitch(sample_tiles, ys, xs, tile, (h, w)).reshape(-1, 5, h, w)
+    return out
+
+
+#: Per-particle uncertainty: ``"mi"`` the mean mutual information of the seed
+#: inside the particle (Yildirim & Cole); ``"consistency"`` one minus its mean
+#: best IoU with the particles of each MC sample clustered on its own.
+UNCERTAINTY_KINDS = ("mi", "consistency")
+
+
+def sample_consistency(maps: dict[str, np.ndarray], labels: np.ndarray, k: int, *,
+                       coord_scale: float, **cluster_options) -> np.ndarray:
+    """:func:`~.cluster.instance_consistency` of the ``k`` instances of
+    ``labels`` over the MC samples in ``maps["samples"]`` (from
+    :func:`network_maps` with ``keep_samples``), each clustered with
+    ``cluster_options``; ones when there are no samples."""
+    if "samples" not in maps or k == 0:
+        return np.ones(k, np.float64)
+    opts = {key: v for key, v in cluster_options.items()
+            if key not in ("min_score", "min_rel_area")}
+    sample_labels = []
+    for smp in maps["samples"]:
+        smp = smp.astype(np.float32)
+        sample_labels.append(cluster(smp[0:2], smp[2:4], smp[4], coord_scale=coord_scale,
+                                     **opts)[0])
+    return instance_consistency(labels, k, sample_labels)
 
 
 def segment_maps(maps: dict[str, np.ndarray], *, coord_scale: float,
                  uncertainty_threshold: float | None = None, min_score: float = 0.0,
-                 min_rel_area: float = 0.0,
+                 min_rel_area: float = 0.0, uncertainty: str = "mi",
                  **cluster_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster stitched maps, then drop instances whose mean seed is below
     ``min_score``, whose area is below ``min_rel_area`` times the median
-    instance area, or whose mean MI exceeds ``uncertainty_threshold``.
+    instance area, or whose uncertainty exceeds ``uncertainty_threshold``.
+
+    ``uncertainty`` (one of :data:`UNCERTAINTY_KINDS`): ``"mi"``, the mean
+    MI (nats) inside each instance; ``"consistency"``, one minus
+    :func:`sample_consistency` (needs ``maps["samples"]``; zeros without).
 
     Returns
     -------
     labels : (M, N) int32, consecutive
     scores : (K,) float64
-    uncertainty : (K,) float64, mean MI (nats) inside each instance
+    uncertainty : (K,) float64
     """
+    if uncertainty not in UNCERTAINTY_KINDS:
+        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
     labels, scores = cluster(maps["offsets"], maps["log_s"], maps["seed"],
                              coord_scale=coord_scale, **cluster_options)
+    if uncertainty == "consistency":
+        # the score and area filters first: no need to match instances they drop
+        labels, scores, _ = filter_instances(labels, scores, np.zeros(scores.size),
+                                             min_score=min_score, min_rel_area=min_rel_area)
+        unc = 1.0 - sample_consistency(maps, labels, scores.size, coord_scale=coord_scale,
+                                       **cluster_options)
+        return filter_instances(labels, scores, unc,
+                                uncertainty_threshold=uncertainty_threshold)
     unc = instance_means(maps["mi"], labels, scores.size)
     return filter_instances(labels, scores, unc, min_score=min_score,
                             min_rel_area=min_rel_area,
@@ -399,7 +456,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   max_halvings: int = 2, size_model=None,
                   tolerance: float = 1.25, tile: int = 512, overlap: int = 128,
                   mc_layers: tuple[str, ...] = ("head",), mc_maps: str = "mean",
-                  device: str | torch.device = "cpu",
+                  uncertainty: str = "mi", device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False) -> dict:
@@ -427,6 +484,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         Fragmentation checks (see :func:`find_scale`).
     mc_maps : {"mean", "point"}
         Maps clustered when ``samples > 1`` (see :func:`network_maps`).
+    uncertainty : {"mi", "consistency"}
+        Per-particle uncertainty (see :func:`segment_maps`).
     flips : bool
         Average the maps of the image and its mirror image (see
         :func:`network_maps`).
@@ -443,13 +502,15 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
+    if uncertainty not in UNCERTAINTY_KINDS:
+        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
 
     def run(s: float):
         shp = scaled_shape((h, w), s)
         maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
                             overlap=overlap, mc_layers=mc_layers, mc_maps=mc_maps, flips=flips,
-                            device=device)
-        lab, sc, un = segment_maps(maps, coord_scale=coord_scale,
+                            keep_samples=uncertainty == "consistency", device=device)
+        lab, sc, un = segment_maps(maps, coord_scale=coord_scale, uncertainty=uncertainty,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
 

@@ -48,6 +48,12 @@ SIZE_STATS = "size_model.json"
 #: would otherwise dominate AP50); :func:`tune` sets the shipped ones.
 VAL_FILTERS = {"min_score": 0.8, "min_rel_area": 0.2}
 
+#: How the model card describes each kind of per-particle uncertainty.
+UNCERTAINTY_TEXT = {
+    "mi": "mean mutual information of the seed map (nats)",
+    "consistency": "1 - mean best IoU with the particles of each MC sample clustered alone",
+}
+
 #: Defaults of the recipe (stored in the checkpoint; a resumed run keeps them).
 DEFAULTS: dict[str, Any] = {
     "epochs": 50,
@@ -791,7 +797,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     cfg_path = out / "config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     recipe = ckpt["recipe"]
-    inf = {"mc_samples": 8, "mc_layers": ["head"], "mc_maps": "mean",
+    inf = {"mc_samples": 8, "mc_layers": ["head"], "mc_maps": "mean", "uncertainty": "mi",
            "uncertainty_threshold": None,
            "tile_px": 512, "overlap_px": 128,
            "target_diameter": recipe.get("target_diameter"),
@@ -863,8 +869,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
            else "the deterministic pass (the samples give the uncertainty)")
-        + f"; uncertainty threshold {inf['uncertainty_threshold']} nats "
-        "(mean mutual information of the seed map)",
+        + f"; per-particle uncertainty: {UNCERTAINTY_TEXT[inf.get('uncertainty', 'mi')]}, "
+        f"threshold {inf['uncertainty_threshold']}",
         f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
         f"{cl.get('min_rel_area', 0)} x the image's median",
         "",
@@ -1006,7 +1012,8 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
          keep_fractions: tuple[float, ...] = (1.0, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9, 0.85, 0.8),
          searches: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (2, 0), (2, 1)),
          fg_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5), refilter_top: int = 4,
-         mc_maps: tuple[str, ...] = ("mean", "point"), min_samples: int = 2,
+         mc_maps: tuple[str, ...] = ("mean", "point"),
+         uncertainty_kinds: tuple[str, ...] = ("mi", "consistency"), min_samples: int = 2,
          search_confidence: float = 0.9,
          split: str = "val", device: str = "cpu", progress: bool = True,
          write: bool = True) -> dict[str, Any]:
@@ -1030,11 +1037,13 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
        measured with the filters in the loop (rows with ``in_loop``, listed
        first) and the best of those is taken.
     1b. Foreground threshold of the clustering: one pass per value.
-    2. With the best of those, each ``(T, layers, mc_maps)`` setting
-       segments the split once (``mc_maps``: cluster the samples' mean or
-       the deterministic pass, see :func:`~.inference.network_maps`); the
-       thresholds tried are the quantiles of the instances' uncertainties
-       that keep ``keep_fractions`` of them.
+    2. With the best of those, each ``(T, layers, mc_maps, uncertainty)``
+       setting segments the split once (``mc_maps``: cluster the samples'
+       mean or the deterministic pass, see :func:`~.inference.network_maps`;
+       ``uncertainty``: one of ``uncertainty_kinds``, see
+       :func:`~.inference.segment_maps`); the thresholds tried are the
+       quantiles of the instances' uncertainties that keep
+       ``keep_fractions`` of them.
 
     The setting with the best :func:`selection_score` (ties: faster, then
     the higher share of kept instances that match a particle) among
@@ -1057,15 +1066,15 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     items = load_split(data_dir, split, progress=progress)
 
     def segment_all(t: int, layers, cluster_options: dict, search: dict,
-                    maps: str = "mean") -> tuple[list, float]:
+                    maps: str = "mean", kind: str = "mi") -> tuple[list, float]:
         preds = []
         t0 = time.monotonic()
-        for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)} {maps}",
+        for _, rgb, gt in tqdm(items, desc=f"tune T={t} {'+'.join(layers)} {maps} {kind}",
                                disable=not progress, leave=False):
             res = segment_image(net, rgb, coord_scale=coord_scale, samples=t,
                                 target_diameter=recipe.get("target_diameter"),
                                 size_model=size_model, mc_layers=layers, mc_maps=maps,
-                                device=dev,
+                                uncertainty=kind, device=dev,
                                 cluster_options=cluster_options, **search)
             preds.append((gt, res["labels"], res["scores"], res["uncertainty"]))
         return preds, (time.monotonic() - t0) / max(1, len(items))
@@ -1125,11 +1134,12 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         filters = with_fg(max(fg_table, key=lambda r: (round(r["score"], 3),
                                                        r["fg_threshold"]))["fg_threshold"])
     table = []
-    settings = [(t, layers, maps) for t in samples
+    settings = [(t, layers, maps, kind) for t in samples
                 for layers in (layer_sets if t > 1 else (("head",),))
-                for maps in (mc_maps if t > 1 else ("mean",))]
-    for t, layers, maps in settings:
-        preds, secs = segment_all(t, layers, filters, search, maps)
+                for maps in (mc_maps if t > 1 else ("mean",))
+                for kind in (uncertainty_kinds if t > 1 else ("mi",))]
+    for t, layers, maps, kind in settings:
+        preds, secs = segment_all(t, layers, filters, search, maps, kind)
         if t > 1:
             allu = np.concatenate([p[3] for p in preds]) if preds else np.zeros(0)
             thrs = sorted({float("inf")} | {float(np.quantile(allu, q))
@@ -1139,6 +1149,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         for row in uncertainty_sweep(preds, thrs):
             thr = row.pop("uncertainty_threshold")
             row = {"mc_samples": t, "mc_layers": list(layers), "mc_maps": maps,
+                   "uncertainty": kind,
                    "seconds_per_image": round(secs, 3), **filters,
                    "uncertainty_threshold": thr, **row}
             table.append(row)
@@ -1157,6 +1168,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
         cluster_opts.update(filters)
         export(out, inference={"mc_samples": max(best["mc_samples"], 1),
                                "mc_layers": best["mc_layers"], "mc_maps": best["mc_maps"],
+                               "uncertainty": best.get("uncertainty", "mi"),
                                "uncertainty_threshold": best["uncertainty_threshold"],
                                **search, "cluster": cluster_opts},
                tuning={k: best[k] for k in ("ap", "ap50", "ap75", "mean_iou", "aji_plus",
