@@ -247,8 +247,6 @@ def _cmd_train(args, progress: bool) -> int:
     if args.init:
         opts["init_weights"] = args.init
     if args.hard_mining:
-        if args.hard_mining < 0:
-            raise ImageExtractError(f"--hard-mining must be >= 0, got {args.hard_mining}")
         opts["hard_mining"] = args.hard_mining
     train(args.data, args.out, resume=args.resume, device=args.device, progress=progress,
           workers=args.workers, **opts)

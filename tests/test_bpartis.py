@@ -270,6 +270,9 @@ def test_hard_mining_weights_and_exact_resume(tmp_path):
     assert set(a["recipe"]["hard_mining_scores"]) == {"mean", "below_0.5", "max_over_min_weight"}
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
+    with pytest.raises(ImageExtractError, match="strength"):  # refused before any work
+        train(data, tmp_path / "c", max_steps=1, **{**opts, "hard_mining": -1.0})
+    assert not (tmp_path / "c" / "checkpoint.pt").exists()
 
 
 def test_batches_do_not_depend_on_worker_processes(tmp_path):

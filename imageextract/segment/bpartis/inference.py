@@ -214,16 +214,15 @@ def sample_consistency(maps: dict[str, np.ndarray], labels: np.ndarray, k: int, 
     """:func:`~.cluster.instance_consistency` of the ``k`` instances of
     ``labels`` over the MC samples in ``maps["samples"]`` (from
     :func:`network_maps` with ``keep_samples``), each clustered with
-    ``cluster_options``; ones when there are no samples."""
+    ``cluster_options`` (those of :func:`~.cluster.cluster`); ones when
+    there are no samples."""
     if "samples" not in maps or k == 0:
         return np.ones(k, np.float64)
-    opts = {key: v for key, v in cluster_options.items()
-            if key not in ("min_score", "min_rel_area")}
     sample_labels = []
     for smp in maps["samples"]:
         smp = smp.astype(np.float32)
         sample_labels.append(cluster(smp[0:2], smp[2:4], smp[4], coord_scale=coord_scale,
-                                     **opts)[0])
+                                     **cluster_options)[0])
     return instance_consistency(labels, k, sample_labels)
 
 
@@ -502,8 +501,6 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
-    if uncertainty not in UNCERTAINTY_KINDS:
-        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
 
     def run(s: float):
         shp = scaled_shape((h, w), s)

@@ -307,21 +307,16 @@ def _fallback_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"ap": float("nan"), "ap50": tp / (tp + fp + 1e-12), "mean_iou": float(best.mean())}
 
 
-def evaluate(net: BPartISNet, items: list[tuple], *, coord_scale: float, samples: int = 1,
-             uncertainty_threshold: float | None = None, device="cpu",
-             progress: bool = False, cluster_options: dict | None = None,
-             target_diameter: float | None = None, oracle_scale: bool = False,
-             size_model=None) -> dict[str, float]:
-    """Mean paper metrics (and AJI+) of ``net`` on ``items``, each image
-    segmented as the backend does it (:func:`~.inference.segment_image`).
-
-    ``oracle_scale=True`` runs each image once at the scale its ground truth
-    says (:func:`base_scale`) instead of searching for it: a fast and
-    steadier measure of the network for model selection during training.
-    """
+def _image_metrics(net: BPartISNet, items: list[tuple], *, coord_scale: float,
+                   samples: int = 1, uncertainty_threshold: float | None = None, device="cpu",
+                   progress: bool = False, cluster_options: dict | None = None,
+                   target_diameter: float | None = None, oracle_scale: bool = False,
+                   size_model=None, desc: str = "val") -> list[dict[str, float]]:
+    """Paper metrics (and AJI+) of ``net`` on each of ``items`` (see
+    :func:`evaluate` for the options)."""
     paper, aji = _metric_fns()
     rows = []
-    for _, rgb, gt in tqdm(items, desc="val", disable=not progress, leave=False):
+    for _, rgb, gt in tqdm(items, desc=desc, disable=not progress, leave=False):
         fixed = base_scale(gt, target_diameter) if oracle_scale and target_diameter else None
         pred = segment_image(net, rgb, coord_scale=coord_scale, samples=samples, scale=fixed,
                              target_diameter=target_diameter, device=device,
@@ -333,6 +328,21 @@ def evaluate(net: BPartISNet, items: list[tuple], *, coord_scale: float, samples
         if aji is not None:
             r["aji_plus"] = float(aji(gt, pred))
         rows.append(r)
+    return rows
+
+
+def evaluate(net: BPartISNet, items: list[tuple], **options) -> dict[str, float]:
+    """Mean paper metrics (and AJI+) of ``net`` on ``items``, each image
+    segmented as the backend does it (:func:`~.inference.segment_image`).
+
+    Options (keyword-only): ``coord_scale`` (required), ``samples``,
+    ``uncertainty_threshold``, ``device``, ``progress``, ``cluster_options``,
+    ``target_diameter``, ``size_model`` and ``oracle_scale``: with True, each
+    image runs once at the scale its ground truth says (:func:`base_scale`)
+    instead of searching for it: a fast and steadier measure of the network
+    for model selection during training.
+    """
+    rows = _image_metrics(net, items, **options)
     keys = rows[0].keys() if rows else []
     return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
@@ -376,19 +386,11 @@ def image_scores(net: BPartISNet, items: list[tuple], *, coord_scale: float,
                  cluster_options: dict | None = None) -> np.ndarray:
     """Per-image :func:`selection_score` of ``net`` on ``items`` at the
     ground-truth scale, T = 1 (what :func:`hard_weights` reads)."""
-    paper, aji = _metric_fns()
-    out = []
-    net.eval()
-    for _, rgb, gt in tqdm(items, desc="score images", disable=not progress, leave=False):
-        fixed = base_scale(gt, target_diameter) if target_diameter else None
-        pred = segment_image(net, rgb, coord_scale=coord_scale, samples=1, scale=fixed,
-                             target_diameter=target_diameter, device=device,
-                             cluster_options=cluster_options)["labels"]
-        m = {k: float(v) for k, v in paper(gt, pred).items() if k == "ap50"}
-        if aji is not None:
-            m["aji_plus"] = float(aji(gt, pred))
-        out.append(selection_score(m))
-    return np.asarray(out, dtype=float)
+    rows = _image_metrics(net, items, coord_scale=coord_scale, device=device,
+                          progress=progress, cluster_options=cluster_options,
+                          target_diameter=target_diameter, oracle_scale=True,
+                          desc="score images")
+    return np.asarray([selection_score(r) for r in rows], dtype=float)
 
 
 # ---------------------------------------------------------------------------
@@ -543,6 +545,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         recipe["seed"] = seed
         recipe["model"] = ModelConfig.from_dict(model_config).to_dict()
         recipe["pretrained"] = bool(pretrained)
+        if not (float(hard_mining) >= 0 and math.isfinite(float(hard_mining))):
+            raise ImageExtractError(f"hard-mining strength must be >= 0, got {hard_mining!r}")
         recipe["hard_mining"] = float(hard_mining)
         if init_weights is not None:
             from ...weights import sha256_file
