@@ -469,3 +469,31 @@ def test_mirror_averaging_is_mirror_equivariant():
     np.testing.assert_allclose(m["seed"][:, ::-1], a["seed"], atol=1e-5)
     np.testing.assert_allclose(m["offsets"][0][:, ::-1], a["offsets"][0], atol=1e-5)
     np.testing.assert_allclose(-m["offsets"][1][:, ::-1], a["offsets"][1], atol=1e-5)
+
+
+def test_mc_samples_share_dropout_masks_across_tiles():
+    """Sample k is one network over the whole image: two tiles that see the
+    same pixels at the same place inside the tile get the same sample
+    values; the caller's random state is left as it was."""
+    import torch
+
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    # tiles start at x = 0 and 48; the pattern repeats every 48 px, so both
+    # tiles see the same pixels
+    rgb = np.tile(np.random.default_rng(5).integers(0, 255, (64, 48, 3), dtype=np.uint8),
+                  (1, 3, 1))[:, :112]
+    torch.manual_seed(3)
+    before = torch.rand(1)
+    torch.manual_seed(3)
+    m = network_maps(b.net, rgb, samples=4, tile=64, overlap=16, mc_maps="point",
+                     keep_samples=True)
+    assert torch.rand(1) != before  # the caller's stream moved on by one draw, not reset
+    s = m["samples"].astype(np.float32)
+    # pixel (32, 32) of each tile: x = 32 lies in the first tile's core, x = 80 in the second's
+    np.testing.assert_array_equal(s[:, :, 32, 32], s[:, :, 32, 80])
+    assert np.ptp(s, axis=0).max() > 1e-3  # the samples differ
+    # the mean maps agree too
+    m = network_maps(b.net, rgb, samples=4, tile=64, overlap=16, mc_maps="mean")
+    np.testing.assert_array_equal(m["seed"][16:48, 32], m["seed"][16:48, 80])

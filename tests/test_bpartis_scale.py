@@ -183,3 +183,68 @@ def test_size_model_first_guess(monkeypatch):
     assert res["scale"] == pytest.approx(0.24, rel=0.01)
     assert calls[0] == (144, 144)  # the first network pass is already at the right scale
     assert res["labels"].max() == 2
+
+
+def test_size_model_reads_each_probe(monkeypatch):
+    """With probes (0.5, 1), the estimate reads the features at half and at
+    the probe scale, side by side, and the model sees both."""
+    from imageextract.segment.bpartis import size
+
+    monkeypatch.setattr(inference, "network_maps", _oracle_maps(20, 110, []))
+    rgb, _ = _disc_image((600, 600), [(150, 150, 100), (420, 430, 100)])
+    seen = []
+
+    class TwoProbes:
+        probes = (0.5, 1.0)
+
+        @staticmethod
+        def predict(features):
+            seen.append(np.array(features))
+            return np.array([np.log(200 * features[1])])  # the full-scale view
+
+    monkeypatch.setattr(size, "image_features", lambda net, rgb, scale, device: np.array([scale]))
+    res = segment_image(None, rgb, coord_scale=SCALE, target_diameter=48.0, size_model=TwoProbes())
+    s0 = 512 / 600  # the probe scale: longest side 512 px
+    assert seen[0] == pytest.approx([0.5 * s0, s0])
+    assert res["scale"] == pytest.approx(0.24, rel=0.01)
+
+
+def test_size_model_probes_survive_save_and_state(tmp_path):
+    from imageextract.segment.bpartis.size import SizeModel, pop_from_state, to_state
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6))
+    m = SizeModel.fit(x, x[:, 0] * 2.0 + 1.0, alpha=0.1, probes=(0.5, 1.0))
+    m.save(tmp_path / "s.npz")
+    back = SizeModel.load(tmp_path / "s.npz")
+    assert back.probes == (0.5, 1.0)
+    np.testing.assert_allclose(back.predict(x[:4]), m.predict(x[:4]))
+    st = to_state(m)
+    assert pop_from_state(st).probes == (0.5, 1.0) and not st
+    # a model saved before probes existed reads as one probe at the working scale
+    np.savez(tmp_path / "old.npz", mean=m.mean, std=m.std, coef=m.coef,
+             intercept=np.float64(1.0), alpha=np.float64(1.0))
+    assert SizeModel.load(tmp_path / "old.npz").probes == (1.0,)
+    one = SizeModel(m.mean, m.std, m.coef, 1.0)
+    st = to_state(one)
+    assert "size_model.probes" not in st  # files of one-probe models are unchanged
+    assert pop_from_state(st).probes == (1.0,)
+
+
+def test_probe_features_concatenates_views():
+    import torch
+
+    from imageextract.segment.bpartis.model import BPartISNet, ModelConfig
+    from imageextract.segment.bpartis.size import fit_size_model, image_features, probe_features
+
+    torch.manual_seed(0)
+    net = BPartISNet(ModelConfig(width=0.25, depth=0.34, dec_channels=(16, 16, 8, 8, 8))).eval()
+    rgb = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    one = image_features(net, rgb, scale=1.0)
+    both = probe_features(net, rgb, scale=1.0, probes=(0.5, 1.0))
+    assert both.shape == (2 * one.size,)
+    np.testing.assert_allclose(both[one.size:], one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both[:one.size], image_features(net, rgb, scale=0.5),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="probes"):
+        fit_size_model(net, [], [], probes=(0.0, 1.0), progress=False)

@@ -9,6 +9,8 @@ are clustered once on the whole image and particles on a seam stay whole.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -130,6 +132,16 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
 MC_MAPS = ("mean", "point")
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Run the block with torch's random state seeded by ``seed``; the
+    caller's state is restored afterwards."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.inference_mode()
 def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: int = 1024,
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
@@ -159,7 +171,9 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     keep_samples : bool
         Also return every MC sample's maps (for
         :func:`~.cluster.instance_consistency`); float16, ``5 T`` values per
-        pixel.  Each tile draws its own dropout masks.
+        pixel.  Every tile uses the same ``T`` dropout masks (drawn once per
+        image from torch's random state), so sample ``k`` is one network
+        across the whole image.
 
     Returns
     -------
@@ -179,16 +193,21 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).to(device)
     img = img.permute(2, 0, 1).float().div_(255.0)[None]
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    # one set of dropout masks per image: sample k is the same network on
+    # every tile, so a particle on a seam is not judged by two draws
+    mask_seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if samples > 1 else 0
     tiles, sample_tiles = {}, {}
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
             t = img[..., y0:y0 + tile, x0:x0 + tile]
             kept = [] if keep_samples else None
-            off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps, keep=kept)
+            with _seeded(mask_seed, img.device):
+                off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps, keep=kept)
             if kept:
                 sample_tiles[i, j] = torch.cat(kept, 0).numpy()
             if flips:
-                o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps)
+                with _seeded(mask_seed + 1, img.device):
+                    o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps)
                 o2 = o2.flip(2)
                 o2[1].neg_()  # x offsets point the other way in the mirror
                 off = (off + o2) / 2
@@ -519,10 +538,12 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     else:
         estimate = None
         if size_model is not None:
-            from .size import image_features
+            from .size import probe_features
+
+            probes = tuple(getattr(size_model, "probes", (1.0,)))
 
             def estimate(sc: float) -> float:
-                feats = image_features(net, rgb, scale=sc, device=device)
+                feats = probe_features(net, rgb, scale=sc, probes=probes, device=device)
                 return float(np.exp(size_model.predict(feats)[0]))
 
         s, res, passes = find_scale(run, (h, w), target_diameter=target_diameter,

@@ -873,8 +873,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
            else "the deterministic pass (the samples give the uncertainty)")
-        + f"; per-particle uncertainty: {UNCERTAINTY_TEXT[inf.get('uncertainty', 'mi')]}, "
-        f"threshold {inf['uncertainty_threshold']}",
+        + f"; per-particle uncertainty: {UNCERTAINTY_TEXT[inf.get('uncertainty', 'mi')]}; "
+        + ("no threshold" if inf["uncertainty_threshold"] is None
+           else f"particles above t_u = {inf['uncertainty_threshold']:.4g} are removed "
+           "as likely false positives"),
         f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
         f"{cl.get('min_rel_area', 0)} x the image's median",
         "",
@@ -984,7 +986,8 @@ def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
 
 
 def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
-             progress: bool = True, per_image: int = 3, seed: int = 0) -> dict:
+             progress: bool = True, per_image: int = 3, seed: int = 0,
+             probes: tuple[float, ...] = (0.5, 1.0)) -> dict:
     """Fit the size model (:mod:`.size`) on the best weights' encoder:
     ``train-fit`` images at random scales, ridge alpha chosen on ``val``.
     Writes ``size_model.npz`` and ``size_model.json`` (its accuracy) into
@@ -996,8 +999,8 @@ def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
     net, _ = _load_best(out, dev)
     model, stats = fit_size_model(net, load_split(data_dir, "train-fit", progress=progress),
                                   load_split(data_dir, "val", progress=progress),
-                                  per_image=per_image, seed=seed, device=dev,
-                                  progress=progress)
+                                  per_image=per_image, probes=probes, seed=seed,
+                                  device=dev, progress=progress)
     model.save(out / SIZE_MODEL)
     (out / SIZE_STATS).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
