@@ -307,6 +307,9 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
+    # the size model reads two views, and the backend built from the folder uses them
+    assert cfg["size_model"]["probes"] == [0.5, 1.0]
+    assert "read at 0.5, 1 x the probe scale" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
     # the card says where the training time was spent
     (machine,) = cfg["training"]["train_hours_by_device"]
     assert machine.startswith("CPU (")
@@ -344,6 +347,7 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert chosen in {(r["min_score"], r["min_rel_area"]) for r in in_loop}
     backend = BPartIS(model=str(tmp_path / "m"))
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
+    assert backend.size_model.probes == (0.5, 1.0)
     seg = backend.predict(np.full((48, 56), 200, np.uint8))
     assert seg.labels.shape == (48, 56)
 

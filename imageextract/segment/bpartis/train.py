@@ -863,8 +863,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"- training time of this run: {_fmt_devices(ckpt)}",
         "",
         "## Inference",
-        f"- working scale per image: size model (ridge regression on pooled encoder features, "
-        f"val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
+        f"- working scale per image: size model (ridge regression on pooled encoder features"
+        + (f" read at {', '.join(f'{p:g}' for p in size_stats['probes'])} x the probe scale"
+           if len(size_stats.get("probes", [1])) > 1 else "")
+        + f", val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
         f"50 %), then {inf.get('max_passes', 2)} refinement(s) from the particles found and "
         f"{inf.get('max_halvings', 2)} fragmentation check(s) at half scale; target "
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
