@@ -296,7 +296,7 @@ def test_batches_do_not_depend_on_worker_processes(tmp_path):
 
 
 def test_finish_fits_size_model_tunes_and_exports(tmp_path):
-    from imageextract.segment.bpartis.train import finish, train
+    from imageextract.segment.bpartis.train import export, finish, fit_size, train
 
     data = _tiny_emps(tmp_path / "emps")
     train(data, tmp_path / "m", max_steps=2, epochs=10, crop=32, batch_size=2, val_every=1000,
@@ -307,9 +307,7 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
-    # the size model reads two views, and the backend built from the folder uses them
-    assert cfg["size_model"]["probes"] == [0.5, 1.0]
-    assert "read at 0.5, 1 x the probe scale" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert cfg["size_model"]["probes"] == [1.0]
     # the card says where the training time was spent
     (machine,) = cfg["training"]["train_hours_by_device"]
     assert machine.startswith("CPU (")
@@ -347,7 +345,12 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert chosen in {(r["min_score"], r["min_rel_area"]) for r in in_loop}
     backend = BPartIS(model=str(tmp_path / "m"))
     assert backend.size_model is not None  # stored inside weights.pt, under its sha256
-    assert backend.size_model.probes == (0.5, 1.0)
+    assert backend.size_model.probes == (1.0,)
+    # a size model that reads two views: the card says so and the backend uses both
+    fit_size(data, tmp_path / "m", probes=(0.5, 1.0), progress=False)
+    export(tmp_path / "m")
+    assert "read at 0.5, 1 x the probe scale" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert BPartIS(model=str(tmp_path / "m")).size_model.probes == (0.5, 1.0)
     seg = backend.predict(np.full((48, 56), 200, np.uint8))
     assert seg.labels.shape == (48, 56)
 

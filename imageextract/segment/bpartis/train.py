@@ -989,7 +989,7 @@ def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
 
 def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
              progress: bool = True, per_image: int = 3, seed: int = 0,
-             probes: tuple[float, ...] = (0.5, 1.0)) -> dict:
+             probes: tuple[float, ...] = (1.0,)) -> dict:
     """Fit the size model (:mod:`.size`) on the best weights' encoder:
     ``train-fit`` images at random scales, ridge alpha chosen on ``val``.
     Writes ``size_model.npz`` and ``size_model.json`` (its accuracy) into
