@@ -145,6 +145,43 @@ def _table_html(df: pd.DataFrame, max_rows: int = 500) -> str:
                                 classes="tbl", border=0, na_rep="")
 
 
+def _models_html(micrographs: pd.DataFrame) -> str:
+    """One line per set of weights the micrographs name: what the particles'
+    ``uncertainty`` column means for it, and the threshold it dropped
+    particles at, as the installed model's ``config.json`` records them."""
+    from .segment.bpartis import UNCERTAINTY_TEXT
+    from .weights import WeightsError, list_models, load_spec
+
+    tags = sorted({t for t in micrographs.get("weights", pd.Series(dtype=object))
+                   if isinstance(t, str) and t and t != "none"})
+    if not tags:
+        return ""
+    specs = {}
+    for name in list_models():
+        try:
+            spec = load_spec(name)
+        except WeightsError:
+            continue
+        specs.setdefault(spec.tag, spec)
+    items = []
+    for tag in tags:
+        spec = specs.get(tag)
+        text = "not an installed model"
+        if spec is not None:
+            inf = spec.config.get("inference", {})
+            text = f"models/{spec.name}"
+            if int(inf.get("mc_samples", 1)) > 1:
+                kind = str(inf.get("uncertainty", "mi"))
+                t_u = inf.get("uncertainty_threshold")
+                text += (f": particle uncertainty = {UNCERTAINTY_TEXT.get(kind, kind)}, "
+                         f"from {int(inf['mc_samples'])} MC-dropout samples; "
+                         + ("no threshold" if t_u is None
+                            else f"particles above {float(t_u):.3g} were dropped")
+                         + " (unless a --backend-option overrode it)")
+        items.append(f"<li><code>{html.escape(tag)}</code>: {html.escape(text)}</li>")
+    return "<h2>Models</h2><ul>" + "".join(items) + "</ul>"
+
+
 def write_report(out_dir: str | Path, *, micrographs: pd.DataFrame, particles: pd.DataFrame,
                  failures: pd.DataFrame, title: str = "imageextract report",
                  max_overlays: int = 60) -> Path:
@@ -177,6 +214,7 @@ def write_report(out_dir: str | Path, *, micrographs: pd.DataFrame, particles: p
     ]
     parts.append("<h2>Distributions</h2><div class='row'>" + "".join(
         f"<img src='{_fig_to_data_uri(f)}' alt='plot'>" for f in figs) + "</div>")
+    parts.append(_models_html(micrographs))
     parts.append("<h2>Micrographs</h2>")
     cols = [c for c in ["micrograph_id", "path", "doi", "figure", "panel", "nm_per_px",
                         "calibration_source", "backend", "n_particles", "n_measured", "size_unit",

@@ -5,9 +5,11 @@ a proposal-free instance segmenter that predicts, for every pixel, an offset
 to its particle's centre, an elliptical bandwidth and a seed score; pixels are
 clustered around the strongest seeds.  Monte-Carlo dropout in the decoder's
 last stages gives ``T`` samples of the maps from one encoder pass; the mutual
-information of the seed map is the per-pixel uncertainty, its mean inside a
-particle the particle's uncertainty, and particles above a threshold (tuned on
-validation data, stored in the model's ``config.json``) are dropped.
+information of the seed map is the per-pixel uncertainty.  A particle's
+uncertainty is the mean of that inside it (``mi``, as in the paper) or how
+steadily the samples reproduce it (``consistency``), as the model's
+``config.json`` says, and particles above a threshold (tuned on validation
+data, stored there too) are dropped.
 
 torch is imported here only, when the backend is used.
 """
@@ -26,6 +28,12 @@ from ..base import to_rgb_uint8
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "bpartis-emps"
+
+#: What each kind of per-particle uncertainty means (model card, report).
+UNCERTAINTY_TEXT = {
+    "mi": "mean mutual information of the seed map (nats)",
+    "consistency": "1 - mean best IoU with the particles of each MC sample clustered alone",
+}
 
 
 class BPartIS:
@@ -215,4 +223,4 @@ class BPartIS:
                             weights=self.weights, pixel_uncertainty=res["mi"])
 
 
-__all__ = ["BPartIS"]
+__all__ = ["BPartIS", "UNCERTAINTY_TEXT"]

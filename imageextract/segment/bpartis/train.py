@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
+from . import UNCERTAINTY_TEXT
 from .inference import filter_instances, segment_image
 from .loss import instance_loss, prepare_targets
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
@@ -48,11 +49,6 @@ SIZE_STATS = "size_model.json"
 #: would otherwise dominate AP50); :func:`tune` sets the shipped ones.
 VAL_FILTERS = {"min_score": 0.8, "min_rel_area": 0.2}
 
-#: How the model card describes each kind of per-particle uncertainty.
-UNCERTAINTY_TEXT = {
-    "mi": "mean mutual information of the seed map (nats)",
-    "consistency": "1 - mean best IoU with the particles of each MC sample clustered alone",
-}
 
 #: Defaults of the recipe (stored in the checkpoint; a resumed run keeps them).
 DEFAULTS: dict[str, Any] = {
