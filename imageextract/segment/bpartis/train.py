@@ -49,7 +49,6 @@ SIZE_STATS = "size_model.json"
 #: would otherwise dominate AP50); :func:`tune` sets the shipped ones.
 VAL_FILTERS = {"min_score": 0.8, "min_rel_area": 0.2}
 
-
 #: Defaults of the recipe (stored in the checkpoint; a resumed run keeps them).
 DEFAULTS: dict[str, Any] = {
     "epochs": 50,
