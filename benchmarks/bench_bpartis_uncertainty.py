@@ -5,6 +5,7 @@ MC-dropout samples.
     python benchmarks/bench_bpartis_uncertainty.py --split test
     python benchmarks/bench_bpartis_uncertainty.py --split test --samples 1,4,8,16 --limit 20
     python benchmarks/bench_bpartis_uncertainty.py --split test --uncertainty mi,consistency
+    python benchmarks/bench_bpartis_uncertainty.py --split test --no-rescore
 
 For each number of MC samples ``T`` the split is segmented once with the
 installed model (``models/bpartis-emps``, as the backend runs it: working
@@ -17,7 +18,10 @@ metrics (AP, AP50, AP75, mean IoU), AJI+, the share of instances kept and the
 instance precision (share of kept instances that match a ground-truth
 particle at IoU > 0.5, pooled over the images).  The thresholds are the
 fixed values ``--thresholds``, the quantiles of the run's uncertainties that
-keep ``--keep`` of the instances, and the model's tuned ``t_u``.
+keep ``--keep`` of the instances, and the model's tuned ``t_u``.  The
+model's learned rescorer (``inference.rescore``) runs first, as in the
+backend; ``--no-rescore`` turns it off (then ``_norescore`` ends the file
+names).
 
 Writes ``benchmarks/results/bpartis_uncertainty_<split>.json`` and ``.md``.
 """
@@ -52,6 +56,8 @@ def main() -> int:
                                           "(default: the model's)")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-rescore", action="store_true",
+                    help="turn the model's learned particle rescorer off")
     ap.add_argument("--out")
     args = ap.parse_args()
     if not (Path(args.data) / "test.csv").is_file():
@@ -66,12 +72,13 @@ def main() -> int:
 
     stems = split_stems(args.data, args.split)[: args.limit]
     items = [(s, *load_item(args.data, s)) for s in stems]
-    shipped = BPartIS(model=args.model)
+    shipped = BPartIS(model=args.model, rescore=not args.no_rescore)
     tuned = shipped.uncertainty_threshold
     kinds = (args.uncertainty or shipped.uncertainty_kind).split(",")
     fixed = {float(t) for t in args.thresholds.split(",")} | {math.inf}
     keep = [float(q) for q in args.keep.split(",")] if args.keep else []
     result = {"split": args.split, "images": len(items), "model": args.model,
+              "rescore": shipped.rescorer is not None,
               "tuned_threshold": tuned, "tuned_uncertainty": shipped.uncertainty_kind,
               "runs": [],
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -80,7 +87,7 @@ def main() -> int:
             for kind in (kinds if t > 1 else kinds[:1])]
     for t, kind in runs:
         backend = BPartIS(model=args.model, mc_samples=t, uncertainty_threshold=math.inf,
-                          threads=args.threads, uncertainty=kind)
+                          threads=args.threads, uncertainty=kind, rescore=not args.no_rescore)
         preds, wall, cpu = [], [], []
         for stem, rgb, gt in tqdm(items, desc=f"T={t} {kind}"):
             w0, c0 = time.perf_counter(), time.process_time()
@@ -100,14 +107,17 @@ def main() -> int:
                                "cpu_seconds_median": statistics.median(cpu),
                                "rows": rows})
     out = Path(args.out) if args.out else (ROOT / "benchmarks" / "results"
-                                           / f"bpartis_uncertainty_{args.split}.json")
+                                           / f"bpartis_uncertainty_{args.split}"
+                                             f"{'_norescore' if args.no_rescore else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     lines = [f"# bpartis: uncertainty filter on EMPS {args.split} ({len(items)} images)", "",
              f"`python benchmarks/bench_bpartis_uncertainty.py --split {args.split} "
              f"--samples {args.samples}"
              + (f" --uncertainty {args.uncertainty}" if args.uncertainty else "")
-             + f"`; tuned t_u = {tuned} ({shipped.uncertainty_kind}).", ""]
+             + (" --no-rescore" if args.no_rescore else "")
+             + f"`; tuned t_u = {tuned} ({shipped.uncertainty_kind}); learned rescorer "
+             + ("on" if result["rescore"] else "off") + ".", ""]
     for run in result["runs"]:
         lines += [f"## T = {run['mc_samples']} ({'+'.join(run['mc_layers'])}"
                   + (f", {run['mc_maps']} maps, uncertainty {run['uncertainty']}"

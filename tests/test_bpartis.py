@@ -305,6 +305,8 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     res = finish(data, tmp_path / "m", progress=False)
     assert res["size_model"]["train_samples"] > 0
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    # the rescorer is fitted, or skipped with the reason when the proposals cannot train it
+    assert ("rescore" in cfg["inference"]) != ("skipped" in res["rescore"])
     assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
     assert cfg["size_model"]["probes"] == [1.0]

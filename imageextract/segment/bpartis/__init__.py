@@ -59,6 +59,12 @@ class BPartIS:
         IoU with the particles of each MC sample clustered on its own.
     uncertainty : {"mi", "consistency"}, optional
         Overrides ``inference.uncertainty`` of ``config.json``.
+    rescore : bool
+        Use the learned particle rescorer of ``config.json``
+        (``inference.rescore``, :mod:`.rescore`) when there is one: each
+        particle's ``score`` is then its probability of being a real,
+        well-outlined particle, and particles below the rescorer's threshold
+        are dropped.  False: ``score`` is the particle's mean seed.
     scale : float, optional
         Working scale (network px per image px).  Default (None): found per
         image so that the median particle has the diameter the network was
@@ -82,7 +88,8 @@ class BPartIS:
     def __init__(self, *, model: str = DEFAULT_MODEL, weights: str | None = None,
                  mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                  scale: float | None = None, device: str = "cpu",
-                 threads: int | None = None, uncertainty: str | None = None) -> None:
+                 threads: int | None = None, uncertainty: str | None = None,
+                 rescore: bool = True) -> None:
         from ...weights import load_spec, models_dir
 
         try:
@@ -112,26 +119,27 @@ class BPartIS:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self._setup(spec.config, state, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads, uncertainty=uncertainty)
+                    threads=threads, uncertainty=uncertainty, rescore=rescore)
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_config(cls, config: dict[str, Any], state_dict: dict | None = None, *,
                     mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                     scale: float | None = None, device: str = "cpu", threads: int | None = None,
-                    tag: str = "none", uncertainty: str | None = None) -> "BPartIS":
+                    tag: str = "none", uncertainty: str | None = None,
+                    rescore: bool = True) -> "BPartIS":
         """Build from a config dict (as in ``config.json``) and optional
         weights; random weights when ``state_dict`` is None (for tests)."""
         self = cls.__new__(cls)
         self._setup(config, state_dict, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads, uncertainty=uncertainty)
+                    threads=threads, uncertainty=uncertainty, rescore=rescore)
         return self
 
     def _setup(self, config: dict[str, Any], state: dict | None, *, tag: str,
                mc_samples: int | None, uncertainty_threshold: float | None,
                scale: float | None, device: str, threads: int | None,
-               uncertainty: str | None = None) -> None:
+               uncertainty: str | None = None, rescore: bool = True) -> None:
         import torch
 
         from .inference import MC_MAPS, UNCERTAINTY_KINDS
@@ -182,6 +190,17 @@ class BPartIS:
             where = "uncertainty" if uncertainty else "config inference.uncertainty"
             raise ValueError(f"{where} must be one of {UNCERTAINTY_KINDS}, "
                              f"got {self.uncertainty_kind!r}")
+        self.rescorer = None
+        if inf.get("rescore") and rescore:
+            from .rescore import Rescorer
+
+            try:
+                self.rescorer = Rescorer.from_dict(inf["rescore"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"config inference.rescore is not a valid rescorer: {err}") \
+                    from err
+            # propose the way the rescorer's training proposals were made
+            self.cluster_options.update(self.rescorer.cluster)
         self.weights = tag
 
     # -- inference ----------------------------------------------------------
@@ -215,7 +234,7 @@ class BPartIS:
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
-            cluster_options=self.cluster_options)
+            cluster_options=self.cluster_options, rescorer=self.rescorer)
         logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
                      res["scale"], res["passes"], res["scores"].size)
         return Segmentation(labels=res["labels"], scores=res["scores"],

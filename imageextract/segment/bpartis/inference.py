@@ -477,7 +477,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   uncertainty: str = "mi", device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
-                  flips: bool = False) -> dict:
+                  flips: bool = False, rescorer=None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -511,15 +511,24 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         When the working scale is below 1, trace the instances' outlines on
         the bilinearly upsampled seed map (:func:`upsample_labels`) instead
         of enlarging the label map's blocky pixels.
+    rescorer : :class:`~.rescore.Rescorer`, optional
+        Learned particle rescoring at full resolution: ``scores`` become its
+        probability that each particle is real, particles below its
+        threshold (or above ``uncertainty_threshold``) are dropped.
 
     Returns
     -------
     dict with ``labels`` (M, N) int32, ``scores`` (K,), ``uncertainty`` (K,),
     ``mi`` (M, N) float32 and ``scale`` (the working scale used) and
-    ``passes`` (network passes run).
+    ``passes`` (network passes run); with a rescorer also ``seed_scores``
+    (K,), the mean seed of the kept particles.
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
+    u_threshold = uncertainty_threshold
+    if rescorer is not None:
+        # the rescorer was fitted on unfiltered proposals: filter after it
+        uncertainty_threshold = None
 
     def run(s: float):
         shp = scaled_shape((h, w), s)
@@ -558,6 +567,18 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     # an instance smaller than a native pixel may have vanished
     present = np.bincount(lab.ravel(), minlength=sc.size + 1)[1:] > 0
     lab, sc, un = keep_instances(lab, sc, un, present)
-    return {"labels": lab, "scores": sc,
-            "uncertainty": un, "mi": resize_map(mi, (h, w)).astype(np.float32, copy=False),
-            "scale": s, "passes": passes}
+    mi = resize_map(mi, (h, w)).astype(np.float32, copy=False)
+    out = {"scale": s, "passes": passes}
+    if rescorer is not None:
+        from .rescore import instance_features
+
+        feats = instance_features(rgb, lab, scores=sc, uncertainty=un, mi=mi, scale=s,
+                                  target_diameter=target_diameter or 48.0)
+        prob = rescorer.predict_proba(feats) if sc.size else np.zeros(0)
+        keep = rescorer.keep(prob)
+        if u_threshold is not None:
+            keep &= un <= u_threshold
+        out["seed_scores"] = sc[keep]
+        lab, sc, un = keep_instances(lab, prob, un, keep)
+    out.update(labels=lab, scores=sc, uncertainty=un, mi=mi)
+    return out

@@ -1183,13 +1183,21 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
 
 
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
-           progress: bool = True) -> dict[str, Any]:
+           progress: bool = True, rescore: bool = True) -> dict[str, Any]:
     """After training: fit the size model, tune the MC samples, dropout
-    layers and uncertainty threshold on ``val``, and export the model folder
-    (``weights.pt``, ``config.json``, ``MODEL_CARD.md``)."""
+    layers and uncertainty threshold on ``val``, export the model folder
+    (``weights.pt``, ``config.json``, ``MODEL_CARD.md``) and, with
+    ``rescore``, fit and install the learned particle rescorer
+    (:mod:`.rescore_fit`)."""
     stats = fit_size(data_dir, out_dir, device=device, progress=progress)
     res = tune(data_dir, out_dir, device=device, progress=progress, write=True)
-    return {"size_model": stats, "tuned": res["best"]}
+    out = {"size_model": stats, "tuned": res["best"]}
+    if rescore:
+        from .rescore_fit import fit_for_model
+
+        fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress)
+        out["rescore"] = {k: v for k, v in fitted.items() if k != "rescorer"}
+    return out
 
 
 def _main(argv: list[str] | None = None) -> int:

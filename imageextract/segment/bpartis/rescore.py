@@ -1,0 +1,271 @@
+"""Learned rescoring of the ``bpartis`` backend's particles.
+
+The clustering proposes particles; many of its mistakes (a patch of
+background, a fragment of a large particle, two particles merged into one)
+look different from real particles once the whole proposal is in view: an
+outline that does not follow an edge in the image, an area far from the
+image's other particles, a seed map that was barely above threshold, MC
+samples that disagree.  As in Mask Scoring R-CNN, a small model reads such
+per-particle features and gives each proposal the probability that it is a
+real particle, outlined well enough to match it (IoU > 0.5); proposals below
+a threshold are dropped.
+
+Here the model is a logistic regression on the features and their squares
+(:data:`FEATURES`), fitted on the network's own proposals on training
+images (:func:`fit_rescorer`, labels from :func:`match_labels`).  It is
+torch-free and lives in ``config.json`` (``inference.rescore``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+logger = logging.getLogger(__name__)
+
+#: Per-particle features, in column order (see :func:`instance_features`).
+FEATURES = (
+    "score",      # mean seed inside the particle
+    "uncertainty",  # the backend's per-particle uncertainty
+    "mi",         # mean seed mutual information inside the particle (nats)
+    "log_rel_area",  # log(area / median area of the confident particles)
+    "log_size",   # log(area at the working scale / area of the training disc)
+    "solidity",   # area / area of the convex hull of its pixel squares
+    "border",     # 1 if the particle touches the image border
+    "contrast",   # |mean inside - mean of a 4-px ring outside| / image std
+    "log_count",  # log(number of particles proposed in the image)
+    "area_frac",  # area / image area
+    "log_scale",  # log(working scale)
+    "extent",     # longest bounding-box side / longest image side
+    "neighbours",  # fraction of the outer outline that touches other particles
+    "edge",       # mean gradient on the outline / mean gradient of the image
+    "texture",    # intensity std inside / image std
+    "holes",      # fraction of the filled outline that is not particle
+    "log_rel_max",  # log(area / largest area)
+)
+
+
+def _convex_area(outline: np.ndarray) -> float:
+    """Area of the convex hull of the pixel squares of ``outline`` (a
+    particle's outline pixels, which span the same hull as the particle)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(outline)
+    if ys.size < 3:
+        return float(ys.size)
+    # the hull of the pixel squares: its corners are the pixel corners
+    pts = np.concatenate([np.stack([ys + dy, xs + dx], 1) for dy in (0, 1) for dx in (0, 1)])
+    try:
+        return float(ConvexHull(pts).volume)
+    except QhullError:
+        return float(ys.size)
+
+
+def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarray,
+                      uncertainty: np.ndarray, mi: np.ndarray, scale: float,
+                      target_diameter: float = 48.0, confident: float = 0.82) -> np.ndarray:
+    """Features (:data:`FEATURES`) of the ``K`` particles of ``labels``.
+
+    Parameters
+    ----------
+    image : (M, N) or (M, N, 3) array
+        The micrograph at the resolution of ``labels``.
+    labels : (M, N) int
+        Particles 1..K (0 = background).
+    scores, uncertainty : (K,) arrays
+        Mean seed and per-particle uncertainty from the backend.
+    mi : (M, N) array
+        Per-pixel seed mutual information.
+    scale : float
+        Working scale the network ran at (output px per input px).
+    target_diameter : float
+        Particle diameter (px) the network was trained at.
+    confident : float
+        Particles with a score at least this set the median area.
+
+    Returns
+    -------
+    (K, len(FEATURES)) float64
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=2)
+    labels = np.asarray(labels)
+    if img.shape != labels.shape:
+        raise ValueError(f"image shape {img.shape} does not match labels shape {labels.shape}")
+    k = int(np.asarray(scores).size)
+    out = np.zeros((k, len(FEATURES)))
+    if k == 0:
+        return out
+    scores = np.asarray(scores, dtype=np.float64)
+    h, w = labels.shape
+    sd = img.std() + 1e-6
+    gy, gx = np.gradient(ndi.gaussian_filter(img, 1.0))
+    grad = np.hypot(gy, gx)
+    grad_mean = grad.mean() + 1e-6
+    area = np.bincount(labels.ravel(), minlength=k + 1)[1:k + 1].astype(np.float64)
+    conf = scores >= confident
+    med = np.median(area[conf]) if conf.any() else np.median(area)
+    med = max(med, 1.0)
+    mi_mean = np.bincount(labels.ravel(), weights=np.asarray(mi, np.float64).ravel(),
+                          minlength=k + 1)[1:k + 1] / np.maximum(area, 1)
+    disc = np.pi / 4 * target_diameter ** 2
+    pad = 6
+    for i, sl in enumerate(ndi.find_objects(labels, k)):
+        if sl is None or area[i] == 0:
+            continue
+        y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, h)
+        x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
+        lab = labels[y0:y1, x0:x1]
+        m = lab == i + 1
+        ring = ndi.binary_dilation(m, iterations=4) & ~m & (lab == 0)
+        win = img[y0:y1, x0:x1]
+        inside = win[m]
+        contrast = abs(inside.mean() - win[ring].mean()) / sd if ring.any() else 0.0
+        outline = m & ~ndi.binary_erosion(m)
+        outer = ndi.binary_dilation(m) & ~m
+        touching = ((lab > 0) & outer).sum() / max(outer.sum(), 1)
+        filled = ndi.binary_fill_holes(m).sum()
+        border = float(sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h
+                       or sl[1].stop == w)
+        extent = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) / max(h, w)
+        out[i] = [
+            scores[i], uncertainty[i], mi_mean[i], np.log(area[i] / med),
+            np.log(area[i] * scale ** 2 / disc + 1e-9), area[i] / max(_convex_area(outline), 1.0),
+            border, contrast, np.log(k), area[i] / (h * w), np.log(scale), extent, touching,
+            grad[y0:y1, x0:x1][outline].mean() / grad_mean, inside.std() / sd,
+            1.0 - area[i] / max(filled, 1), np.log(area[i] / area.max()),
+        ]
+    return out
+
+
+def match_labels(truth: np.ndarray, labels: np.ndarray, k: int | None = None, *,
+                 iou: float = 0.5) -> np.ndarray:
+    """1.0 for each predicted particle that is the best match (IoU > ``iou``)
+    of some true particle, else 0.0 (false, merged, fragmented or duplicate).
+
+    >>> t = np.array([[1, 1, 0, 2, 2]]); p = np.array([[1, 1, 0, 2, 0]])
+    >>> match_labels(t, p).tolist()
+    [1.0, 0.0]
+    """
+    truth = np.asarray(truth, np.int64).ravel()
+    pred = np.asarray(labels, np.int64).ravel()
+    k = int(pred.max(initial=0)) if k is None else int(k)
+    y = np.zeros(k)
+    if k == 0 or truth.max(initial=0) == 0:
+        return y
+    ng = int(truth.max()) + 1
+    inter = np.bincount(truth * (k + 1) + pred, minlength=ng * (k + 1)).reshape(ng, k + 1)
+    union = inter.sum(1)[:, None] + inter.sum(0)[None, :] - inter
+    ious = (inter / np.maximum(union, 1))[1:, 1:]
+    for row in ious:
+        cand = np.nonzero(row > iou)[0]
+        if cand.size:
+            y[cand[np.argmax(row[cand])]] = 1.0
+    return y
+
+
+def _expand(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, x ** 2], axis=1)
+
+
+@dataclass
+class Rescorer:
+    """Logistic regression on standardised features and their squares.
+
+    ``threshold``: particles with a probability below it are dropped by
+    :meth:`keep`.  ``cluster``: the clustering filters its training
+    proposals were made with (the backend must propose the same way).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    threshold: float = 0.5
+    features: tuple[str, ...] = FEATURES
+    cluster: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Probability that each row is a real, well-outlined particle."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        if x.shape[1] != len(self.features):
+            raise ValueError(f"expected {len(self.features)} features per particle "
+                             f"({', '.join(self.features)}), got {x.shape[1]}")
+        z = (_expand(x) - self.mean) / self.std
+        return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
+
+    def keep(self, probability: np.ndarray) -> np.ndarray:
+        """Particles to keep: probability >= ``threshold``."""
+        return np.asarray(probability) >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {"kind": "logistic-quadratic", "features": list(self.features),
+                "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "coef": self.coef.tolist(), "intercept": float(self.intercept),
+                "threshold": float(self.threshold), "cluster": dict(self.cluster),
+                "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Rescorer:
+        if d.get("kind", "logistic-quadratic") != "logistic-quadratic":
+            raise ValueError(f"unknown rescorer kind {d.get('kind')!r}")
+        feats = tuple(d.get("features", FEATURES))
+        unknown = [f for f in feats if f not in FEATURES]
+        if unknown or len(feats) != len(FEATURES):
+            raise ValueError(f"rescorer features {list(feats)} do not match this version's "
+                             f"{list(FEATURES)}")
+        n = 2 * len(feats)
+        arrays = {key: np.asarray(d[key], np.float64) for key in ("mean", "std", "coef")}
+        for key, a in arrays.items():
+            if a.shape != (n,):
+                raise ValueError(f"rescorer {key} must have {n} values, got shape {a.shape}")
+        return cls(arrays["mean"], arrays["std"], arrays["coef"], float(d["intercept"]),
+                   threshold=float(d.get("threshold", 0.5)), features=feats,
+                   cluster=dict(d.get("cluster", {})), notes=str(d.get("notes", "")))
+
+
+def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
+                 l2: float = 1e-2, iterations: int = 50, threshold: float = 0.5) -> Rescorer:
+    """Fit a :class:`Rescorer` by Newton's method (L2 penalty ``l2`` on the
+    standardised coefficients, none on the intercept).
+
+    Parameters
+    ----------
+    features : (N, len(FEATURES)) array
+    labels : (N,) array of 0/1 (:func:`match_labels`)
+    weights : (N,) array, optional
+        Per-particle weights (e.g. ``1/sqrt(particles in its image)``, so
+        crowded images do not outvote the rest).
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels, np.float64)
+    if x.ndim != 2 or x.shape[1] != len(FEATURES) or y.shape != (x.shape[0],):
+        raise ValueError(f"expected features (N, {len(FEATURES)}) and labels (N,), "
+                         f"got {x.shape} and {y.shape}")
+    if x.shape[0] == 0 or y.min() == y.max():
+        raise ValueError("need both matched and unmatched particles to fit a rescorer")
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    w = w / w.mean()
+    e = _expand(x)
+    mean, std = e.mean(0), e.std(0) + 1e-9
+    z = np.concatenate([(e - mean) / std, np.ones((len(y), 1))], axis=1)
+    b = np.zeros(z.shape[1])
+    pen = np.full(z.shape[1], l2)
+    pen[-1] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ b, -50, 50)))
+        grad = z.T @ (w * (p - y)) + pen * b
+        hess = (z * (w * p * (1 - p))[:, None]).T @ z + np.diag(pen)
+        step = np.linalg.solve(hess, grad)
+        b -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold)
+
+
+__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "instance_features", "match_labels"]
