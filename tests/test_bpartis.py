@@ -506,3 +506,20 @@ def test_mc_samples_share_dropout_masks_across_tiles():
     # the mean maps agree too
     m = network_maps(b.net, rgb, samples=4, tile=64, overlap=16, mc_maps="mean")
     np.testing.assert_array_equal(m["seed"][16:48, 32], m["seed"][16:48, 80])
+
+
+def test_backend_mc_samples_are_reproducible():
+    """The dropout masks come from the backend's seed, not from whatever ran
+    before: the same image gives the same uncertainty every time."""
+    b = tiny_backend(mc_samples=3)
+    img = (np.random.default_rng(3).random((64, 64)) * 255).astype(np.uint8)
+    first = b.predict(img)
+    torch.manual_seed(123)
+    torch.rand(7)
+    again = b.predict(img)
+    np.testing.assert_array_equal(first.pixel_uncertainty, again.pixel_uncertainty)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert first.pixel_uncertainty.max() > 0
+    # another seed draws other masks
+    b.mc_seed = 1
+    assert not np.array_equal(b.predict(img).pixel_uncertainty, first.pixel_uncertainty)

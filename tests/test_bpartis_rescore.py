@@ -186,15 +186,16 @@ def test_backend_uses_the_rescorer_from_config():
     tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
     img = (rng.random((64, 64)) * 255).astype(np.uint8)
 
-    def backend(threshold, **kw):
+    def backend(threshold, mc_samples=2, **kw):
         model.threshold = threshold
+        model.inputs = {"mc_samples": 2, "uncertainty": "mi"}
         model.cluster = {"min_score": 0.0, "min_rel_area": 0.0, "seed_threshold": 0.0,
                          "fg_threshold": 0.0}
         cfg = {"model": tiny, "inference": {"tile_px": 64, "overlap_px": 16,
                                             "cluster": {"min_score": 0.5},
                                             "rescore": model.to_dict()}}
         torch.manual_seed(0)
-        return BPartIS.from_config(cfg, mc_samples=2, **kw)
+        return BPartIS.from_config(cfg, mc_samples=mc_samples, **kw)
 
     b = backend(0.0)
     assert b.rescorer is not None and b.cluster_options["min_score"] == 0.0
@@ -203,6 +204,9 @@ def test_backend_uses_the_rescorer_from_config():
     assert k > 0  # with every pixel foreground, something is proposed
     assert seg.scores.shape == (k,) and np.all((seg.scores >= 0) & (seg.scores <= 1))
     assert int(backend(1.01).predict(img).labels.max()) == 0  # nothing passes
+    # the features were made with T = 2 and MI: with other settings the rescorer is off
+    assert backend(1.01, mc_samples=1).rescorer is None
+    assert backend(1.01, uncertainty="consistency").rescorer is None
     plain = backend(1.01, rescore=False)
     assert plain.rescorer is None and plain.cluster_options["min_score"] == 0.5
     bad = {"model": tiny, "inference": {"rescore": {"mean": [0.0]}}}

@@ -199,8 +199,17 @@ class BPartIS:
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"config inference.rescore is not a valid rescorer: {err}") \
                     from err
-            # propose the way the rescorer's training proposals were made
-            self.cluster_options.update(self.rescorer.cluster)
+            if self.rescorer.matches(mc_samples=self.mc_samples,
+                                     uncertainty=self.uncertainty_kind):
+                # propose the way the rescorer's training proposals were made
+                self.cluster_options.update(self.rescorer.cluster)
+            else:
+                logger.info("bpartis: learned rescoring off (fitted with %s, running with "
+                            "mc_samples=%d, uncertainty=%s)", self.rescorer.inputs,
+                            self.mc_samples, self.uncertainty_kind)
+                self.rescorer = None
+        seed = inf.get("mc_seed", 0)
+        self.mc_seed = None if seed is None else int(seed)
         self.weights = tag
 
     # -- inference ----------------------------------------------------------
@@ -234,7 +243,7 @@ class BPartIS:
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
-            cluster_options=self.cluster_options, rescorer=self.rescorer)
+            cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed)
         logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
                      res["scale"], res["passes"], res["scores"].size)
         return Segmentation(labels=res["labels"], scores=res["scores"],

@@ -146,7 +146,8 @@ def _seeded(seed: int, device: torch.device):
 def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: int = 1024,
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
                  mc_maps: str = "mean", flips: bool = False, keep_samples: bool = False,
-                 device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+                 device: str | torch.device = "cpu",
+                 mc_seed: int | None = None) -> dict[str, np.ndarray]:
     """Run the network on ``rgb`` (M, N, 3) uint8 and return stitched maps.
 
     Parameters
@@ -172,8 +173,11 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
         Also return every MC sample's maps (for
         :func:`~.cluster.instance_consistency`); float16, ``5 T`` values per
         pixel.  Every tile uses the same ``T`` dropout masks (drawn once per
-        image from torch's random state), so sample ``k`` is one network
-        across the whole image.
+        image), so sample ``k`` is one network across the whole image.
+    mc_seed : int, optional
+        Seed of the dropout masks: the same image then always gives the
+        same samples, whatever ran before.  None draws it from torch's
+        random state.
 
     Returns
     -------
@@ -195,7 +199,12 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     # one set of dropout masks per image: sample k is the same network on
     # every tile, so a particle on a seam is not judged by two draws
-    mask_seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if samples > 1 else 0
+    if samples <= 1:
+        mask_seed = 0
+    elif mc_seed is None:
+        mask_seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+    else:
+        mask_seed = int(mc_seed)
     tiles, sample_tiles = {}, {}
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
@@ -477,7 +486,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   uncertainty: str = "mi", device: str | torch.device = "cpu",
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
-                  flips: bool = False, rescorer=None) -> dict:
+                  flips: bool = False, rescorer=None, mc_seed: int | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -511,6 +520,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         When the working scale is below 1, trace the instances' outlines on
         the bilinearly upsampled seed map (:func:`upsample_labels`) instead
         of enlarging the label map's blocky pixels.
+    mc_seed : int, optional
+        Seed of the dropout masks (see :func:`network_maps`).
     rescorer : :class:`~.rescore.Rescorer`, optional
         Learned particle rescoring at full resolution: ``scores`` become its
         probability that each particle is real, particles below its
@@ -534,7 +545,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         shp = scaled_shape((h, w), s)
         maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
                             overlap=overlap, mc_layers=mc_layers, mc_maps=mc_maps, flips=flips,
-                            keep_samples=uncertainty == "consistency", device=device)
+                            keep_samples=uncertainty == "consistency", device=device,
+                            mc_seed=mc_seed)
         lab, sc, un = segment_maps(maps, coord_scale=coord_scale, uncertainty=uncertainty,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]

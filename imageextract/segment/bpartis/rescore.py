@@ -179,6 +179,9 @@ class Rescorer:
     ``threshold``: particles with a probability below it are dropped by
     :meth:`keep`.  ``cluster``: the clustering filters its training
     proposals were made with (the backend must propose the same way).
+    ``inputs``: the backend settings its features were computed with
+    (``mc_samples``, ``uncertainty``); with others the features mean
+    something else, and the backend does not use the rescorer.
     """
 
     mean: np.ndarray
@@ -188,7 +191,12 @@ class Rescorer:
     threshold: float = 0.5
     features: tuple[str, ...] = FEATURES
     cluster: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
     notes: str = ""
+
+    def matches(self, **settings) -> bool:
+        """Whether ``settings`` agree with :attr:`inputs` (where it has them)."""
+        return all(self.inputs.get(k, v) == v for k, v in settings.items())
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
@@ -208,7 +216,7 @@ class Rescorer:
                 "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "coef": self.coef.tolist(), "intercept": float(self.intercept),
                 "threshold": float(self.threshold), "cluster": dict(self.cluster),
-                "notes": self.notes}
+                "inputs": dict(self.inputs), "notes": self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> Rescorer:
@@ -226,7 +234,8 @@ class Rescorer:
                 raise ValueError(f"rescorer {key} must have {n} values, got shape {a.shape}")
         return cls(arrays["mean"], arrays["std"], arrays["coef"], float(d["intercept"]),
                    threshold=float(d.get("threshold", 0.5)), features=feats,
-                   cluster=dict(d.get("cluster", {})), notes=str(d.get("notes", "")))
+                   cluster=dict(d.get("cluster", {})), inputs=dict(d.get("inputs", {})),
+                   notes=str(d.get("notes", "")))
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,

@@ -55,7 +55,8 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
             max_halvings=backend.max_halvings, size_model=backend.size_model,
             tile=backend.tile_px, overlap=backend.overlap_px, mc_layers=backend.mc_layers,
             mc_maps=backend.mc_maps, uncertainty=backend.uncertainty_kind,
-            uncertainty_threshold=None, cluster_options=opts, device=backend.device)
+            uncertainty_threshold=None, cluster_options=opts, device=backend.device,
+            mc_seed=backend.mc_seed)
         k = r["scores"].size
         feats = instance_features(rgb, r["labels"], scores=r["scores"],
                                   uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],
@@ -138,12 +139,13 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     best = max(cv, key=lambda t: cv[t]["score"])
     model = fit_rescorer(x, y, weights=w, threshold=best)
     model.cluster = dict(PROPOSAL_CLUSTER)
+    model.inputs = {"mc_samples": backend.mc_samples, "uncertainty": backend.uncertainty_kind}
     base = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5,
                           uncertainty_threshold=t_u)
     res: dict[str, Any] = {
         "split": split, "images": len(props), "proposals": int(len(y)),
         "matched_fraction": float(y.mean()) if len(y) else float("nan"),
-        "threshold": best, "cv": {str(t): v for t, v in cv.items()},
+        "threshold": best, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
         "proposals_unfiltered": base}
     if check_split:
         check = collect_proposals(backend, load_split(data_dir, check_split), progress=progress)
@@ -189,7 +191,8 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         f"- fitted on {res['proposals']} proposals (clustering filters "
         f"{json.dumps(model.cluster)}) of {res['images']} `{res['split']}` images, "
         f"{res['matched_fraction']:.1%} of them matched",
-        f"- threshold by {len(res['cv'])}-threshold, grouped 5-fold CV: held-out AP50 "
+        f"- threshold {model.threshold}, the best of {len(res['cv'])} by "
+        f"{res.get('folds', 5)}-fold cross-validation over whole images: held-out AP50 "
         f"{cv['ap50']:.3f}, AJI+ {cv['aji_plus']:.3f} (proposals with only the uncertainty "
         f"filter: AP50 {res['proposals_unfiltered']['ap50']:.3f}, AJI+ "
         f"{res['proposals_unfiltered']['aji_plus']:.3f})",
