@@ -217,7 +217,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train-fit")
     p.add_argument("--check-split", default="val")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="fit and report; leave the model folder unchanged")
     p.add_argument("--json", help="write the numbers here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
