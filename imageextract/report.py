@@ -178,6 +178,11 @@ def _models_html(micrographs: pd.DataFrame) -> str:
                          + ("no threshold" if t_u is None
                             else f"particles above {float(t_u):.3g} were dropped")
                          + " (unless a --backend-option overrode it)")
+            resc = inf.get("rescore")
+            if isinstance(resc, dict) and "threshold" in resc:
+                text += ("; particle score = probability that the particle is real and well "
+                         "outlined (learned rescoring), particles below "
+                         f"{float(resc['threshold']):.3g} were dropped")
         items.append(f"<li><code>{html.escape(tag)}</code>: {html.escape(text)}</li>")
     return "<h2>Models</h2><ul>" + "".join(items) + "</ul>"
 
