@@ -228,13 +228,25 @@ class BPartIS:
             ``mc_samples`` is 1), ``pixel_uncertainty`` (M, N) float32: the
             seed's mutual information in nats.
         """
-        from .inference import segment_image
-
         rgb = to_rgb_uint8(image)
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ValueError(f"image is empty: shape {np.shape(image)}")
-        res = segment_image(
-            self.net, rgb, coord_scale=self.model_config.coord_scale,
+        res = self.segment_rgb(rgb)
+        logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
+                     res["scale"], res["passes"], res["scores"].size)
+        return Segmentation(labels=res["labels"], scores=res["scores"],
+                            uncertainty=res["uncertainty"], backend=self.name,
+                            weights=self.weights, pixel_uncertainty=res["mi"])
+
+    def segment_rgb(self, rgb: np.ndarray, **overrides) -> dict:
+        """:func:`~.inference.segment_image` of ``rgb`` (M, N, 3) uint8 with
+        this backend's settings; keyword ``overrides`` replace single ones
+        (e.g. ``uncertainty_threshold=None, rescorer=None`` for the raw
+        proposals).  Returns its full result dict."""
+        from .inference import segment_image
+
+        kw = dict(
+            coord_scale=self.model_config.coord_scale,
             samples=self.mc_samples, scale=self.scale, target_diameter=self.target_diameter,
             scale_limits=self.scale_limits, max_passes=self.max_passes,
             max_halvings=self.max_halvings,
@@ -244,11 +256,8 @@ class BPartIS:
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
             cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed)
-        logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
-                     res["scale"], res["passes"], res["scores"].size)
-        return Segmentation(labels=res["labels"], scores=res["scores"],
-                            uncertainty=res["uncertainty"], backend=self.name,
-                            weights=self.weights, pixel_uncertainty=res["mi"])
+        kw.update(overrides)
+        return segment_image(self.net, rgb, **kw)
 
 
 __all__ = ["BPartIS", "UNCERTAINTY_TEXT"]

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from .cluster import instance_means
+
 logger = logging.getLogger(__name__)
 
 #: Per-particle features, in column order (see :func:`instance_features`).
@@ -110,8 +112,7 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
     conf = scores >= confident
     med = np.median(area[conf]) if conf.any() else np.median(area)
     med = max(med, 1.0)
-    mi_mean = np.bincount(labels.ravel(), weights=np.asarray(mi, np.float64).ravel(),
-                          minlength=k + 1)[1:k + 1] / np.maximum(area, 1)
+    mi_mean = instance_means(np.asarray(mi), labels, k)
     disc = np.pi / 4 * target_diameter ** 2
     pad = 6
     for i, sl in enumerate(ndi.find_objects(labels, k)):
@@ -151,20 +152,16 @@ def match_labels(truth: np.ndarray, labels: np.ndarray, k: int | None = None, *,
     >>> match_labels(t, p).tolist()
     [1.0, 0.0]
     """
-    truth = np.asarray(truth, np.int64).ravel()
-    pred = np.asarray(labels, np.int64).ravel()
-    k = int(pred.max(initial=0)) if k is None else int(k)
+    from ...evaluation.metrics import _check_pair, _overlap
+
+    truth, labels = _check_pair(truth, labels)
+    k = int(labels.max(initial=0)) if k is None else int(k)
     y = np.zeros(k)
-    if k == 0 or truth.max(initial=0) == 0:
-        return y
-    ng = int(truth.max()) + 1
-    inter = np.bincount(truth * (k + 1) + pred, minlength=ng * (k + 1)).reshape(ng, k + 1)
-    union = inter.sum(1)[:, None] + inter.sum(0)[None, :] - inter
-    ious = (inter / np.maximum(union, 1))[1:, 1:]
-    for row in ious:
+    ov = _overlap(truth, labels)  # the metrics' contingency table, present ids only
+    for row in ov.iou():
         cand = np.nonzero(row > iou)[0]
         if cand.size:
-            y[cand[np.argmax(row[cand])]] = 1.0
+            y[ov.pred_ids[cand[np.argmax(row[cand])]] - 1] = 1.0
     return y
 
 

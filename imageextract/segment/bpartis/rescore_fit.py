@@ -42,21 +42,12 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     """Proposals of ``backend`` (a :class:`~imageextract.segment.bpartis.BPartIS`)
     on ``items`` (``[(stem, rgb, truth), ...]``): per image the label map,
     features, match labels and uncertainty."""
-    from .inference import segment_image
-
     opts = dict(backend.cluster_options)
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
     out = []
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
-        r = segment_image(
-            backend.net, rgb, coord_scale=backend.model_config.coord_scale,
-            samples=backend.mc_samples, target_diameter=backend.target_diameter,
-            scale_limits=backend.scale_limits, max_passes=backend.max_passes,
-            max_halvings=backend.max_halvings, size_model=backend.size_model,
-            tile=backend.tile_px, overlap=backend.overlap_px, mc_layers=backend.mc_layers,
-            mc_maps=backend.mc_maps, uncertainty=backend.uncertainty_kind,
-            uncertainty_threshold=None, cluster_options=opts, device=backend.device,
-            mc_seed=backend.mc_seed)
+        r = backend.segment_rgb(rgb, uncertainty_threshold=None, cluster_options=opts,
+                                rescorer=None)
         k = r["scores"].size
         feats = instance_features(rgb, r["labels"], scores=r["scores"],
                                   uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],
