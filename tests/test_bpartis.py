@@ -99,6 +99,49 @@ def test_cluster_two_blobs():
     assert np.all((scores > 0.5) & (scores <= 1))
 
 
+def _cluster_reference(offsets, log_s, seed, *, coord_scale, min_size=10):
+    """The greedy clustering written plainly, one candidate pixel at a time
+    (no window, no skipping): what :func:`cluster` must reproduce."""
+    h, w = seed.shape
+    fg = seed > 0.5
+    ey = offsets[0] + np.arange(h)[:, None] / coord_scale
+    ex = offsets[1] + np.arange(w)[None, :] / coord_scale
+    cand = np.flatnonzero(fg)
+    cand = cand[np.argsort(-seed.ravel()[cand], kind="stable")]
+    labels = np.zeros((h, w), np.int32)
+    claimed = ~fg
+    k = 0
+    for flat in cand:
+        cy, cx = divmod(int(flat), w)
+        if claimed[cy, cx]:
+            continue
+        sy, sx = np.exp(log_s[0, cy, cx]), np.exp(log_s[1, cy, cx])
+        d = (ey - ey[cy, cx]) ** 2 * sy + (ex - ex[cy, cx]) ** 2 * sx
+        prop = (d < math.log(2.0)) & fg
+        free = prop & ~claimed
+        claimed[cy, cx] = True
+        if prop.any() and free.sum() >= min_size and free.sum() >= 0.5 * prop.sum():
+            k += 1
+            labels[free] = k
+        claimed |= prop
+    return labels
+
+
+def test_cluster_matches_the_plain_greedy_algorithm():
+    # noisy embeddings of touching discs: many candidate pixels are claimed
+    # early and skipped, and some proposals are rejected
+    rng = np.random.default_rng(3)
+    off, ls, seed, _ = _disc_maps((90, 110), [(20, 20, 10), (30, 40, 12), (60, 70, 15),
+                                              (70, 25, 8), (45, 95, 9)])
+    off = off + rng.normal(0, 0.02, off.shape).astype(np.float32)
+    seed = np.clip(seed + rng.normal(0, 0.1, seed.shape), 0, 1).astype(np.float32)
+    ls = ls + rng.normal(0, 0.3, ls.shape).astype(np.float32)
+    labels, scores = cluster(off, ls, seed, coord_scale=SCALE, min_size=5)
+    ref = _cluster_reference(off, ls, seed, coord_scale=SCALE, min_size=5)
+    assert labels.max() >= 5
+    np.testing.assert_array_equal(labels, ref)
+
+
 def test_cluster_empty():
     z = np.zeros((2, 16, 16), np.float32)
     labels, scores = cluster(z, z, np.zeros((16, 16), np.float32), coord_scale=SCALE)

@@ -63,13 +63,22 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     cand = np.flatnonzero((seed > seed_threshold) & fg)
     cand = cand[np.argsort(-seed.ravel()[cand], kind="stable")]
     claimed = ~fg  # background counts as claimed
+    claimed_flat = claimed.ravel()  # a view: claims below show up in it
     scores = []
     k = 0
     ln_t = -math.log(phi_threshold)
-    for flat in cand:
-        cy, cx = divmod(int(flat), w)
-        if claimed[cy, cx]:
+    pos, n_cand = 0, cand.size
+    while pos < n_cand:
+        flat = int(cand[pos])
+        if claimed_flat[flat]:
+            # skip the run of claimed candidates ahead in one vectorised look
+            # (most are pixels of instances already taken)
+            end = min(n_cand, pos + 4096)
+            nxt = np.flatnonzero(~claimed_flat[cand[pos:end]])
+            pos = pos + int(nxt[0]) if nxt.size else end
             continue
+        pos += 1
+        cy, cx = divmod(flat, w)
         sy = math.exp(float(log_s[0, cy, cx]))
         sx = math.exp(float(log_s[1, cy, cx]))
         ry = math.sqrt(ln_t / max(sy, 1e-12)) * coord_scale
