@@ -99,6 +99,7 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
     """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile; with a
     ``keep`` list, each MC sample's ``(5, h, w)`` maps are appended to it."""
     x, th, tw = _pad32(t)
+    x = x.contiguous(memory_format=torch.channels_last)  # the backend's layout
     if samples > 1:
         point = mc_maps == "point"
         outs = net.sample_mc(x, samples, layers=mc_layers, point=point)
