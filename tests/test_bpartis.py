@@ -185,6 +185,22 @@ def test_lovasz_and_loss():
 
 
 
+def test_sigma_smoothness_penalises_the_raw_head_output():
+    """With ``var_scale`` = the model's sigma_scale the smoothness term is the
+    variance of the raw sigma output (SpatialEmbeddings, BPartIS): 1/scale^2
+    of the variance of log_s, and its gradient leaves the sigma head room."""
+    off, ls, seed, truth = _disc_maps((32, 32), [(10, 10, 6), (22, 20, 7)], log_s=3.0)
+    rng = np.random.default_rng(0)
+    ls = ls + rng.normal(0, 0.5, ls.shape).astype(np.float32)  # uneven sigma inside
+    args = (torch.tensor(off)[None], torch.tensor(ls)[None], torch.tensor(seed)[None, None],
+            torch.tensor(truth)[None].long())
+    _, raw = instance_loss(*args, coord_scale=SCALE, var_scale=10.0)
+    _, old = instance_loss(*args, coord_scale=SCALE)
+    assert old["var"] > 0.1
+    assert raw["var"] == pytest.approx(old["var"] / 100.0, rel=1e-5)
+    assert raw["inst"] == pytest.approx(old["inst"]) and raw["seed"] == pytest.approx(old["seed"])
+
+
 def test_prepared_targets_give_the_same_loss():
     """Targets made ahead (in a data worker) equal the loss's own bookkeeping,
     also for non-consecutive ids and a small chunk bound (several Lovasz calls)."""
@@ -254,6 +270,8 @@ def test_exact_resume(tmp_path):
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 3
+    # new recipes smooth the raw sigma output, as the paper does
+    assert a["recipe"]["loss"]["var_scale"] == TINY.get("sigma_scale", 10.0)
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
     assert (tmp_path / "a" / "train.log").is_file()

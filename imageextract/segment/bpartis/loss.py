@@ -141,7 +141,7 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
                   labels: torch.Tensor | None, *, coord_scale: float, w_inst: float = 1.0,
                   w_var: float = 10.0, w_seed: float = 1.0, fg_weight: float = 10.0,
                   center: str = "centroid", margin: int = 16, rel_margin: float = 0.3,
-                  chunk_elems: int = 2_000_000,
+                  chunk_elems: int = 2_000_000, var_scale: float = 1.0,
                   targets: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of a batch.
 
@@ -163,6 +163,13 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         Pixels per embedding unit.
     chunk_elems : int
         Bound on instances x window pixels handled in one Lovasz call.
+    var_scale : float
+        The sigma smoothness term is the variance of ``log_s / var_scale``
+        inside each instance.  With the model's ``sigma_scale`` (``log_s`` =
+        ``sigma_scale`` x the head's raw output) it penalises the raw output,
+        as SpatialEmbeddings and BPartIS do; 1 penalises ``log_s`` itself,
+        ``var_scale**2`` times harder, which flattens the sigma head to a
+        constant (recipes before 2026-12-01 second session).
     targets : list of dict, optional
         :func:`prepare_targets` of each image, made ahead (e.g. by a data
         worker); ``margin``, ``rel_margin`` and ``chunk_elems`` then are
@@ -205,7 +212,7 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         ls_mean = zeros2.index_add(0, idx, ls_fg) / counts[:, None]
         src = grid if center == "centroid" else emb
         centers = zeros2.index_add(0, idx, src[:, fg].T) / counts[:, None]
-        var = ((ls_fg - ls_mean.detach()[idx]) ** 2).mean(1)
+        var = (((ls_fg - ls_mean.detach()[idx]) / var_scale) ** 2).mean(1)
         var_loss = (torch.zeros(k, dtype=emb.dtype, device=dev).index_add(0, idx, var)
                     / counts).mean()
         s = torch.exp(ls_mean)  # (K, 2)

@@ -539,6 +539,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 recipe[key] = val
         recipe["seed"] = seed
         recipe["model"] = ModelConfig.from_dict(model_config).to_dict()
+        # sigma smoothness on the head's raw output (see instance_loss)
+        recipe["loss"]["var_scale"] = float(recipe["model"]["sigma_scale"])
         recipe["pretrained"] = bool(pretrained)
         if not (float(hard_mining) >= 0 and math.isfinite(float(hard_mining))):
             raise ImageExtractError(f"hard-mining strength must be >= 0, got {hard_mining!r}")
