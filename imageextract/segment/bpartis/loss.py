@@ -169,7 +169,7 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         ``sigma_scale`` x the head's raw output) it penalises the raw output,
         as SpatialEmbeddings and BPartIS do; 1 penalises ``log_s`` itself,
         ``var_scale**2`` times harder, which flattens the sigma head to a
-        constant (recipes before 2026-12-01 second session).
+        constant (what recipes without ``loss.var_scale`` trained with).
     targets : list of dict, optional
         :func:`prepare_targets` of each image, made ahead (e.g. by a data
         worker); ``margin``, ``rel_margin`` and ``chunk_elems`` then are
