@@ -9,7 +9,13 @@ test images, scores everything with :func:`imageextract.evaluation.harness.run_e
 - ``benchmarks/results/compare.json`` -- settings, machine, per method the
   metric means, wall-clock and CPU seconds per image (median and mean) and
   the per-image rows; plus every method's means on the peer's images alone;
-- ``benchmarks/results/compare.md`` -- the same as two markdown tables.
+- ``benchmarks/results/compare.md`` -- the same as markdown tables.
+
+Both also split the images by particle shape (``by_shape``): *elongated*
+where the median ground-truth aspect ratio is above
+:data:`ELONGATED_ASPECT` (rods, wires, fibres), *compact* otherwise, with
+every method's means on each group.  Elongated particles are where the
+backends differ most, so the split says where a change helped.
 
 The peer runs in its own virtualenv (``benchmarks/.peer-venv``, created on
 first use: ``torch==2.13.0``, then ``imagedataextractor==2.0.4`` without its
@@ -45,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from imageextract.datasets import split_stems  # noqa: E402
 from imageextract.errors import ImageExtractError  # noqa: E402
-from imageextract.evaluation.harness import run_evaluation  # noqa: E402
+from imageextract.evaluation.harness import read_label_png, run_evaluation  # noqa: E402
+from imageextract.evaluation.metrics import ecd_and_aspect  # noqa: E402
 
 logger = logging.getLogger("compare")
 
@@ -56,6 +63,8 @@ PEER_PIP_STEPS = (
     ["numpy", "pillow"],
 )
 METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus", "coco_ap", "pq")
+#: Median ground-truth aspect ratio above which an image counts as elongated.
+ELONGATED_ASPECT = 2.5
 
 
 # --------------------------------------------------------------------------
@@ -111,6 +120,37 @@ def _method_entry(name: str, result: dict[str, Any], **extra: Any) -> dict[str, 
         "per_image": rows,
     }
     return entry
+
+
+def shape_groups(data: Path, stems: list[str], *,
+                 threshold: float = ELONGATED_ASPECT) -> dict[str, str]:
+    """``{stem: "elongated" | "compact"}`` by the median aspect ratio of
+    each image's ground-truth particles (border particles included: a rod
+    often crosses the border)."""
+    import numpy as np
+
+    groups = {}
+    for stem in stems:
+        _, aspect = ecd_and_aspect(read_label_png(data / "segmaps" / f"{stem}.png"),
+                                   exclude_border=False)
+        aspect = aspect[np.isfinite(aspect)]
+        med = float(np.median(aspect)) if aspect.size else 1.0
+        groups[stem] = "elongated" if med > threshold else "compact"
+    return groups
+
+
+def by_shape(methods: list[dict[str, Any]], groups: dict[str, str]) -> dict[str, Any]:
+    """Every ok method's means on each shape group (on the images it ran on)."""
+    out: dict[str, Any] = {}
+    for group in ("compact", "elongated"):
+        keep = {s for s, g in groups.items() if g == group}
+        entry: dict[str, Any] = {"n_images": len(keep), "methods": {}}
+        for m in methods:
+            rows = [r for r in m.get("per_image", []) if r["stem"] in keep]
+            if m["status"] == "ok" and rows:
+                entry["methods"][m["method"]] = {"n_images": len(rows), "mean": _means(rows)}
+        out[group] = entry
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -243,6 +283,17 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines += ["", f"## All methods on the peer's {len(subset['stems'])} images", "", head, sep]
         for name, mean in subset["means"].items():
             lines.append(_fmt_row(name, len(subset["stems"]), mean, None))
+    shapes = report.get("by_shape")
+    if shapes:
+        lines += ["", "## By particle shape", "",
+                  f"Elongated: median ground-truth aspect ratio above {ELONGATED_ASPECT} "
+                  "(rods, wires); compact: the rest. Each method on its own images.", ""]
+        for group, entry in shapes.items():
+            lines += [f"**{group}** ({entry['n_images']} images)", "", head, sep]
+            for name, m in entry["methods"].items():
+                lines.append(_fmt_row(name, m["n_images"], m["mean"], None))
+            lines.append("")
+        lines.pop()
     if skipped:
         lines += ["", "## Not run", "", *skipped]
     notes = report.get("notes") or []
@@ -300,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             "stems": peer_stems,
             "means": {m["method"]: _means([r for r in m["per_image"] if r["stem"] in keep]) for m in ok},
         }
+    report["by_shape"] = by_shape(report["methods"], shape_groups(data, stems))
     report["notes"] = [
         "The machine is shared (2 cores, other jobs running), so wall-clock seconds include "
         "waiting for a core; CPU seconds (process_time, all threads) are steadier.",
