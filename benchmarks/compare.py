@@ -214,7 +214,8 @@ def run_peer(data: Path, split: str, stems: list[str], *, venv: Path, work: Path
         py = ensure_peer_venv(venv)
     except (subprocess.CalledProcessError, RuntimeError, OSError) as err:
         logger.error("cannot set up the peer: %s", err)
-        return {"method": PEER_NAME, "status": "failed", "reason": f"setting up its virtualenv: {err}"}
+        return {"method": PEER_NAME, "status": "failed",
+                "reason": f"setting up its virtualenv: {err}"}
     pred_dir = work / "predictions"
     work.mkdir(parents=True, exist_ok=True)
     listing = work / "images.tsv"
@@ -227,7 +228,8 @@ def run_peer(data: Path, split: str, stems: list[str], *, venv: Path, work: Path
     log_path = work / "worker.log"
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, stdout=None if progress else log, stderr=subprocess.STDOUT if not progress else None)
+        proc = subprocess.run(cmd, stdout=None if progress else log,
+                              stderr=subprocess.STDOUT if not progress else None)
     if proc.returncode != 0:
         return {"method": PEER_NAME, "status": "failed",
                 "reason": f"peer_worker.py exited with {proc.returncode}; see {log_path}"}
@@ -237,8 +239,10 @@ def run_peer(data: Path, split: str, stems: list[str], *, venv: Path, work: Path
     for row in result["per_image"]:
         row["seconds"] = float(by_stem[row["stem"]]["seconds"])
         row["cpu_seconds"] = float(by_stem[row["stem"]]["cpu_seconds"])
-    settings = {k: timings.get(k) for k in ("bayesian", "n_samples", "tu", "torch_threads", "load_seconds")}
-    return _method_entry(PEER_NAME, result, weights="imagedataextractor/models/seg-model.pt (bundled)",
+    settings = {k: timings.get(k)
+                for k in ("bayesian", "n_samples", "tu", "torch_threads", "load_seconds")}
+    return _method_entry(PEER_NAME, result,
+                         weights="imagedataextractor/models/seg-model.pt (bundled)",
                          peer_settings=settings, peer_versions=_peer_versions(py),
                          total_seconds=time.perf_counter() - t0)
 
@@ -310,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N images (default: all)")
     parser.add_argument("--peer-limit", type=int, default=None,
                         help="the peer on only the first N of those (it takes minutes per image)")
-    parser.add_argument("--backends", default="classical,bpartis", help="comma-separated names of ours")
+    parser.add_argument("--backends", default="classical,bpartis",
+                        help="comma-separated names of ours")
     parser.add_argument("--no-peer", action="store_true", help="skip ImageDataExtractor")
     parser.add_argument("--peer-venv", default=str(HERE / ".peer-venv"))
     parser.add_argument("--peer-work", default=str(HERE / ".peer-work"))
-    parser.add_argument("--peer-samples", type=int, default=30, help="MC-dropout samples (peer default 30)")
+    parser.add_argument("--peer-samples", type=int, default=30,
+                        help="MC-dropout samples (peer default 30)")
     parser.add_argument("--fresh-peer", action="store_true", help="redo peer images already done")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--no-progress", action="store_true")
@@ -333,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "n_images": len(stems),
         "machine": _machine(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([Path(sys.argv[0]).name,
+                             *(argv if argv is not None else sys.argv[1:])]),
         "methods": [],
     }
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
@@ -345,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_average_at_end"] = _machine()["load_average_1_5_15"]
 
     ok = [m for m in report["methods"] if m["status"] == "ok"]
-    if not args.no_peer and len(peer_stems) < len(stems) and any(m["method"] == PEER_NAME for m in ok):
+    peer_ok = any(m["method"] == PEER_NAME for m in ok)
+    if not args.no_peer and len(peer_stems) < len(stems) and peer_ok:
         keep = set(peer_stems)
         report["peer_subset"] = {
             "stems": peer_stems,
-            "means": {m["method"]: _means([r for r in m["per_image"] if r["stem"] in keep]) for m in ok},
+            "means": {m["method"]: _means([r for r in m["per_image"] if r["stem"] in keep])
+                      for m in ok},
         }
     report["by_shape"] = by_shape(report["methods"], shape_groups(data, stems))
     report["notes"] = [
