@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -127,8 +129,6 @@ def shape_groups(data: Path, stems: list[str], *,
     """``{stem: "elongated" | "compact"}`` by the median aspect ratio of
     each image's ground-truth particles (border particles included: a rod
     often crosses the border)."""
-    import numpy as np
-
     groups = {}
     for stem in stems:
         _, aspect = ecd_and_aspect(read_label_png(data / "segmaps" / f"{stem}.png"),
@@ -293,7 +293,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                   f"Elongated: median ground-truth aspect ratio above {ELONGATED_ASPECT} "
                   "(rods, wires); compact: the rest. Each method on its own images.", ""]
         for group, entry in shapes.items():
-            lines += [f"**{group}** ({entry['n_images']} images)", "", head, sep]
+            n = entry["n_images"]
+            lines += [f"**{group}** ({n} image{'' if n == 1 else 's'})", "", head, sep]
             for name, m in entry["methods"].items():
                 lines.append(_fmt_row(name, m["n_images"], m["mean"], None))
             lines.append("")

@@ -73,5 +73,5 @@ def test_markdown_has_the_shape_tables(compare, tmp_path):
     compare.write_markdown(report, tmp_path / "c.md")
     text = (tmp_path / "c.md").read_text()
     assert "## By particle shape" in text
-    assert "**elongated** (1 images)" in text
+    assert "**elongated** (1 image)" in text
     assert text.count("| ours | 1 |") == 2
