@@ -291,14 +291,12 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     if shapes:
         lines += ["", "## By particle shape", "",
                   f"Elongated: median ground-truth aspect ratio above {ELONGATED_ASPECT} "
-                  "(rods, wires); compact: the rest. Each method on its own images.", ""]
+                  "(rods, wires); compact: the rest. Each method on its own images."]
         for group, entry in shapes.items():
             n = entry["n_images"]
-            lines += [f"**{group}** ({n} image{'' if n == 1 else 's'})", "", head, sep]
+            lines += ["", f"**{group}** ({n} image{'' if n == 1 else 's'})", "", head, sep]
             for name, m in entry["methods"].items():
                 lines.append(_fmt_row(name, m["n_images"], m["mean"], None))
-            lines.append("")
-        lines.pop()
     if skipped:
         lines += ["", "## Not run", "", *skipped]
     notes = report.get("notes") or []
