@@ -584,3 +584,47 @@ def test_backend_mc_samples_are_reproducible():
     # another seed draws other masks
     b.mc_seed = 1
     assert not np.array_equal(b.predict(img).pixel_uncertainty, first.pixel_uncertainty)
+
+
+def test_small_tiles_run_on_a_flat_canvas_of_their_mean_grey(monkeypatch):
+    from imageextract.segment.bpartis.inference import CANVAS_PX, _pad32, network_maps
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((1, 3, 70, 300), dtype=np.float32))
+    out, h, w = _pad32(x, canvas=128)
+    assert (h, w) == (70, 300) and out.shape == (1, 3, 128, 320)
+    torch.testing.assert_close(out[..., :70, :300], x)
+    grey = x.mean((-2, -1))[0]
+    for c in range(3):  # the rest is each channel's mean, not a mirror image
+        assert torch.allclose(out[0, c, 70:], grey[c])
+        assert torch.allclose(out[0, c, :, 300:], grey[c])
+    # tiles at least as large as the canvas keep the mirrored 32-px padding
+    big = torch.from_numpy(rng.random((1, 3, 130, 140), dtype=np.float32))
+    a, _, _ = _pad32(big, canvas=128)
+    b, _, _ = _pad32(big)
+    assert a.shape == (1, 3, 160, 160)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0, :, 130:, :140], big[0].flip(1)[:, 1:31])  # reflected rows
+
+    b = tiny_backend(mc_samples=1)
+    assert b.canvas_px == CANVAS_PX > 0
+    rgb = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    flat = network_maps(b.net, rgb, canvas=128)
+    mirror = network_maps(b.net, rgb, canvas=0)
+    assert flat["seed"].shape == mirror["seed"].shape == (40, 50)
+    assert np.abs(flat["seed"] - mirror["seed"]).max() > 1e-4
+    # the backend takes it from the config (0: the old mirrored borders)
+    b0 = BPartIS.from_config({"model": TINY, "inference": {"canvas_px": 0}}, mc_samples=1,
+                             scale=1.0)
+    from imageextract.segment.bpartis import inference
+
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["canvas"])
+        return network_maps(*args, **kw)
+
+    monkeypatch.setattr(inference, "network_maps", spy)
+    assert b0.segment_rgb(rgb)["labels"].shape == (40, 50)
+    assert b.segment_rgb(rgb)["labels"].shape == (40, 50)
+    assert seen == [0, CANVAS_PX]

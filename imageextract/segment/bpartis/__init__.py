@@ -142,7 +142,7 @@ class BPartIS:
                uncertainty: str | None = None, rescore: bool = True) -> None:
         import torch
 
-        from .inference import MC_MAPS, UNCERTAINTY_KINDS
+        from .inference import CANVAS_PX, MC_MAPS, UNCERTAINTY_KINDS
         from .model import BPartISNet, ModelConfig
 
         if threads is not None:
@@ -173,6 +173,7 @@ class BPartIS:
                                       else float(uncertainty_threshold))
         self.tile_px = int(inf.get("tile_px", 512))
         self.overlap_px = int(inf.get("overlap_px", 128))
+        self.canvas_px = int(inf.get("canvas_px", CANVAS_PX))
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -253,7 +254,7 @@ class BPartIS:
             scale_limits=self.scale_limits, max_passes=self.max_passes,
             max_halvings=self.max_halvings,
             size_model=self.size_model,
-            tile=self.tile_px, overlap=self.overlap_px,
+            tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
 from . import UNCERTAINTY_TEXT
-from .inference import filter_instances, segment_image
+from .inference import CANVAS_PX, filter_instances, segment_image
 from .loss import instance_loss, prepare_targets
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 
@@ -800,7 +800,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     recipe = ckpt["recipe"]
     inf = {"mc_samples": 8, "mc_layers": ["head"], "mc_maps": "mean", "uncertainty": "mi",
            "uncertainty_threshold": None,
-           "tile_px": 512, "overlap_px": 128,
+           "tile_px": 512, "overlap_px": 128, "canvas_px": CANVAS_PX,
            "target_diameter": recipe.get("target_diameter"),
            "scale_limits": list(recipe.get("scale_limits", (0.05, 2.5))),
            "cluster": {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}}
@@ -867,7 +867,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"50 %), then {inf.get('max_passes', 2)} refinement(s) from the particles found and "
         f"{inf.get('max_halvings', 2)} fragmentation check(s) at half scale; target "
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
-        f"{inf['overlap_px']} px overlap at that scale",
+        f"{inf['overlap_px']} px overlap at that scale"
+        + (f"; an image smaller than {inf['canvas_px']} px there runs on a flat canvas of "
+           "its mean grey, as training shows it" if inf.get("canvas_px") else ""),
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
