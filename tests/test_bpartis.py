@@ -628,3 +628,44 @@ def test_small_tiles_run_on_a_flat_canvas_of_their_mean_grey(monkeypatch):
     assert b0.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert b.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert seen == [0, CANVAS_PX]
+
+
+def test_scale_confidence_is_the_mean_certain_score():
+    from imageextract.segment.bpartis.inference import scale_confidence
+
+    res = {"scores": np.array([0.9, 0.5]), "uncertainty": np.array([0.0, 0.2])}
+    assert scale_confidence(res) == pytest.approx((0.9 + 0.5 * 0.8) / 2)
+    assert scale_confidence({"scores": np.zeros(0), "uncertainty": np.zeros(0)}) == -1.0
+
+
+def test_scale_factors_keep_the_most_confident_scale(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(5).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0)
+    plain = b.segment_rgb(rgb, **kw)
+    assert "scale_confidence" not in plain and plain["passes"] == 1
+    s = plain["scale"]
+    # the most confident result wins, whichever factor gave it
+    monkeypatch.setattr(inference, "scale_confidence", lambda r: -abs(r["scale"] - 1.25 * s))
+    res = b.segment_rgb(rgb, scale_factors=(0.8, 1.0, 1.25), **kw)
+    assert res["scale"] == pytest.approx(1.25 * s) and res["passes"] == 3
+    assert sorted(res["scale_confidence"]) == [0.8, 1.0, 1.25]
+    np.testing.assert_array_equal(res["labels"], b.segment_rgb(rgb, scale=1.25 * s)["labels"])
+    # ties keep the scale that was found
+    monkeypatch.setattr(inference, "scale_confidence", lambda r: 0.5)
+    res = b.segment_rgb(rgb, scale_factors=(0.8, 1.0, 1.25), **kw)
+    assert res["scale"] == s
+    np.testing.assert_array_equal(res["labels"], plain["labels"])
+    # a scale the caller fixed is not second-guessed
+    res = b.segment_rgb(rgb, scale=0.5, scale_factors=(0.8, 1.25))
+    assert res["scale"] == 0.5 and res["passes"] == 1
+    with pytest.raises(ValueError, match="scale_factors"):
+        b.segment_rgb(rgb, scale_factors=(0.0, 1.0))
+    # the backend reads them from its config
+    assert b.scale_factors == (1.0,)
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"scale_factors": [0.8, 1, 1.25]}})
+    assert b2.scale_factors == (0.8, 1.0, 1.25)
+    with pytest.raises(ValueError, match="scale_factors"):
+        BPartIS.from_config({"model": TINY, "inference": {"scale_factors": [-1]}})

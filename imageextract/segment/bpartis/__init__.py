@@ -174,6 +174,14 @@ class BPartIS:
         self.tile_px = int(inf.get("tile_px", 512))
         self.overlap_px = int(inf.get("overlap_px", 128))
         self.canvas_px = int(inf.get("canvas_px", CANVAS_PX))
+        factors = inf.get("scale_factors", (1.0,))
+        try:
+            self.scale_factors = tuple(float(f) for f in factors)
+        except (TypeError, ValueError):
+            self.scale_factors = ()
+        if not self.scale_factors or any(not f > 0 for f in self.scale_factors):
+            raise ValueError("config inference.scale_factors must be a list of positive "
+                             f"numbers, got {factors!r}")
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -255,6 +263,7 @@ class BPartIS:
             max_halvings=self.max_halvings,
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
+            scale_factors=self.scale_factors,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,

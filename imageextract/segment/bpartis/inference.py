@@ -515,7 +515,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False, rescorer=None, mc_seed: int | None = None,
-                  canvas: int = CANVAS_PX) -> dict:
+                  canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,)) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -554,6 +554,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     canvas : int
         Images smaller than this at the working scale run on a flat canvas
         (see :func:`_pad32`).
+    scale_factors : tuple of float
+        When the working scale is searched (``scale`` None), also segment at
+        these multiples of the scale found and keep the result with the
+        highest :func:`scale_confidence` (ties keep the scale found); each
+        factor other than 1 costs one more pass.
     rescorer : :class:`~.rescore.Rescorer`, optional
         Learned particle rescoring at full resolution: ``scores`` become its
         probability that each particle is real, particles below its
@@ -564,7 +569,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     dict with ``labels`` (M, N) int32, ``scores`` (K,), ``uncertainty`` (K,),
     ``mi`` (M, N) float32 and ``scale`` (the working scale used) and
     ``passes`` (network passes run); with a rescorer also ``seed_scores``
-    (K,), the mean seed of the kept particles.
+    (K,), the mean seed of the kept particles; with ``scale_factors``,
+    ``scale_confidence`` (factor -> :func:`scale_confidence`).
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
@@ -583,7 +589,10 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
 
-    if scale is not None or not target_diameter:
+    if any(not f > 0 for f in scale_factors):
+        raise ValueError(f"scale_factors must be positive, got {scale_factors}")
+    searched = scale is None and bool(target_diameter)
+    if not searched:
         s = float(scale) if scale is not None else 1.0
         if not s > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
@@ -603,26 +612,59 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                     estimate=estimate, probe_px=probe_px,
                                     scale_limits=scale_limits, tolerance=tolerance,
                                     max_refine=max_passes, max_halvings=max_halvings)
-    lab, sc, un, mi, seed = res
-    if refine and lab.shape[0] < h:
-        lab = upsample_labels(lab, seed, (h, w), fg_threshold=opts.get("fg_threshold", 0.5))
-    else:
-        lab = resize_labels(lab, (h, w)).astype(np.int32, copy=False)
-    # an instance smaller than a native pixel may have vanished
-    present = np.bincount(lab.ravel(), minlength=sc.size + 1)[1:] > 0
-    lab, sc, un = keep_instances(lab, sc, un, present)
-    mi = resize_map(mi, (h, w)).astype(np.float32, copy=False)
-    out = {"scale": s, "passes": passes}
-    if rescorer is not None:
-        from .rescore import instance_features
 
-        feats = instance_features(rgb, lab, scores=sc, uncertainty=un, mi=mi, scale=s,
-                                  target_diameter=target_diameter or 48.0)
-        prob = rescorer.predict_proba(feats) if sc.size else np.zeros(0)
-        keep = rescorer.keep(prob)
-        if u_threshold is not None:
-            keep &= un <= u_threshold
-        out["seed_scores"] = sc[keep]
-        lab, sc, un = keep_instances(lab, prob, un, keep)
-    out.update(labels=lab, scores=sc, uncertainty=un, mi=mi)
+    def finish(s: float, res: tuple) -> dict:
+        lab, sc, un, mi, seed = res
+        if refine and lab.shape[0] < h:
+            lab = upsample_labels(lab, seed, (h, w), fg_threshold=opts.get("fg_threshold", 0.5))
+        else:
+            lab = resize_labels(lab, (h, w)).astype(np.int32, copy=False)
+        # an instance smaller than a native pixel may have vanished
+        present = np.bincount(lab.ravel(), minlength=sc.size + 1)[1:] > 0
+        lab, sc, un = keep_instances(lab, sc, un, present)
+        mi = resize_map(mi, (h, w)).astype(np.float32, copy=False)
+        out = {"scale": s}
+        if rescorer is not None:
+            from .rescore import instance_features
+
+            feats = instance_features(rgb, lab, scores=sc, uncertainty=un, mi=mi, scale=s,
+                                      target_diameter=target_diameter or 48.0)
+            prob = rescorer.predict_proba(feats) if sc.size else np.zeros(0)
+            keep = rescorer.keep(prob)
+            if u_threshold is not None:
+                keep &= un <= u_threshold
+            out["seed_scores"] = sc[keep]
+            lab, sc, un = keep_instances(lab, prob, un, keep)
+        out.update(labels=lab, scores=sc, uncertainty=un, mi=mi)
+        return out
+
+    out = finish(s, res)
+    if searched and any(f != 1.0 for f in scale_factors):
+        # the size model's guess is often off by 20-30 %: look at a few
+        # multiples of it and keep the one whose particles the network is surest of
+        best = scale_confidence(out)
+        confidence = {1.0: best}
+        for f in scale_factors:
+            sf = float(np.clip(s * f, *scale_limits))
+            if f == 1.0 or round(sf, 4) == round(s, 4):
+                continue
+            cand = finish(sf, run(sf))
+            passes += 1
+            confidence[float(f)] = c = scale_confidence(cand)
+            if c > best:
+                out, best = cand, c
+        out["scale_confidence"] = confidence
+    out["passes"] = passes
     return out
+
+
+def scale_confidence(result: dict) -> float:
+    """How sure the network is of the particles in a :func:`segment_image`
+    ``result``: the mean over its particles of score times (1 - uncertainty),
+    -1 when it found none.  With a rescorer the score is the probability
+    that the particle is real; without one, its mean seed."""
+    sc = np.asarray(result["scores"], dtype=np.float64)
+    if not sc.size:
+        return -1.0
+    un = np.asarray(result["uncertainty"], dtype=np.float64)
+    return float(np.mean(sc * (1.0 - un)))
