@@ -869,7 +869,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
         f"{inf['overlap_px']} px overlap at that scale"
         + (f"; an image smaller than {inf['canvas_px']} px there runs on a flat canvas of "
-           "its mean grey, as training shows it" if inf.get("canvas_px") else ""),
+           "its mean grey, as training shows it" if inf.get("canvas_px") else "")
+        + (f"; then also at {', '.join(f'{f:g}' for f in inf['scale_factors'] if f != 1)} x "
+           "that scale, keeping the result whose particles are surest (mean score x "
+           "(1 - uncertainty))" if any(f != 1 for f in inf.get("scale_factors", [1])) else ""),
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
