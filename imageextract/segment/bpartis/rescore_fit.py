@@ -41,13 +41,17 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
                       progress: bool = True) -> list[dict[str, Any]]:
     """Proposals of ``backend`` (a :class:`~imageextract.segment.bpartis.BPartIS`)
     on ``items`` (``[(stem, rgb, truth), ...]``): per image the label map,
-    features, match labels and uncertainty."""
+    features, match labels and uncertainty.  Each image is proposed at the
+    working scale found, even when the backend's config also tries other
+    scales (``scale_factors``): without the rescorer that choice would rank
+    the scales by mean seed, and the shipped rescorer was fitted on one
+    scale per image."""
     opts = dict(backend.cluster_options)
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
     out = []
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
         r = backend.segment_rgb(rgb, uncertainty_threshold=None, cluster_options=opts,
-                                rescorer=None)
+                                rescorer=None, scale_factors=(1.0,))
         k = r["scores"].size
         feats = instance_features(rgb, r["labels"], scores=r["scores"],
                                   uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],
