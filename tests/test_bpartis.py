@@ -669,3 +669,88 @@ def test_scale_factors_keep_the_most_confident_scale(monkeypatch):
     assert b2.scale_factors == (0.8, 1.0, 1.25)
     with pytest.raises(ValueError, match="scale_factors"):
         BPartIS.from_config({"model": TINY, "inference": {"scale_factors": [-1]}})
+
+
+def test_merge_scales_adds_only_particles_the_chosen_scale_missed():
+    from imageextract.segment.bpartis.inference import merge_scales
+
+    base = np.zeros((20, 40), np.int32)
+    base[2:8, 2:8] = 1  # A
+    chosen = {"labels": base, "scores": np.array([0.97]), "uncertainty": np.array([0.01]),
+              "seed_scores": np.array([0.8])}
+    o1 = np.zeros_like(base)
+    o1[3:9, 3:9] = 1  # A again, shifted: mostly claimed
+    o1[12:18, 2:8] = 2  # B: free, confident
+    o1[12:18, 20:26] = 3  # C: free, not confident enough
+    o1[2:12, 8:18] = 4  # D: 0 of its pixels claimed by A -> added
+    other1 = {"labels": o1, "scores": np.array([0.99, 0.95, 0.5, 0.91]),
+              "uncertainty": np.array([0.0, 0.05, 0.3, 0.02]),
+              "seed_scores": np.array([0.9, 0.85, 0.6, 0.7])}
+    o2 = np.zeros_like(base)
+    o2[12:18, 3:9] = 1  # B seen at another scale, less sure: B already claims it
+    o2[2:10, 30:38] = 2  # E: free, confident
+    o2[7:12, 5:9] = 3  # F: 3 of its 20 pixels lie in A (15 % > 5 %) -> skipped
+    other2 = {"labels": o2, "scores": np.array([0.92, 0.93, 0.96]),
+              "uncertainty": np.array([0.1, 0.04, 0.0])}
+    before = [o1.copy(), o2.copy(), base.copy()]
+    res = merge_scales(chosen, [other1, other2], min_score=0.9, max_overlap=0.05)
+    # inputs untouched
+    for a, b in zip(before, (o1, o2, base)):
+        np.testing.assert_array_equal(a, b)
+    lab = res["labels"]
+    assert res["merged"] == 3
+    # added in order of decreasing score: B (0.95), E (0.93), D (0.91)
+    np.testing.assert_allclose(res["scores"], [0.97, 0.95, 0.93, 0.91])
+    np.testing.assert_allclose(res["uncertainty"], [0.01, 0.05, 0.04, 0.02])
+    np.testing.assert_allclose(res["seed_scores"][:2], [0.8, 0.85])
+    assert np.isnan(res["seed_scores"][2])  # E's scale had no seed scores
+    assert (lab[2:8, 2:8] == 1).all()  # the chosen particle keeps all its pixels
+    assert (lab[12:18, 2:8] == 2).all() and (lab[12:18, 8] == 0).all()
+    assert (lab[2:10, 30:38] == 3).all()
+    assert (lab[2:12, 8:18] == 4).all()
+    assert not (lab[12:18, 20:26]).any()  # C: below min_score
+    assert (lab[8:12, 5:8] == 0).all()  # F skipped
+    # a looser overlap lets F in first (0.96) with the 17 pixels A does not
+    # have; D then overlaps F by 5 of its 100 pixels and gets the other 95
+    loose = merge_scales(chosen, [other1, other2], min_score=0.9, max_overlap=0.25)
+    assert loose["merged"] == 4
+    np.testing.assert_allclose(loose["scores"], [0.97, 0.96, 0.95, 0.93, 0.91])
+    assert (loose["labels"] == 2).sum() == 17 and (loose["labels"] == 5).sum() == 95
+    # nothing to add: the result is the chosen one
+    same = merge_scales(chosen, [other1], min_score=1.0)
+    np.testing.assert_array_equal(same["labels"], base)
+    assert same["merged"] == 0 and same["scores"].tolist() == [0.97]
+    with pytest.raises(ValueError, match="max_overlap"):
+        merge_scales(chosen, [other1], max_overlap=1.0)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        merge_scales(chosen, [{**other1, "labels": o1[:10]}])
+
+
+def test_scale_merge_in_the_backend(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(5).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0,
+              cluster_options={"seed_threshold": 0.0, "fg_threshold": 0.0, "min_size": 1})
+    s = b.segment_rgb(rgb, **kw)["scale"]
+    monkeypatch.setattr(inference, "scale_confidence", lambda r: -abs(r["scale"] - 1.25 * s))
+    merge = {"min_score": 0.0, "max_overlap": 0.5}
+    res = b.segment_rgb(rgb, scale_factors=(0.8, 1.0, 1.25), merge=merge, **kw)
+    at = {f: b.segment_rgb(rgb, scale=f * s, **kw) for f in (1.0, 0.8, 1.25)}
+    want = inference.merge_scales(at[1.25], [at[1.0], at[0.8]], **merge)
+    assert want["merged"] > 0  # the other scales do add particles here
+    assert res["scale"] == pytest.approx(1.25 * s) and res["merged"] == want["merged"]
+    np.testing.assert_array_equal(res["labels"], want["labels"])
+    np.testing.assert_allclose(res["scores"], want["scores"])
+    # without merge nothing is added
+    assert "merged" not in b.segment_rgb(rgb, scale_factors=(0.8, 1.0, 1.25), **kw)
+    # the backend reads it from its config and checks it
+    assert b.scale_merge is None
+    cfg = {"model": TINY, "inference": {"scale_factors": [0.8, 1, 1.25],
+                                        "scale_merge": {"min_score": 0.9}}}
+    assert BPartIS.from_config(cfg).scale_merge == {"min_score": 0.9, "max_overlap": 0.05}
+    for bad in ({"min_score": "high"}, {"max_overlap": 1.5}, {"min_scor": 0.9}, [0.9]):
+        cfg["inference"]["scale_merge"] = bad
+        with pytest.raises(ValueError, match="scale_merge"):
+            BPartIS.from_config(cfg)

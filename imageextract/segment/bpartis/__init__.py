@@ -182,6 +182,7 @@ class BPartIS:
         if not self.scale_factors or any(not f > 0 for f in self.scale_factors):
             raise ValueError("config inference.scale_factors must be a list of positive "
                              f"numbers, got {factors!r}")
+        self.scale_merge = _scale_merge(inf.get("scale_merge"))
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -263,13 +264,31 @@ class BPartIS:
             max_halvings=self.max_halvings,
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
-            scale_factors=self.scale_factors,
+            scale_factors=self.scale_factors, merge=self.scale_merge,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
             cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed)
         kw.update(overrides)
         return segment_image(self.net, rgb, **kw)
+
+
+def _scale_merge(spec) -> dict | None:
+    """Validated ``inference.scale_merge`` of a config: None (off) or
+    ``{"min_score": float, "max_overlap": float in [0, 1)}``."""
+    if spec is None:
+        return None
+    try:
+        opts = {"min_score": float(spec.get("min_score", 0.9)),
+                "max_overlap": float(spec.get("max_overlap", 0.05))}
+        unknown = set(spec) - set(opts)
+    except (AttributeError, TypeError, ValueError):
+        opts, unknown = None, set()
+    if opts is None or unknown or not 0.0 <= opts["max_overlap"] < 1.0:
+        raise ValueError("config inference.scale_merge must be null or an object with "
+                         "numbers min_score and max_overlap (0 <= max_overlap < 1), "
+                         f"got {spec!r}")
+    return opts
 
 
 __all__ = ["BPartIS", "UNCERTAINTY_TEXT"]

@@ -515,7 +515,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   uncertainty_threshold: float | None = None,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False, rescorer=None, mc_seed: int | None = None,
-                  canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,)) -> dict:
+                  canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
+                  merge: dict | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -559,6 +560,10 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         these multiples of the scale found and keep the result with the
         highest :func:`scale_confidence` (ties keep the scale found); each
         factor other than 1 costs one more pass.
+    merge : dict, optional
+        With ``scale_factors``: keyword arguments of :func:`merge_scales`
+        (``min_score``, ``max_overlap``); the particles that only the other
+        scales found are added to the chosen result (no extra pass).
     rescorer : :class:`~.rescore.Rescorer`, optional
         Learned particle rescoring at full resolution: ``scores`` become its
         probability that each particle is real, particles below its
@@ -570,7 +575,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     ``mi`` (M, N) float32 and ``scale`` (the working scale used) and
     ``passes`` (network passes run); with a rescorer also ``seed_scores``
     (K,), the mean seed of the kept particles; with ``scale_factors``,
-    ``scale_confidence`` (factor -> :func:`scale_confidence`).
+    ``scale_confidence`` (factor -> :func:`scale_confidence`); with
+    ``merge``, ``merged`` (particles added from the other scales).
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
@@ -644,17 +650,79 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         # multiples of it and keep the one whose particles the network is surest of
         best = scale_confidence(out)
         confidence = {1.0: best}
+        results = [out]
         for f in scale_factors:
             sf = float(np.clip(s * f, *scale_limits))
             if f == 1.0 or round(sf, 4) == round(s, 4):
                 continue
             cand = finish(sf, run(sf))
             passes += 1
+            results.append(cand)
             confidence[float(f)] = c = scale_confidence(cand)
             if c > best:
                 out, best = cand, c
+        if merge is not None:
+            out = merge_scales(out, [r for r in results if r is not out], **merge)
         out["scale_confidence"] = confidence
     out["passes"] = passes
+    return out
+
+
+def merge_scales(result: dict, others: list[dict], *, min_score: float = 0.9,
+                 max_overlap: float = 0.05) -> dict:
+    """Add to ``result`` the particles that only the other working scales found.
+
+    A particle of one of ``others`` (:func:`segment_image` results of the same
+    image at other scales) is added when its score is at least ``min_score``
+    and at most ``max_overlap`` of its pixels already belong to particles;
+    it gets the pixels not yet claimed.  Candidates are taken in order of
+    decreasing score, so two scales never add the same particle twice.
+    ``scores``, ``uncertainty`` and (when present) ``seed_scores`` grow with
+    the labels; the input dicts are not modified.
+
+    >>> a = np.zeros((4, 8), np.int32); a[:, :3] = 1
+    >>> b = np.zeros((4, 8), np.int32); b[:, :3] = 1; b[:, 5:] = 2
+    >>> r = merge_scales({"labels": a, "scores": np.array([.9]), "uncertainty": np.zeros(1)},
+    ...                  [{"labels": b, "scores": np.array([.95, .93]),
+    ...                    "uncertainty": np.array([.1, .2])}])
+    >>> r["labels"][0].tolist(), r["scores"].tolist(), r["merged"]
+    ([1, 1, 1, 0, 0, 2, 2, 2], [0.9, 0.93], 1)
+    """
+    if not 0.0 <= max_overlap < 1.0:
+        raise ValueError(f"max_overlap must be in [0, 1), got {max_overlap}")
+    labels = np.array(result["labels"], dtype=np.int32, copy=True)
+    scores = list(np.asarray(result["scores"], dtype=np.float64))
+    unc = list(np.asarray(result["uncertainty"], dtype=np.float64))
+    seeds = (list(np.asarray(result["seed_scores"], dtype=np.float64))
+             if "seed_scores" in result else None)
+    cand = []
+    for o in others:
+        osc = np.asarray(o["scores"], dtype=np.float64)
+        if o["labels"].shape != labels.shape:
+            raise ValueError(f"labels of shape {o['labels'].shape} cannot be merged into "
+                             f"{labels.shape}")
+        for i in np.flatnonzero(osc >= min_score):
+            cand.append((-osc[i], len(cand), o, int(i)))
+    added = 0
+    for _, _, o, i in sorted(cand, key=lambda t: t[:2]):
+        mask = o["labels"] == i + 1
+        area = int(mask.sum())
+        if not area:
+            continue
+        free = mask & (labels == 0)
+        if area - int(free.sum()) > max_overlap * area:
+            continue
+        labels[free] = len(scores) + 1
+        scores.append(float(o["scores"][i]))
+        unc.append(float(o["uncertainty"][i]))
+        if seeds is not None:
+            seeds.append(float(o["seed_scores"][i]) if "seed_scores" in o else float("nan"))
+        added += 1
+    out = dict(result)
+    out.update(labels=labels, scores=np.asarray(scores), uncertainty=np.asarray(unc),
+               merged=added)
+    if seeds is not None:
+        out["seed_scores"] = np.asarray(seeds)
     return out
 
 
