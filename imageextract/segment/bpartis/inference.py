@@ -695,24 +695,29 @@ def merge_scales(result: dict, others: list[dict], *, min_score: float = 0.9,
     unc = list(np.asarray(result["uncertainty"], dtype=np.float64))
     seeds = (list(np.asarray(result["seed_scores"], dtype=np.float64))
              if "seed_scores" in result else None)
+    from scipy import ndimage
+
     cand = []
     for o in others:
         osc = np.asarray(o["scores"], dtype=np.float64)
         if o["labels"].shape != labels.shape:
             raise ValueError(f"labels of shape {o['labels'].shape} cannot be merged into "
                              f"{labels.shape}")
-        for i in np.flatnonzero(osc >= min_score):
-            cand.append((-osc[i], len(cand), o, int(i)))
-    added = 0
-    for _, _, o, i in sorted(cand, key=lambda t: t[:2]):
-        mask = o["labels"] == i + 1
-        area = int(mask.sum())
-        if not area:
+        sure = np.flatnonzero(osc >= min_score)
+        if not sure.size:
             continue
-        free = mask & (labels == 0)
+        boxes = ndimage.find_objects(o["labels"], max_label=int(sure[-1]) + 1)
+        for i in sure:
+            if boxes[i] is not None:
+                cand.append((-osc[i], len(cand), o, int(i), boxes[i]))
+    added = 0
+    for _, _, o, i, box in sorted(cand, key=lambda t: t[:2]):
+        mask = o["labels"][box] == i + 1
+        area = int(mask.sum())
+        free = mask & (labels[box] == 0)
         if area - int(free.sum()) > max_overlap * area:
             continue
-        labels[free] = len(scores) + 1
+        labels[box][free] = len(scores) + 1
         scores.append(float(o["scores"][i]))
         unc.append(float(o["uncertainty"][i]))
         if seeds is not None:

@@ -872,7 +872,12 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            "its mean grey, as training shows it" if inf.get("canvas_px") else "")
         + (f"; then also at {', '.join(f'{f:g}' for f in inf['scale_factors'] if f != 1)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
-           "(1 - uncertainty))" if any(f != 1 for f in inf.get("scale_factors", [1])) else ""),
+           "(1 - uncertainty))" if any(f != 1 for f in inf.get("scale_factors", [1])) else "")
+        + (f", and adding the particles only the other scales found (score >= "
+           f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
+           f"{inf['scale_merge'].get('max_overlap', 0.05):.0%} of their pixels already taken)"
+           if inf.get("scale_merge") and any(f != 1 for f in inf.get("scale_factors", [1]))
+           else ""),
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
