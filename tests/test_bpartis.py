@@ -628,6 +628,9 @@ def test_small_tiles_run_on_a_flat_canvas_of_their_mean_grey(monkeypatch):
     assert b0.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert b.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert seen == [0, CANVAS_PX]
+    for bad in (-1, 12.5, "256", True):
+        with pytest.raises(ValueError, match="canvas_px"):
+            BPartIS.from_config({"model": TINY, "inference": {"canvas_px": bad}})
 
 
 def test_scale_confidence_is_the_mean_certain_score():

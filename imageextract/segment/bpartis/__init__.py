@@ -173,7 +173,12 @@ class BPartIS:
                                       else float(uncertainty_threshold))
         self.tile_px = int(inf.get("tile_px", 512))
         self.overlap_px = int(inf.get("overlap_px", 128))
-        self.canvas_px = int(inf.get("canvas_px", CANVAS_PX))
+        canvas = inf.get("canvas_px", CANVAS_PX)
+        if isinstance(canvas, bool) or not isinstance(canvas, (int, float)) or canvas < 0 \
+                or canvas != int(canvas):
+            raise ValueError("config inference.canvas_px must be a whole number of pixels >= 0 "
+                             f"(0: mirrored borders), got {canvas!r}")
+        self.canvas_px = int(canvas)
         factors = inf.get("scale_factors", (1.0,))
         try:
             self.scale_factors = tuple(float(f) for f in factors)
