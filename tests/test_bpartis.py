@@ -281,7 +281,15 @@ def test_exact_resume(tmp_path):
     export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5})
     seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
     assert seg.weights.startswith("bpartis:emps-v1@sha256:")
-    assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("sha256") >= 1
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert card.count("sha256") >= 1 and "then also at" not in card
+    # the card names the extra working scales and the merge when the config has them
+    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
+                                      "scale_factors": [0.8, 1, 1.25],
+                                      "scale_merge": {"min_score": 0.95, "max_overlap": 0.05}})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "then also at 0.8, 1.25 x that scale" in card
+    assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
     # a checkpoint stripped of its optimizer (to ship it) cannot resume: a clear error
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     del ckpt["optimizer"]
@@ -628,7 +636,7 @@ def test_small_tiles_run_on_a_flat_canvas_of_their_mean_grey(monkeypatch):
     assert b0.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert b.segment_rgb(rgb)["labels"].shape == (40, 50)
     assert seen == [0, CANVAS_PX]
-    for bad in (-1, 12.5, "256", True):
+    for bad in (-1, 12.5, "256", True, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="canvas_px"):
             BPartIS.from_config({"model": TINY, "inference": {"canvas_px": bad}})
 

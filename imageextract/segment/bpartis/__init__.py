@@ -175,7 +175,7 @@ class BPartIS:
         self.overlap_px = int(inf.get("overlap_px", 128))
         canvas = inf.get("canvas_px", CANVAS_PX)
         if isinstance(canvas, bool) or not isinstance(canvas, (int, float)) or canvas < 0 \
-                or canvas != int(canvas):
+                or not float(canvas).is_integer():
             raise ValueError("config inference.canvas_px must be a whole number of pixels >= 0 "
                              f"(0: mirrored borders), got {canvas!r}")
         self.canvas_px = int(canvas)

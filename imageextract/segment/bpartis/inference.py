@@ -688,6 +688,8 @@ def merge_scales(result: dict, others: list[dict], *, min_score: float = 0.9,
     >>> r["labels"][0].tolist(), r["scores"].tolist(), r["merged"]
     ([1, 1, 1, 0, 0, 2, 2, 2], [0.9, 0.93], 1)
     """
+    from scipy import ndimage
+
     if not 0.0 <= max_overlap < 1.0:
         raise ValueError(f"max_overlap must be in [0, 1), got {max_overlap}")
     labels = np.array(result["labels"], dtype=np.int32, copy=True)
@@ -695,8 +697,6 @@ def merge_scales(result: dict, others: list[dict], *, min_score: float = 0.9,
     unc = list(np.asarray(result["uncertainty"], dtype=np.float64))
     seeds = (list(np.asarray(result["seed_scores"], dtype=np.float64))
              if "seed_scores" in result else None)
-    from scipy import ndimage
-
     cand = []
     for o in others:
         osc = np.asarray(o["scores"], dtype=np.float64)

@@ -832,6 +832,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     }
     cfg_path.write_text(json.dumps(cfg, indent=2, default=float) + "\n")
     cl = inf.get("cluster", {})
+    extra_factors = [f for f in inf.get("scale_factors", [1]) if f != 1]
     lines = [
         "# bpartis-emps — Bayesian particle instance segmentation (EMPS)",
         "",
@@ -870,14 +871,13 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"{inf['overlap_px']} px overlap at that scale"
         + (f"; an image smaller than {inf['canvas_px']} px there runs on a flat canvas of "
            "its mean grey, as training shows it" if inf.get("canvas_px") else "")
-        + (f"; then also at {', '.join(f'{f:g}' for f in inf['scale_factors'] if f != 1)} x "
+        + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
-           "(1 - uncertainty))" if any(f != 1 for f in inf.get("scale_factors", [1])) else "")
+           "(1 - uncertainty))" if extra_factors else "")
         + (f", and adding the particles only the other scales found (score >= "
            f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
            f"{inf['scale_merge'].get('max_overlap', 0.05):.0%} of their pixels already taken)"
-           if inf.get("scale_merge") and any(f != 1 for f in inf.get("scale_factors", [1]))
-           else ""),
+           if inf.get("scale_merge") and extra_factors else ""),
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
