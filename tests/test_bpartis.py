@@ -376,6 +376,9 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     # the rescorer is fitted, or skipped with the reason when the proposals cannot train it
     assert ("rescore" in cfg["inference"]) != ("skipped" in res["rescore"])
+    # the outline refiner is installed only when it raises the val score
+    assert ("outline" in cfg["inference"]) == (res["outline"].get("gain", 0.0) > 0)
+    assert "gain" in res["outline"] or "skipped" in res["outline"]
     assert cfg["inference"]["mc_samples"] == res["tuned"]["mc_samples"]
     assert cfg["size_model"]["alpha"] == res["size_model"]["alpha"]
     assert cfg["size_model"]["probes"] == [1.0]

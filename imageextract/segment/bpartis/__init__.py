@@ -65,6 +65,10 @@ class BPartIS:
         particle's ``score`` is then its probability of being a real,
         well-outlined particle, and particles below the rescorer's threshold
         are dropped.  False: ``score`` is the particle's mean seed.
+    outline : bool
+        Refine the particles' outlines with the learned outline refiner of
+        ``config.json`` (``inference.outline``, :mod:`.outline`) when there
+        is one.
     scale : float, optional
         Working scale (network px per image px).  Default (None): found per
         image so that the median particle has the diameter the network was
@@ -89,7 +93,7 @@ class BPartIS:
                  mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                  scale: float | None = None, device: str = "cpu",
                  threads: int | None = None, uncertainty: str | None = None,
-                 rescore: bool = True) -> None:
+                 rescore: bool = True, outline: bool = True) -> None:
         from ...weights import load_spec, models_dir
 
         try:
@@ -119,7 +123,8 @@ class BPartIS:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self._setup(spec.config, state, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads, uncertainty=uncertainty, rescore=rescore)
+                    threads=threads, uncertainty=uncertainty, rescore=rescore,
+                    outline=outline)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -127,19 +132,21 @@ class BPartIS:
                     mc_samples: int | None = None, uncertainty_threshold: float | None = None,
                     scale: float | None = None, device: str = "cpu", threads: int | None = None,
                     tag: str = "none", uncertainty: str | None = None,
-                    rescore: bool = True) -> "BPartIS":
+                    rescore: bool = True, outline: bool = True) -> "BPartIS":
         """Build from a config dict (as in ``config.json``) and optional
         weights; random weights when ``state_dict`` is None (for tests)."""
         self = cls.__new__(cls)
         self._setup(config, state_dict, tag=tag, mc_samples=mc_samples,
                     uncertainty_threshold=uncertainty_threshold, scale=scale, device=device,
-                    threads=threads, uncertainty=uncertainty, rescore=rescore)
+                    threads=threads, uncertainty=uncertainty, rescore=rescore,
+                    outline=outline)
         return self
 
     def _setup(self, config: dict[str, Any], state: dict | None, *, tag: str,
                mc_samples: int | None, uncertainty_threshold: float | None,
                scale: float | None, device: str, threads: int | None,
-               uncertainty: str | None = None, rescore: bool = True) -> None:
+               uncertainty: str | None = None, rescore: bool = True,
+               outline: bool = True) -> None:
         import torch
 
         from .inference import CANVAS_PX, MC_MAPS, UNCERTAINTY_KINDS
@@ -225,6 +232,15 @@ class BPartIS:
                             "mc_samples=%d, uncertainty=%s)", self.rescorer.inputs,
                             self.mc_samples, self.uncertainty_kind)
                 self.rescorer = None
+        self.outline = None
+        if inf.get("outline") and outline:
+            from .outline import OutlineRefiner
+
+            try:
+                self.outline = OutlineRefiner.from_dict(inf["outline"])
+            except ValueError as err:
+                raise ValueError(f"config inference.outline is not a valid outline refiner: "
+                                 f"{err}") from err
         seed = inf.get("mc_seed", 0)
         self.mc_seed = None if seed is None else int(seed)
         self.weights = tag
@@ -273,7 +289,8 @@ class BPartIS:
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
-            cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed)
+            cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed,
+            outline=self.outline)
         kw.update(overrides)
         return segment_image(self.net, rgb, **kw)
 

@@ -516,7 +516,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False, rescorer=None, mc_seed: int | None = None,
                   canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
-                  merge: dict | None = None) -> dict:
+                  merge: dict | None = None, outline=None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -568,15 +568,21 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         Learned particle rescoring at full resolution: ``scores`` become its
         probability that each particle is real, particles below its
         threshold (or above ``uncertainty_threshold``) are dropped.
+    outline : :class:`~.outline.OutlineRefiner`, optional
+        Learned outline refinement, last: the pixels near each kept
+        particle's outline are re-decided from the image and the seed map of
+        the scale used (particles merged from other scales included).
 
     Returns
     -------
     dict with ``labels`` (M, N) int32, ``scores`` (K,), ``uncertainty`` (K,),
-    ``mi`` (M, N) float32 and ``scale`` (the working scale used) and
+    ``mi`` (M, N) float32, ``seed`` (the seed map at the working scale),
+    ``scale`` (the working scale used) and
     ``passes`` (network passes run); with a rescorer also ``seed_scores``
     (K,), the mean seed of the kept particles; with ``scale_factors``,
     ``scale_confidence`` (factor -> :func:`scale_confidence`); with
-    ``merge``, ``merged`` (particles added from the other scales).
+    ``merge``, ``merged`` (particles added from the other scales); with
+    ``outline``, ``refined`` (True).
     """
     h, w = rgb.shape[:2]
     opts = dict(cluster_options or {})
@@ -641,7 +647,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                 keep &= un <= u_threshold
             out["seed_scores"] = sc[keep]
             lab, sc, un = keep_instances(lab, prob, un, keep)
-        out.update(labels=lab, scores=sc, uncertainty=un, mi=mi)
+        out.update(labels=lab, scores=sc, uncertainty=un, mi=mi, seed=seed)
         return out
 
     out = finish(s, res)
@@ -664,6 +670,9 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         if merge is not None:
             out = merge_scales(out, [r for r in results if r is not out], **merge)
         out["scale_confidence"] = confidence
+    if outline is not None:
+        out["labels"] = outline.refine(rgb, out["labels"], out["seed"], scale=out["scale"])
+        out["refined"] = True
     out["passes"] = passes
     return out
 

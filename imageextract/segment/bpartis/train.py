@@ -1195,12 +1195,14 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
 
 
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
-           progress: bool = True, rescore: bool = True) -> dict[str, Any]:
+           progress: bool = True, rescore: bool = True,
+           outline: bool = True) -> dict[str, Any]:
     """After training: fit the size model, tune the MC samples, dropout
     layers and uncertainty threshold on ``val``, export the model folder
-    (``weights.pt``, ``config.json``, ``MODEL_CARD.md``) and, with
-    ``rescore``, fit and install the learned particle rescorer
-    (:mod:`.rescore_fit`)."""
+    (``weights.pt``, ``config.json``, ``MODEL_CARD.md``), with ``rescore``
+    fit and install the learned particle rescorer (:mod:`.rescore_fit`), and
+    with ``outline`` the learned outline refiner (:mod:`.outline_fit`; it is
+    installed only if it raises the ``val`` score)."""
     stats = fit_size(data_dir, out_dir, device=device, progress=progress)
     res = tune(data_dir, out_dir, device=device, progress=progress, write=True)
     out = {"size_model": stats, "tuned": res["best"]}
@@ -1209,6 +1211,11 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
 
         fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress)
         out["rescore"] = {k: v for k, v in fitted.items() if k != "rescorer"}
+    if outline:
+        from .outline_fit import fit_for_model as fit_outline
+
+        fitted = fit_outline(out_dir, data_dir, device=device, progress=progress)
+        out["outline"] = {k: v for k, v in fitted.items() if k != "refiner"}
     return out
 
 

@@ -1,0 +1,365 @@
+"""Learned outline refinement of the ``bpartis`` backend's particles.
+
+The network's seed map is computed at the working scale, where a particle is
+about 48 px across; its outlines are therefore blurred by the zoom back to the
+native image, and they follow the seed map's 0.5 level, which training pushes
+slightly inside the particle.  The image itself usually shows where the edge
+is.  This module re-decides every pixel in a thin band around each particle's
+outline (``band`` working-scale pixels on either side) from what the image
+and the seed map say there:
+
+- where the pixel is relative to the outline (signed distance, working and
+  native pixels) and the particle's size;
+- the seed map;
+- the pixel's grey level at three smoothings, expressed on the particle's own
+  scale (0 = the median grey of a ring just outside, 1 = the median grey of
+  its interior), so dark and bright particles, TEM and SEM, read the same;
+- the first and second derivatives of the grey level across the outline
+  (an edge is a steep, turning profile);
+- the particle's contrast and the working scale.
+
+A small perceptron (two hidden layers) gives the probability that the pixel
+belongs to the particle; the band is then relabelled: each pixel goes to
+the particle whose outline is nearest if that probability is above
+``threshold``, else to the background.  A particle whose area would change by
+more than ``gate`` allows keeps its old outline (the refiner is for outlines,
+not for re-drawing particles).
+
+The perceptron is fitted on the network's own particles on training images
+(:func:`fit_outline_refiner`; the label of a band pixel is whether it lies in
+the ground-truth particle that its particle matches at IoU > 0.5).  It is
+evaluated in NumPy and lives in ``config.json`` (``inference.outline``); torch
+is needed only to fit it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .inference import resize_map
+
+logger = logging.getLogger(__name__)
+
+#: Per-pixel features, in column order (see :func:`outline_features`).
+FEATURES = (
+    "distance",      # signed distance to the outline, working px (+ outside)
+    "seed",          # seed map, bilinearly resized to the image
+    "grey",          # grey (smoothed 0.5 working px) on the particle's scale
+    "grey_raw",      # unsmoothed grey on the particle's scale
+    "gradient",      # gradient magnitude per working px, in contrast units
+    "contrast",      # |interior - ring| median grey of the particle
+    "log_scale",     # log(working scale)
+    "distance_px",   # signed distance in native px, clipped to +-10
+    "log_area",      # log(particle area in working px^2)
+    "grey_1",        # grey smoothed 1 working px, on the particle's scale
+    "grey_2",        # grey smoothed 2 working px, on the particle's scale
+    "slope",         # first derivative of grey across the outline (outwards)
+    "curvature",     # second derivative of grey across the outline
+)
+
+_MIN_CONTRAST = 0.03
+
+
+def normalised_grey(rgb: np.ndarray) -> np.ndarray:
+    """Mean of the channels of ``rgb`` (M, N, 3) rescaled so that its 1st and
+    99th percentiles are 0 and 1; (M, N) float32."""
+    g = np.asarray(rgb, np.float32)
+    g = g.mean(2) if g.ndim == 3 else g
+    lo, hi = np.percentile(g, (1, 99))
+    return ((g - lo) / max(float(hi - lo), 1.0)).astype(np.float32)
+
+
+def _outline_pixels(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a particle with a 4-neighbour of another label (or 0)."""
+    edge = np.zeros(labels.shape, bool)
+    dy = labels[:-1] != labels[1:]
+    dx = labels[:, :-1] != labels[:, 1:]
+    edge[:-1] |= dy
+    edge[1:] |= dy
+    edge[:, :-1] |= dx
+    edge[:, 1:] |= dx
+    return edge & (labels > 0)
+
+
+def _medians(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
+    """Median of ``values`` per owner label 1..k; (k + 1,), NaN where none."""
+    out = np.full(k + 1, np.nan)
+    if owner.size == 0:
+        return out
+    order = np.argsort(owner, kind="stable")
+    own, val = owner[order], values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(own)) + 1]
+    for a, b in zip(starts, np.r_[starts[1:], own.size]):
+        out[own[a]] = np.median(val[a:b])
+    return out
+
+
+def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
+                     scale: float, band: float = 3.0):
+    """Features (:data:`FEATURES`) of the pixels near the particles' outlines.
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) or (M, N) array
+        The image.
+    labels : (M, N) int array
+        Particles 1..K, 0 = background.
+    seed : (m, n) float array
+        The network's seed map at the working scale.
+    scale : float
+        Working scale (working px per native px).
+    band : float
+        Half-width of the band, in working-scale pixels.
+
+    Returns
+    -------
+    flat : (P,) int64
+        Flat indices of the band pixels.
+    owner : (P,) int
+        The particle each band pixel belongs to or lies nearest to.
+    X : (P, len(FEATURES)) float32
+        ``None`` for all three when there is no particle.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    edge = _outline_pixels(labels)
+    if not edge.any():
+        return None, None, None
+    h, w = labels.shape
+    px = 1.0 / scale
+    g = normalised_grey(rgb)
+    if g.shape != (h, w):
+        raise ValueError(f"image of shape {g.shape} does not match labels of shape {(h, w)}")
+    gs = ndi.gaussian_filter(g, max(0.5 * px, 0.5))
+    d, (iy, ix) = ndi.distance_transform_edt(~edge, return_indices=True)
+    inside = labels > 0
+    sd = (np.where(inside, -d, d) * scale).astype(np.float32)
+    owner_map = np.where(inside, labels, labels[iy, ix])
+    in_band = (np.abs(sd) <= band) & (owner_map > 0)
+    k = int(labels.max())
+    core = inside & (sd < -1.5)
+    ring = ~inside & (sd > 1.5) & (sd <= band + 1.5)
+    i_in = _medians(gs[core], owner_map[core], k)
+    i_all = _medians(gs[inside], owner_map[inside], k)
+    i_in = np.where(np.isnan(i_in), i_all, i_in)
+    i_out = _medians(gs[ring], owner_map[ring], k)
+    fallback = float(np.median(gs[~inside])) if (~inside).any() else 0.0
+    i_out = np.where(np.isnan(i_out), fallback, i_out)
+
+    flat = np.flatnonzero(in_band)
+    own = owner_map.ravel()[flat]
+    con = i_in[own] - i_out[own]
+    den = np.where(np.abs(con) < _MIN_CONTRAST, _MIN_CONTRAST * np.sign(con + 1e-9), con)
+
+    def rel(values):
+        return np.clip((values.ravel()[flat] - i_out[own]) / den, -3, 3)
+
+    gy, gx = np.gradient(gs)
+    grad = np.hypot(ndi.sobel(gs, 0), ndi.sobel(gs, 1)) / 8.0
+    ny, nx = np.gradient(sd)
+    norm = np.hypot(ny, nx) + 1e-6
+    slope = (gy * ny + gx * nx) / norm  # outward derivative per native px
+    sy, sx = np.gradient(slope)
+    curv = (sy * ny + sx * nx) / norm
+    area = np.bincount(labels.ravel(), minlength=k + 1).astype(np.float64)
+    n = flat.size
+    X = np.stack([
+        sd.ravel()[flat],
+        resize_map(seed, (h, w)).ravel()[flat],
+        rel(gs),
+        rel(g),
+        np.clip(grad.ravel()[flat] / np.abs(den), 0, 5),
+        np.abs(con),
+        np.full(n, np.log(scale)),
+        np.clip(sd.ravel()[flat] / scale, -10, 10),
+        np.log(np.maximum(area[own], 1) * scale * scale),
+        rel(ndi.gaussian_filter(g, max(px, 0.5))),
+        rel(ndi.gaussian_filter(g, max(2 * px, 0.5))),
+        np.clip(slope.ravel()[flat] * px / den, -5, 5),
+        np.clip(curv.ravel()[flat] * px * px / den, -5, 5),
+    ], 1).astype(np.float32)
+    return flat, own, X
+
+
+def relabel_band(labels: np.ndarray, flat: np.ndarray, owner: np.ndarray, prob: np.ndarray, *,
+                 threshold: float = 0.5, gate: tuple[float, float] | None = (0.7, 1.4)
+                 ) -> np.ndarray:
+    """``labels`` with each band pixel ``flat`` given to its ``owner`` where
+    ``prob`` > ``threshold`` and to the background elsewhere.
+
+    A particle whose area would change by a factor outside ``gate`` keeps
+    its old pixels, and gives back the pixels it would have taken.  Returns a
+    new label map; the particles keep their numbers.
+
+    >>> lab = np.array([[0, 1, 1, 0]], np.int32)
+    >>> relabel_band(lab, np.array([0, 3]), np.array([1, 1]), np.array([0.9, 0.2]),
+    ...              gate=None).tolist()
+    [[1, 1, 1, 0]]
+    """
+    out = np.array(labels, copy=True).ravel()
+    out[flat] = np.where(prob > threshold, owner, 0)
+    if gate is not None:
+        k = int(labels.max(initial=0))
+        before = np.bincount(labels.ravel(), minlength=k + 1).astype(np.float64)
+        after = np.bincount(out, minlength=k + 1).astype(np.float64)
+        ratio = after / np.maximum(before, 1.0)
+        bad = (ratio < gate[0]) | (ratio > gate[1])
+        bad[0] = False
+        if bad.any():
+            old = labels.ravel()
+            out = np.where(bad[old] | bad[out], old, out)
+    return out.reshape(labels.shape)
+
+
+@dataclass
+class OutlineRefiner:
+    """A fitted outline refiner: feature standardisation, the perceptron's
+    layers ``[(W, b), ...]`` (ReLU between them, sigmoid at the end) and the
+    band, threshold and gate it was fitted and tuned with."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    layers: list
+    band: float = 3.0
+    threshold: float = 0.5
+    gate: tuple[float, float] | None = (0.7, 1.4)
+    meta: dict = field(default_factory=dict)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probability that each band pixel (a row of :func:`outline_features`)
+        belongs to its particle; (P,)."""
+        X = np.asarray(X, np.float32)
+        if X.ndim != 2 or X.shape[1] != len(self.mean):
+            raise ValueError(f"expected features of shape (P, {len(self.mean)}), got {X.shape}")
+        a = (X - self.mean) / self.std
+        for i, (W, b) in enumerate(self.layers):
+            a = a @ W + b
+            if i < len(self.layers) - 1:
+                np.maximum(a, 0, out=a)
+        return (1.0 / (1.0 + np.exp(-np.clip(a[:, 0], -30, 30)))).astype(np.float32)
+
+    def refine(self, rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
+               scale: float) -> np.ndarray:
+        """``labels`` with refined outlines (see the module docstring)."""
+        flat, owner, X = outline_features(rgb, labels, seed, scale=scale, band=self.band)
+        if flat is None or flat.size == 0:
+            return np.array(labels, copy=True)
+        return relabel_band(labels, flat, owner, self.predict_proba(X),
+                            threshold=self.threshold, gate=self.gate)
+
+    def to_dict(self) -> dict:
+        return {"kind": "mlp", "features": list(FEATURES),
+                "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "layers": [{"W": np.asarray(W).tolist(), "b": np.asarray(b).tolist()}
+                           for W, b in self.layers],
+                "band": self.band, "threshold": self.threshold,
+                "gate": None if self.gate is None else list(self.gate), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OutlineRefiner":
+        """Inverse of :meth:`to_dict`; a ``ValueError`` names what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {type(d).__name__}")
+        if d.get("kind") != "mlp":
+            raise ValueError(f"unknown kind {d.get('kind')!r} (expected 'mlp')")
+        if list(d.get("features", [])) != list(FEATURES):
+            raise ValueError(f"features {d.get('features')} do not match this version's "
+                             f"{list(FEATURES)}")
+        try:
+            mean = np.asarray(d["mean"], np.float32)
+            std = np.asarray(d["std"], np.float32)
+            layers = [(np.asarray(layer["W"], np.float32), np.asarray(layer["b"], np.float32))
+                      for layer in d["layers"]]
+            band, threshold = float(d.get("band", 3.0)), float(d.get("threshold", 0.5))
+            gate = d.get("gate")
+            gate = None if gate is None else (float(gate[0]), float(gate[1]))
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"malformed outline refiner: {err}") from None
+        n = len(FEATURES)
+        if mean.shape != (n,) or std.shape != (n,) or not layers:
+            raise ValueError(f"mean/std must have {n} entries and layers must not be empty")
+        width = n
+        for W, b in layers:
+            if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
+                raise ValueError(f"layer of shape {W.shape} / {b.shape} does not follow a "
+                                 f"layer of width {width}")
+            width = W.shape[1]
+        if width != 1:
+            raise ValueError(f"the last layer must have one output, has {width}")
+        if not band > 0 or not 0 < threshold < 1:
+            raise ValueError(f"band must be > 0 and threshold in (0, 1), got {band}, {threshold}")
+        if gate is not None and not 0 < gate[0] <= 1 <= gate[1]:
+            raise ValueError(f"gate must be (low <= 1 <= high), got {gate}")
+        return cls(mean=mean, std=np.maximum(std, 1e-6), layers=layers, band=band,
+                   threshold=threshold, gate=gate, meta=dict(d.get("meta", {})))
+
+
+def band_targets(gt: np.ndarray, labels: np.ndarray, flat: np.ndarray, owner: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Training labels of band pixels: 1 where the pixel lies in the
+    ground-truth particle that its owner matches (IoU > 0.5).  Returns
+    ``(y float32, usable bool)``; pixels of unmatched particles are not usable.
+    """
+    gt = np.asarray(gt).astype(np.int64, copy=False)
+    lab = np.asarray(labels).astype(np.int64, copy=False)
+    if gt.shape != lab.shape:
+        raise ValueError(f"ground truth of shape {gt.shape} does not match labels {lab.shape}")
+    k, n = int(lab.max(initial=0)), int(gt.max(initial=0))
+    both = (gt > 0) & (lab > 0)
+    inter = np.bincount(lab[both] * (n + 1) + gt[both],
+                        minlength=(k + 1) * (n + 1)).reshape(k + 1, n + 1)
+    la = np.bincount(lab.ravel(), minlength=k + 1)
+    ga = np.bincount(gt.ravel(), minlength=n + 1)
+    iou = inter / np.maximum(la[:, None] + ga[None, :] - inter, 1)
+    match = np.where(iou.max(1) > 0.5, iou.argmax(1), -1)
+    match[0] = -1
+    m = match[owner]
+    usable = m > 0
+    y = usable & (gt.ravel()[flat] == m)
+    return y.astype(np.float32), usable
+
+
+def fit_outline_refiner(X: np.ndarray, y: np.ndarray, *, hidden: int = 32, epochs: int = 6,
+                        batch_size: int = 4096, lr: float = 3e-3, seed: int = 0,
+                        **settings) -> OutlineRefiner:
+    """Fit the perceptron on band pixels ``X`` (P, F) with labels ``y`` (P,)
+    by Adam on the binary cross-entropy; ``settings`` (``band``,
+    ``threshold``, ``gate``, ``meta``) are stored with it."""
+    import torch
+
+    X = np.asarray(X, np.float32)
+    y = np.asarray(y, np.float32)
+    if X.ndim != 2 or X.shape[1] != len(FEATURES) or y.shape != (X.shape[0],):
+        raise ValueError(f"expected X (P, {len(FEATURES)}) and y (P,), got {X.shape}, {y.shape}")
+    if X.shape[0] == 0 or y.min() == y.max():
+        raise ValueError("need band pixels of both classes to fit an outline refiner")
+    mean, std = X.mean(0), np.maximum(X.std(0), 1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr)
+    xt = torch.from_numpy((X - mean) / std)
+    yt = torch.from_numpy(y)
+    for epoch in range(epochs):
+        perm = torch.randperm(len(yt), generator=gen)
+        total = 0.0
+        for i in range(0, len(yt), batch_size):
+            b = perm[i:i + batch_size]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[b])[:, 0], yt[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+        logger.info("outline refiner epoch %d: loss %.4f", epoch + 1, total / len(yt))
+    layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+              for m in net if isinstance(m, torch.nn.Linear)]
+    return OutlineRefiner(mean=mean, std=std, layers=layers, **settings)
