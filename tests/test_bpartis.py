@@ -290,6 +290,11 @@ def test_exact_resume(tmp_path):
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "then also at 0.8, 1.25 x that scale" in card
     assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
+    assert "outline refiner" not in card
+    # ... and the outline refinement (the sentence only needs the band)
+    export(tmp_path / "a", inference={"outline": {"kind": "mlp", "band": 4.0}})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "within 4 working-scale px of each particle's outline are re-decided" in card
     # a checkpoint stripped of its optimizer (to ship it) cannot resume: a clear error
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     del ckpt["optimizer"]

@@ -138,7 +138,7 @@ def test_fitted_refiner_moves_outlines_to_the_edges():
     back = OutlineRefiner.from_dict(d)
     X = np.random.default_rng(2).normal(size=(20, len(FEATURES))).astype(np.float32)
     np.testing.assert_allclose(back.predict_proba(X), ref.predict_proba(X), atol=1e-6)
-    assert back.gate is None and back.band == 3.0
+    assert back.gate is None and back.band == 4.0
     with pytest.raises(ValueError, match="features"):
         OutlineRefiner.from_dict({**d, "features": ["seed"]})
     with pytest.raises(ValueError, match="kind"):
@@ -211,7 +211,7 @@ def test_outline_fit_scores_and_installs(tmp_path):
         install(tmp_path, ref, res)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["inference"]["tile_px"] == 512
-    assert OutlineRefiner.from_dict(cfg["inference"]["outline"]).band == 3.0
+    assert OutlineRefiner.from_dict(cfg["inference"]["outline"]).band == 4.0
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count("## Outline refinement") == 1
     assert card.index("## Outline refinement") < card.index("## Weights")

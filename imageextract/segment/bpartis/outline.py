@@ -99,7 +99,7 @@ def _medians(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
 
 
 def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
-                     scale: float, band: float = 3.0):
+                     scale: float, band: float = 4.0):
     """Features (:data:`FEATURES`) of the pixels near the particles' outlines.
 
     Parameters
@@ -227,7 +227,7 @@ class OutlineRefiner:
     mean: np.ndarray
     std: np.ndarray
     layers: list
-    band: float = 3.0
+    band: float = 4.0
     threshold: float = 0.5
     gate: tuple[float, float] | None = (0.7, 1.4)
     meta: dict = field(default_factory=dict)
@@ -277,7 +277,7 @@ class OutlineRefiner:
             std = np.asarray(d["std"], np.float32)
             layers = [(np.asarray(layer["W"], np.float32), np.asarray(layer["b"], np.float32))
                       for layer in d["layers"]]
-            band, threshold = float(d.get("band", 3.0)), float(d.get("threshold", 0.5))
+            band, threshold = float(d.get("band", 4.0)), float(d.get("threshold", 0.5))
             gate = d.get("gate")
             gate = None if gate is None else (float(gate[0]), float(gate[1]))
         except (KeyError, TypeError, ValueError, IndexError) as err:

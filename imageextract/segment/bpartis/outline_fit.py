@@ -89,7 +89,7 @@ def score_segs(segs: list[dict], refiner=None) -> dict[str, float]:
 
 
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
-                  every: int = 3, check_split: str = "val", band: float = 3.0,
+                  every: int = 3, check_split: str = "val", band: float = 4.0,
                   max_pixels: int = 20000, write: bool = True, progress: bool = True,
                   device: str = "cpu") -> dict[str, Any]:
     """Fit, check and (``write``, if it helps on ``check_split``) install the
@@ -125,7 +125,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     gain = res["check"][f"gate {best}"]["score"] - res["check"]["unrefined"]["score"]
     res["gain"] = gain
     refiner.meta = {"fitted_on": f"{len(y)} band pixels of {len(segs)} {split} images "
-                                 f"(every {every}th)",
+                                 f"(one in {every})",
                     "check": {check_split: res["check"][f"gate {best}"],
                               "unrefined": res["check"]["unrefined"]}}
     res["refiner"] = refiner.to_dict()
@@ -170,7 +170,8 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
         f"particle whose area would change by a factor outside {refiner.gate} keeps its old "
         "outline (`imageextract.segment.bpartis.outline`).",
         f"- fitted on {res['pixels']} band pixels of {res['images']} `{res['split']}` images "
-        f"(every {res['every']}th; {res['inside_fraction']:.1%} inside their particle)",
+        f"(one in {res['every']}; {res['inside_fraction']:.1%} of the pixels inside their "
+        "particle)",
         f"- `{c['split']}` ({c['images']} images), unrefined -> refined: AP50 "
         f"{old['ap50']:.3f} -> {new['ap50']:.3f}, AJI+ {old['aji_plus']:.3f} -> "
         f"{new['aji_plus']:.3f}, mean IoU {old['mean_iou']:.3f} -> {new['mean_iou']:.3f}, "
@@ -192,7 +193,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train-fit")
     p.add_argument("--every", type=int, default=3, help="use every N-th image of --split")
     p.add_argument("--check-split", default="val")
-    p.add_argument("--band", type=float, default=3.0)
+    p.add_argument("--band", type=float, default=4.0)
     p.add_argument("--dry-run", action="store_true",
                    help="fit and report; leave the model folder unchanged")
     p.add_argument("--json", help="write the numbers here")

@@ -888,6 +888,13 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            "as likely false positives"),
         f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
         f"{cl.get('min_rel_area', 0)} x the image's median",
+    ]
+    if inf.get("outline"):
+        lines.append(
+            "- outlines: the pixels within "
+            f"{float(inf['outline'].get('band', 4.0)):g} working-scale px of each particle's "
+            "outline are re-decided by the learned outline refiner (see Outline refinement)")
+    lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
         "- val during training (best checkpoint, ground-truth scale, T = 1): "
