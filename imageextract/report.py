@@ -183,6 +183,10 @@ def _models_html(micrographs: pd.DataFrame) -> str:
                 text += ("; particle score = probability that the particle is real and well "
                          "outlined (learned rescoring), particles below "
                          f"{float(resc['threshold']):.3g} were dropped")
+            if isinstance(inf.get("outline"), dict):
+                text += ("; outlines refined by a learned outline refiner (the pixels within "
+                         f"{float(inf['outline'].get('band', 4.0)):g} working-scale px of "
+                         "each outline re-decided from the image)")
         items.append(f"<li><code>{html.escape(tag)}</code>: {html.escape(text)}</li>")
     return "<h2>Models</h2><ul>" + "".join(items) + "</ul>"
 

@@ -22,7 +22,8 @@ def test_report_names_each_models_uncertainty(tmp_path, monkeypatch):
     models = tmp_path / "models"
     tag = _model(models, "m-consistency", {"mc_samples": 8, "uncertainty": "consistency",
                                            "uncertainty_threshold": 0.2146,
-                                           "rescore": {"threshold": 0.6}})
+                                           "rescore": {"threshold": 0.6},
+                                           "outline": {"kind": "mlp", "band": 4.0}})
     monkeypatch.setenv("IMAGEEXTRACT_MODELS", str(models))
     micrographs = pd.DataFrame({"micrograph_id": ["a", "b", "c"], "backend": ["bpartis"] * 3,
                                 "weights": [tag, tag, "bpartis:v9@sha256:000000000000"],
@@ -39,6 +40,8 @@ def test_report_names_each_models_uncertainty(tmp_path, monkeypatch):
     assert "above 0.215 were dropped" in models_part
     # the learned rescoring: what the score column means
     assert "learned rescoring" in models_part and "below 0.6 were dropped" in models_part
+    # ... and the outline refinement: where the outlines come from
+    assert "learned outline refiner (the pixels within 4 working-scale px" in models_part
     assert "bpartis:v9@sha256:000000000000</code>: not an installed model" in models_part
     # the paper's kind, no threshold
     shutil.rmtree(models / "m-consistency")
@@ -46,7 +49,7 @@ def test_report_names_each_models_uncertainty(tmp_path, monkeypatch):
     page = write_report(out, micrographs=micrographs.head(1), particles=particles,
                         failures=pd.DataFrame()).read_text()
     assert "mutual information" in page and "no threshold" in page
-    assert "learned rescoring" not in page
+    assert "learned rescoring" not in page and "outline refiner" not in page
     # no weights at all (the classical backend): no Models section
     page = write_report(out, micrographs=micrographs.assign(weights="none"),
                         particles=particles, failures=pd.DataFrame()).read_text()
