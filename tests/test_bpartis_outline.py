@@ -15,6 +15,8 @@ from imageextract.segment.bpartis.outline import (
     band_targets,
     outline_features,
     relabel_band,
+    smooth_band,
+    tidy_particles,
 )
 
 COL = {name: i for i, name in enumerate(FEATURES)}
@@ -109,6 +111,32 @@ def test_relabel_band_and_its_gate():
     assert none[0].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
 
 
+def test_smoothing_and_tidying_remove_frayed_pixels():
+    lab = np.zeros((20, 20), np.int32)
+    lab[5:15, 5:15] = 1
+    # a lone band pixel far outside with a high probability, one inside with a low one
+    flat = np.ravel_multi_index(([2, 10], [2, 10]), lab.shape)
+    prob = np.array([0.9, 0.1], np.float32)
+    assert smooth_band(lab, flat, prob, sigma=0).tolist() == prob.tolist()
+    sm = smooth_band(lab, flat, prob, sigma=1.0)
+    assert sm[0] < 0.5 < sm[1]  # the neighbours outvote both
+    # tidy: a speck and a detached piece are dropped and a hole is filled...
+    new = lab.copy()
+    new[1, 1] = 1
+    new[9, 9] = 0
+    new[5:8, 17:19] = 1
+    out = tidy_particles(new, lab)
+    assert out[1, 1] == 0 and out[5:8, 17:19].max() == 0 and out[5:15, 5:15].min() == 1
+    # ... the piece kept is the one on the particle's old pixels, not the largest
+    small = np.zeros_like(lab)
+    small[5:8, 17:19] = 1
+    out = tidy_particles(new, small)
+    assert out[5:8, 17:19].min() == 1 and out[5:15, 5:15].max() == 0
+    # ... and with no old pixels at all, the largest
+    out = tidy_particles(new, np.zeros_like(lab))
+    assert out[5:15, 5:15].min() == 1 and out[5:8, 17:19].max() == 0
+
+
 def _fit(rng, n=8, **kw):
     from imageextract.segment.bpartis.outline import fit_outline_refiner
 
@@ -147,6 +175,10 @@ def test_fitted_refiner_moves_outlines_to_the_edges():
         OutlineRefiner.from_dict({**d, "layers": d["layers"][1:]})
     with pytest.raises(ValueError, match="gate"):
         OutlineRefiner.from_dict({**d, "gate": [1.2, 1.5]})
+    with pytest.raises(ValueError, match="smooth"):
+        OutlineRefiner.from_dict({**d, "smooth": -1})
+    # a refiner stored before the smoothing existed runs without it
+    assert OutlineRefiner.from_dict({k: v for k, v in d.items() if k != "smooth"}).smooth == 0
     with pytest.raises(ValueError, match="shape"):
         back.predict_proba(X[:, :3])
 
@@ -204,7 +236,7 @@ def test_outline_fit_scores_and_installs(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"inference": {"tile_px": 512}}))
     (tmp_path / "MODEL_CARD.md").write_text("# card\n\n## Weights\nsha\n")
-    check = {"split": "val", "images": 4, "unrefined": before, "gate None": after}
+    check = {"split": "val", "images": 4, "unrefined": before, "gate None smooth 0.5": after}
     res = {"pixels": len(y), "images": 4, "split": "train-fit", "every": 1,
            "inside_fraction": float(y.mean()), "check": check}
     for _ in range(2):  # a second install replaces the first

@@ -21,9 +21,12 @@ and the seed map say there:
 A small perceptron (two hidden layers) gives the probability that the pixel
 belongs to the particle; the band is then relabelled: each pixel goes to
 the particle whose outline is nearest if that probability is above
-``threshold``, else to the background.  A particle whose area would change by
-more than ``gate`` allows keeps its old outline (the refiner is for outlines,
-not for re-drawing particles).
+``threshold``, else to the background (the probabilities are first smoothed
+over ``smooth`` working-scale px, so that image noise does not fray the
+outline).  A particle whose area would change by more than ``gate`` allows
+keeps its old outline (the refiner is for outlines, not for re-drawing
+particles); each particle then keeps only its main piece, with its holes
+filled (:func:`tidy_particles`).
 
 The perceptron is fitted on the network's own particles on training images
 (:func:`fit_outline_refiner`; the label of a band pixel is whether it lies in
@@ -218,6 +221,48 @@ def relabel_band(labels: np.ndarray, flat: np.ndarray, owner: np.ndarray, prob: 
     return out.reshape(labels.shape)
 
 
+def smooth_band(labels: np.ndarray, flat: np.ndarray, prob: np.ndarray, *,
+                sigma: float) -> np.ndarray:
+    """``prob`` of the band pixels ``flat`` smoothed by a Gaussian of
+    ``sigma`` px, with the pixels off the band counted as 1 inside a particle
+    and 0 outside; (P,)."""
+    if sigma <= 0:
+        return np.asarray(prob)
+    full = (np.asarray(labels) > 0).astype(np.float32).ravel()
+    full[flat] = prob
+    full = ndi.gaussian_filter(full.reshape(labels.shape), sigma)
+    return full.ravel()[flat]
+
+
+def tidy_particles(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each particle of ``labels`` cut down to its connected piece (8-connected)
+    that overlaps its pixels in ``reference`` most (the other pieces become
+    background), with its holes filled from the background.
+
+    >>> lab = np.array([[1, 1, 0, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 0, 0]], np.int32)
+    >>> tidy_particles(lab, lab).tolist()
+    [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
+    """
+    out = np.array(labels, copy=True)
+    ref = np.asarray(reference)
+    eight = np.ones((3, 3), bool)
+    for i, box in enumerate(ndi.find_objects(out), 1):
+        if box is None:
+            continue
+        mine = out[box] == i
+        pieces, n = ndi.label(mine, structure=eight)
+        if n > 1:
+            overlap = np.bincount(pieces[mine & (ref[box] == i)], minlength=n + 1)
+            overlap[0] = -1
+            keep = int(overlap.argmax()) if overlap[1:].max() > 0 else \
+                int(np.bincount(pieces[mine], minlength=n + 1)[1:].argmax()) + 1
+            out[box][mine & (pieces != keep)] = 0
+            mine = out[box] == i
+        holes = ndi.binary_fill_holes(mine) & (out[box] == 0)
+        out[box][holes] = i
+    return out
+
+
 @dataclass
 class OutlineRefiner:
     """A fitted outline refiner: feature standardisation, the perceptron's
@@ -230,6 +275,7 @@ class OutlineRefiner:
     band: float = 4.0
     threshold: float = 0.5
     gate: tuple[float, float] | None = (0.7, 1.4)
+    smooth: float = 0.5
     meta: dict = field(default_factory=dict)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -251,8 +297,9 @@ class OutlineRefiner:
         flat, owner, X = outline_features(rgb, labels, seed, scale=scale, band=self.band)
         if flat is None or flat.size == 0:
             return np.array(labels, copy=True)
-        return relabel_band(labels, flat, owner, self.predict_proba(X),
-                            threshold=self.threshold, gate=self.gate)
+        prob = smooth_band(labels, flat, self.predict_proba(X), sigma=self.smooth / scale)
+        new = relabel_band(labels, flat, owner, prob, threshold=self.threshold, gate=self.gate)
+        return tidy_particles(new, labels)
 
     def to_dict(self) -> dict:
         return {"kind": "mlp", "features": list(FEATURES),
@@ -260,7 +307,8 @@ class OutlineRefiner:
                 "layers": [{"W": np.asarray(W).tolist(), "b": np.asarray(b).tolist()}
                            for W, b in self.layers],
                 "band": self.band, "threshold": self.threshold,
-                "gate": None if self.gate is None else list(self.gate), "meta": self.meta}
+                "gate": None if self.gate is None else list(self.gate),
+                "smooth": self.smooth, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OutlineRefiner":
@@ -280,6 +328,7 @@ class OutlineRefiner:
             band, threshold = float(d.get("band", 4.0)), float(d.get("threshold", 0.5))
             gate = d.get("gate")
             gate = None if gate is None else (float(gate[0]), float(gate[1]))
+            smooth = float(d.get("smooth", 0.0))
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise ValueError(f"malformed outline refiner: {err}") from None
         n = len(FEATURES)
@@ -297,8 +346,11 @@ class OutlineRefiner:
             raise ValueError(f"band must be > 0 and threshold in (0, 1), got {band}, {threshold}")
         if gate is not None and not 0 < gate[0] <= 1 <= gate[1]:
             raise ValueError(f"gate must be (low <= 1 <= high), got {gate}")
+        if not smooth >= 0:
+            raise ValueError(f"smooth must be >= 0 working-scale px, got {smooth}")
         return cls(mean=mean, std=np.maximum(std, 1e-6), layers=layers, band=band,
-                   threshold=threshold, gate=gate, meta=dict(d.get("meta", {})))
+                   threshold=threshold, gate=gate, smooth=smooth,
+                   meta=dict(d.get("meta", {})))
 
 
 def band_targets(gt: np.ndarray, labels: np.ndarray, flat: np.ndarray, owner: np.ndarray

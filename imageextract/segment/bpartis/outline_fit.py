@@ -9,9 +9,9 @@
    large images do not dominate.
 2. The perceptron is fitted on those pixels.
 3. On a check split (``val``) the particles are refined with each gate of
-   ``GATES`` and scored (mean of AP50 and AJI+, the model-selection score);
-   the best gate is kept, and the refiner is installed only if it beats the
-   unrefined particles there.
+   ``GATES`` and each smoothing of ``SMOOTHS`` and scored (mean of AP50 and
+   AJI+, the model-selection score); the best pair is kept, and the refiner
+   is installed only if it beats the unrefined particles there.
 
 ``python -m imageextract.segment.bpartis.outline_fit --data ../shared/data/emps
 --model models/bpartis-emps`` (about 10 minutes on 2 CPU cores for EMPS).
@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 
 #: Area-change gates tried on the check split (None: no gate).
 GATES = (None, (0.8, 1.25), (0.7, 1.4))
+#: Smoothings of the band's probabilities tried (working-scale px).
+SMOOTHS = (0.0, 0.5)
+
+
+def _key(gate, smooth) -> str:
+    return f"gate {gate} smooth {smooth:g}"
 
 
 def segment_items(backend, items, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -116,21 +122,23 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     check = segment_items(backend, load_split(data_dir, check_split), progress=progress)
     res["check"] = {"split": check_split, "images": len(check),
                     "unrefined": score_segs(check)}
-    for gate in GATES:
-        refiner.gate = gate
-        res["check"][f"gate {gate}"] = score_segs(check, refiner)
-    best = max(GATES, key=lambda g: res["check"][f"gate {g}"]["score"])
-    refiner.gate = best
-    res["gate"] = None if best is None else list(best)
-    gain = res["check"][f"gate {best}"]["score"] - res["check"]["unrefined"]["score"]
+    pairs = [(g, sm) for g in GATES for sm in SMOOTHS]
+    for gate, smooth in pairs:
+        refiner.gate, refiner.smooth = gate, smooth
+        res["check"][_key(gate, smooth)] = score_segs(check, refiner)
+    best = max(pairs, key=lambda p: res["check"][_key(*p)]["score"])
+    refiner.gate, refiner.smooth = best
+    chosen = res["check"][_key(*best)]
+    res["gate"] = None if best[0] is None else list(best[0])
+    res["smooth"] = best[1]
+    gain = chosen["score"] - res["check"]["unrefined"]["score"]
     res["gain"] = gain
     refiner.meta = {"fitted_on": f"{len(y)} band pixels of {len(segs)} {split} images "
                                  f"(one in {every})",
-                    "check": {check_split: res["check"][f"gate {best}"],
-                              "unrefined": res["check"]["unrefined"]}}
+                    "check": {check_split: chosen, "unrefined": res["check"]["unrefined"]}}
     res["refiner"] = refiner.to_dict()
-    logger.info("outline refiner: gate %s, %s score %.4f -> %.4f", best, check_split,
-                res["check"]["unrefined"]["score"], res["check"][f"gate {best}"]["score"])
+    logger.info("outline refiner: gate %s, smooth %g, %s score %.4f -> %.4f", best[0], best[1],
+                check_split, res["check"]["unrefined"]["score"], chosen["score"])
     if write:
         if gain > 0:
             install(model_dir, refiner, res)
@@ -159,16 +167,17 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
         head, sep, rest = text.partition("\n## Weights\n")
         tail = sep + rest if sep else ""
     c = res["check"]
-    new, old = c[f"gate {refiner.gate if refiner.gate is None else tuple(refiner.gate)}"], \
-        c["unrefined"]
+    new = c[_key(None if refiner.gate is None else tuple(refiner.gate), refiner.smooth)]
+    old = c["unrefined"]
     lines = [
         "", "## Outline refinement",
         f"A perceptron (two hidden layers of {refiner.layers[0][0].shape[1]}) re-decides every "
         f"pixel within {refiner.band:g} working-scale px of a particle's outline from "
         f"{len(FEATURES)} features ({', '.join(FEATURES)}): the pixel goes to the particle "
-        f"whose outline is nearest if its probability is above {refiner.threshold:g}; a "
-        f"particle whose area would change by a factor outside {refiner.gate} keeps its old "
-        "outline (`imageextract.segment.bpartis.outline`).",
+        f"whose outline is nearest if its probability (smoothed over {refiner.smooth:g} "
+        f"working-scale px) is above {refiner.threshold:g}; a particle whose area would "
+        f"change by a factor outside {refiner.gate} keeps its old outline, and each particle "
+        "keeps only its main piece, holes filled (`imageextract.segment.bpartis.outline`).",
         f"- fitted on {res['pixels']} band pixels of {res['images']} `{res['split']}` images "
         f"(one in {res['every']}; {res['inside_fraction']:.1%} of the pixels inside their "
         "particle)",
