@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .install import install_section
 from .outline import FEATURES, band_targets, fit_outline_refiner, outline_features
 
 logger = logging.getLogger(__name__)
@@ -151,26 +152,10 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
 def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
     """Write ``inference.outline`` into ``config.json`` and an "Outline
     refinement" section into ``MODEL_CARD.md`` (replacing an earlier one)."""
-    cfg_path = model_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("inference", {})["outline"] = refiner.to_dict()
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    card = model_dir / "MODEL_CARD.md"
-    if not card.is_file():
-        return
-    text = card.read_text()
-    head, sep, rest = text.partition("\n## Outline refinement\n")
-    if sep:
-        nxt = rest.find("\n## ")
-        tail = rest[nxt:] if nxt >= 0 else ""
-    else:
-        head, sep, rest = text.partition("\n## Weights\n")
-        tail = sep + rest if sep else ""
     c = res["check"]
     new = c[_key(None if refiner.gate is None else tuple(refiner.gate), refiner.smooth)]
     old = c["unrefined"]
     lines = [
-        "", "## Outline refinement",
         f"A perceptron (two hidden layers of {refiner.layers[0][0].shape[1]}) re-decides every "
         f"pixel within {refiner.band:g} working-scale px of a particle's outline from "
         f"{len(FEATURES)} features ({', '.join(FEATURES)}): the pixel goes to the particle "
@@ -186,10 +171,8 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
         f"{new['aji_plus']:.3f}, mean IoU {old['mean_iou']:.3f} -> {new['mean_iou']:.3f}, "
         f"AP75 {old['ap75']:.3f} -> {new['ap75']:.3f}, AP {old['ap']:.3f} -> {new['ap']:.3f}",
     ]
-    body = head.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    if tail:
-        body += "\n" + tail.lstrip("\n")
-    card.write_text(body)
+    install_section(model_dir, key="outline", value=refiner.to_dict(),
+                    title="Outline refinement", lines=lines)
 
 
 def _main(argv: list[str] | None = None) -> int:

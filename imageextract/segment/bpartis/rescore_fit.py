@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .install import install_section
 from .rescore import FEATURES, fit_rescorer, instance_features, match_labels
 
 logger = logging.getLogger(__name__)
@@ -160,24 +161,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
 def install(model_dir: Path, model, res: dict[str, Any]) -> None:
     """Write ``inference.rescore`` into ``config.json`` and a "Rescoring"
     section into ``MODEL_CARD.md`` (replacing an earlier one)."""
-    cfg_path = model_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("inference", {})["rescore"] = model.to_dict()
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    card = model_dir / "MODEL_CARD.md"
-    if not card.is_file():
-        return
-    text = card.read_text()
-    head, sep, rest = text.partition("\n## Rescoring\n")
-    if sep:  # replace the earlier section
-        nxt = rest.find("\n## ")
-        tail = rest[nxt:] if nxt >= 0 else ""
-    else:  # a new section goes before the weights' checksum
-        head, sep, rest = text.partition("\n## Weights\n")
-        tail = sep + rest if sep else ""
     cv = res["cv"][str(model.threshold)]
     lines = [
-        "", "## Rescoring",
         f"A logistic regression on {len(FEATURES)} per-particle features and their squares "
         f"({', '.join(FEATURES)}) gives each proposal the probability that it is a real "
         "particle outlined well enough to match it (IoU > 0.5); that probability is the "
@@ -196,10 +181,8 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         c = res["check"]["rescored"]
         lines.append(f"- `{res['check']['split']}`: AP50 {c['ap50']:.3f}, AJI+ "
                      f"{c['aji_plus']:.3f}, AP {c['ap']:.3f}")
-    body = head.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
-    if tail:
-        body += "\n" + tail.lstrip("\n")
-    card.write_text(body)
+    install_section(model_dir, key="rescore", value=model.to_dict(), title="Rescoring",
+                    lines=lines)
 
 
 def _main(argv: list[str] | None = None) -> int:
