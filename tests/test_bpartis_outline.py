@@ -241,7 +241,10 @@ def test_outline_fit_scores_and_installs(tmp_path):
            "inside_fraction": float(y.mean()), "check": check}
     for _ in range(2):  # a second install replaces the first
         install(tmp_path, ref, res)
-    cfg = json.loads((tmp_path / "config.json").read_text())
+    text = (tmp_path / "config.json").read_text()
+    cfg = json.loads(text)
+    assert '      "mean": [' in text  # number lists stay on one line
+    assert len(text.splitlines()) < 100
     assert cfg["inference"]["tile_px"] == 512
     assert OutlineRefiner.from_dict(cfg["inference"]["outline"]).band == 4.0
     card = (tmp_path / "MODEL_CARD.md").read_text()

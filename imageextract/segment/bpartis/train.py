@@ -35,6 +35,7 @@ from ...datasets import load_item, split_stems
 from ...errors import ImageExtractError
 from . import UNCERTAINTY_TEXT
 from .inference import CANVAS_PX, filter_instances, segment_image
+from .install import dumps_config
 from .loss import instance_loss, prepare_targets
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 
@@ -830,7 +831,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "metrics": metrics,
         "notes": notes,
     }
-    cfg_path.write_text(json.dumps(cfg, indent=2, default=float) + "\n")
+    cfg_path.write_text(dumps_config(cfg))
     cl = inf.get("cluster", {})
     extra_factors = [f for f in inf.get("scale_factors", [1]) if f != 1]
     lines = [
