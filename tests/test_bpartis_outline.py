@@ -251,3 +251,11 @@ def test_outline_fit_scores_and_installs(tmp_path):
     assert card.count("## Outline refinement") == 1
     assert card.index("## Outline refinement") < card.index("## Weights")
     assert f"AJI+ {before['aji_plus']:.3f} -> {after['aji_plus']:.3f}" in card
+
+
+def test_outline_fit_refuses_a_bad_every_before_loading_anything(tmp_path):
+    from imageextract.segment.bpartis.outline_fit import fit_for_model
+
+    # no model and no data there: the argument is checked first
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        fit_for_model(tmp_path / "no-model", tmp_path / "no-data", every=0)

@@ -31,8 +31,8 @@ filled (:func:`tidy_particles`).
 The perceptron is fitted on the network's own particles on training images
 (:func:`fit_outline_refiner`; the label of a band pixel is whether it lies in
 the ground-truth particle that its particle matches at IoU > 0.5).  It is
-evaluated in NumPy and lives in ``config.json`` (``inference.outline``); torch
-is needed only to fit it.
+evaluated in NumPy and lives in ``config.json`` (``inference.outline``); only
+fitting it runs torch.
 """
 
 from __future__ import annotations
@@ -359,19 +359,18 @@ def band_targets(gt: np.ndarray, labels: np.ndarray, flat: np.ndarray, owner: np
     ground-truth particle that its owner matches (IoU > 0.5).  Returns
     ``(y float32, usable bool)``; pixels of unmatched particles are not usable.
     """
+    from ...evaluation.metrics import _overlap
+
     gt = np.asarray(gt).astype(np.int64, copy=False)
     lab = np.asarray(labels).astype(np.int64, copy=False)
     if gt.shape != lab.shape:
         raise ValueError(f"ground truth of shape {gt.shape} does not match labels {lab.shape}")
-    k, n = int(lab.max(initial=0)), int(gt.max(initial=0))
-    both = (gt > 0) & (lab > 0)
-    inter = np.bincount(lab[both] * (n + 1) + gt[both],
-                        minlength=(k + 1) * (n + 1)).reshape(k + 1, n + 1)
-    la = np.bincount(lab.ravel(), minlength=k + 1)
-    ga = np.bincount(gt.ravel(), minlength=n + 1)
-    iou = inter / np.maximum(la[:, None] + ga[None, :] - inter, 1)
-    match = np.where(iou.max(1) > 0.5, iou.argmax(1), -1)
-    match[0] = -1
+    ov = _overlap(gt, lab)  # the metrics' contingency table, present ids only
+    iou = ov.iou()
+    match = np.full(int(lab.max(initial=0)) + 1, -1, np.int64)
+    if iou.size:
+        ok = iou.max(0) > 0.5
+        match[ov.pred_ids[ok]] = ov.gt_ids[iou.argmax(0)[ok]]
     m = match[owner]
     usable = m > 0
     y = usable & (gt.ravel()[flat] == m)

@@ -104,10 +104,10 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     from . import BPartIS
     from .train import load_split
 
+    if every < 1:  # before the model is loaded
+        raise ValueError(f"every must be >= 1, got {every}")
     model_dir = Path(model_dir)
     backend = BPartIS(model=str(model_dir), outline=False, device=device)
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
     items = load_split(data_dir, split, progress=progress)[::every]
     segs = segment_items(backend, items, progress=progress)
     X, y = band_pixels(segs, band=band, max_pixels=max_pixels)
