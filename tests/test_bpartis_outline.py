@@ -75,6 +75,44 @@ def test_outline_features_describe_the_band():
         outline_features(rgb, off, seed, scale=0.0)
 
 
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_outline_features_in_pieces_equal_the_whole(scale):
+    """Large images are processed in tiles with margins: the band pixels,
+    their owners and every feature are those of the whole image, also for
+    particles cut by the tile borders and for a particle larger than a tile
+    (its core medians gathered from several pieces)."""
+    from imageextract.data import synthetic_micrograph
+
+    img, lab = synthetic_micrograph((300, 260), n_particles=40, radius_px=(6, 16), seed=3)
+    lab = lab.copy()
+    lab[disc(lab.shape, 150, 130, 90) & (lab == 0)] = lab.max() + 1  # a big one
+    seed = np.random.default_rng(0).random(
+        (int(300 * scale), int(260 * scale))).astype(np.float32)
+    whole = outline_features(img, lab, seed, scale=scale, band=3.0)
+    pieces = outline_features(img, lab, seed, scale=scale, band=3.0, tile=64)
+    np.testing.assert_array_equal(whole[0], pieces[0])
+    assert np.all(np.diff(pieces[0]) > 0)
+    np.testing.assert_array_equal(whole[1], pieces[1])
+    np.testing.assert_allclose(whole[2], pieces[2], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="tile"):
+        outline_features(img, lab, seed, scale=scale, tile=8)
+
+
+def test_refiner_probabilities_in_blocks(monkeypatch):
+    from imageextract.segment.bpartis import outline
+
+    rng = np.random.default_rng(0)
+    k = len(FEATURES)
+    ref = OutlineRefiner(mean=np.zeros(k), std=np.ones(k),
+                         layers=[(rng.normal(size=(k, 8)).astype(np.float32), np.zeros(8)),
+                                 (rng.normal(size=(8, 1)).astype(np.float32), np.zeros(1))])
+    X = rng.normal(size=(1000, k)).astype(np.float32)
+    full = ref.predict_proba(X)
+    monkeypatch.setattr(outline, "_ROWS", 64)
+    np.testing.assert_allclose(ref.predict_proba(X), full, rtol=1e-6)
+    assert full.dtype == np.float32 and full.shape == (1000,)
+
+
 def test_band_targets_use_the_matched_true_particle():
     truth = np.zeros((1, 10), np.int32)
     truth[0, 1:5] = 1

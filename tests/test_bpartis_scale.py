@@ -209,6 +209,75 @@ def test_size_model_reads_each_probe(monkeypatch):
     assert res["scale"] == pytest.approx(0.24, rel=0.01)
 
 
+class _Blurry:
+    """A size model that cannot read particles smaller than 20 px: it sees
+    the true diameter at the probe scale (the stand-in features) but reads
+    anything smaller as 20 px, as the real one overestimates tiny particles."""
+
+    @staticmethod
+    def predict(features):
+        return np.array([np.log(max(features[0], 20.0))])
+
+
+def test_size_model_zooms_in_on_large_micrographs_of_small_particles(monkeypatch):
+    """A 2048 px micrograph of 12 px particles is probed at 512 px, where the
+    particles are 3 px: the whole-image reading (20 px there, 80 px native)
+    is 7x too large.  The zoom reads windows of the probe's size at larger
+    scales, up to native resolution, and gets within the model's limit."""
+    from imageextract.segment.bpartis import size
+
+    reads = []
+
+    def features(net, rgb, scale, device):
+        reads.append((rgb.shape[:2], scale))
+        return np.array([12.0 * scale])  # true diameter at this scale
+
+    monkeypatch.setattr(size, "image_features", features)
+    rgb = np.zeros((2048, 1536, 3), np.uint8)
+    s0 = 0.25
+    off = size.estimate_diameter(None, _Blurry(), rgb, scale=s0, zoom_below=0) / s0
+    assert off == pytest.approx(80.0) and len(reads) == 1
+    reads.clear()
+    on = size.estimate_diameter(None, _Blurry(), rgb, scale=s0) / s0
+    assert on == pytest.approx(20.0)  # the model's best: 20 px read at native scale
+    assert reads[0] == ((2048, 1536), s0)
+    scales = [sc for _, sc in reads[1:]]
+    # 20 px at 0.25 -> aim at 48 px: 0.6; 20 px again there -> native (capped)
+    assert sorted(set(np.round(scales, 6))) == [0.6, 1.0]
+    for shape, sc in reads[1:]:  # windows of the probe's size, inside the image
+        assert max(shape) * sc == pytest.approx(512, abs=2)
+    assert len([sc for sc in scales if sc == 1.0]) == 4  # a 2 x 2 grid of windows
+
+
+def test_size_model_does_not_zoom_when_it_can_read_the_particles(monkeypatch):
+    from imageextract.segment.bpartis import size
+
+    reads = []
+    monkeypatch.setattr(size, "image_features",
+                        lambda net, rgb, scale, device: reads.append(scale) or np.array([scale * 400]))
+    big = np.zeros((2048, 2048, 3), np.uint8)
+    assert size.estimate_diameter(None, _Blurry(), big, scale=0.25) == pytest.approx(100.0)
+    small = np.zeros((400, 300, 3), np.uint8)  # shown whole at native scale: nothing to zoom
+    monkeypatch.setattr(size, "image_features",
+                        lambda net, rgb, scale, device: reads.append(scale) or np.array([5.0]))
+    assert size.estimate_diameter(None, _Blurry(), small, scale=1.0) == pytest.approx(20.0)
+    # under twice the probe's size (700 px, probe 512): read whole, as before
+    mid = np.zeros((700, 500, 3), np.uint8)
+    assert size.estimate_diameter(None, _Blurry(), mid, scale=512 / 700) == pytest.approx(20.0)
+    assert reads == [0.25, 1.0, 512 / 700]
+
+
+def test_probe_windows_cover_the_image():
+    from imageextract.segment.bpartis.size import probe_windows
+
+    wins = probe_windows((2048, 1536), 512)
+    assert len(wins) == 4
+    for y0, y1, x0, x1 in wins:
+        assert 0 <= y0 < y1 <= 2048 and 0 <= x0 < x1 <= 1536
+        assert (y1 - y0, x1 - x0) == (512, 512)
+    assert probe_windows((300, 300), 512) == [(0, 300, 0, 300)]  # one, clipped
+
+
 def test_size_model_probes_survive_save_and_state(tmp_path):
     from imageextract.segment.bpartis.size import SizeModel, pop_from_state, to_state
 

@@ -516,7 +516,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   cluster_options: dict | None = None, refine: bool = True,
                   flips: bool = False, rescorer=None, mc_seed: int | None = None,
                   canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
-                  merge: dict | None = None, outline=None) -> dict:
+                  merge: dict | None = None, outline=None,
+                  zoom_below: float | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -534,7 +535,13 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     target_diameter : float or None
         Particle diameter (px) the network was trained at; None = native scale.
     size_model : :class:`~.size.SizeModel`, optional
-        First guess of the diameter from one encoder pass at the probe scale.
+        First guess of the diameter from one encoder pass at the probe scale
+        (:func:`~.size.estimate_diameter`).
+    zoom_below : float, optional
+        When the size model reads particles smaller than this (px at the
+        probe scale) on an image shown below native resolution, it reads
+        windows of the image again at a larger scale; None =
+        :data:`~.size.ZOOM_BELOW`, 0 = never.
     max_passes : int
         Refinement passes of the scale from the instances found.
     max_halvings : int
@@ -612,13 +619,13 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     else:
         estimate = None
         if size_model is not None:
-            from .size import probe_features
+            from .size import ZOOM_BELOW, estimate_diameter
 
-            probes = tuple(getattr(size_model, "probes", (1.0,)))
+            zoom = ZOOM_BELOW if zoom_below is None else float(zoom_below)
 
             def estimate(sc: float) -> float:
-                feats = probe_features(net, rgb, scale=sc, probes=probes, device=device)
-                return float(np.exp(size_model.predict(feats)[0]))
+                return estimate_diameter(net, size_model, rgb, scale=sc, zoom_below=zoom,
+                                         device=device)
 
         s, res, passes = find_scale(run, (h, w), target_diameter=target_diameter,
                                     estimate=estimate, probe_px=probe_px,

@@ -65,6 +65,7 @@ FEATURES = (
 )
 
 _MIN_CONTRAST = 0.03
+_ROWS = 1 << 17  # band pixels per block of the perceptron
 
 
 def normalised_grey(rgb: np.ndarray) -> np.ndarray:
@@ -101,8 +102,15 @@ def _medians(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _windows(n: int, tile: int) -> list[tuple[int, int]]:
+    """Consecutive ``[a, b)`` pieces of ``range(n)``, each at most ``tile``."""
+    k = max(1, -(-n // tile))
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
-                     scale: float, band: float = 4.0):
+                     scale: float, band: float = 4.0, tile: int = 1024):
     """Features (:data:`FEATURES`) of the pixels near the particles' outlines.
 
     Parameters
@@ -117,11 +125,15 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         Working scale (working px per native px).
     band : float
         Half-width of the band, in working-scale pixels.
+    tile : int
+        Larger images are processed in pieces of at most ``tile`` x ``tile``
+        px (each with the margin its filters and distances need), so that
+        the temporaries stay bounded; the result is the same.
 
     Returns
     -------
     flat : (P,) int64
-        Flat indices of the band pixels.
+        Flat indices of the band pixels, ascending.
     owner : (P,) int
         The particle each band pixel belongs to or lies nearest to.
     X : (P, len(FEATURES)) float32
@@ -132,6 +144,8 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
+    if tile < 64:
+        raise ValueError(f"tile must be at least 64 px, got {tile}")
     edge = _outline_pixels(labels)
     if not edge.any():
         return None, None, None
@@ -140,55 +154,124 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
     g = normalised_grey(rgb)
     if g.shape != (h, w):
         raise ValueError(f"image of shape {g.shape} does not match labels of shape {(h, w)}")
-    gs = ndi.gaussian_filter(g, max(0.5 * px, 0.5))
-    d, (iy, ix) = ndi.distance_transform_edt(~edge, return_indices=True)
-    inside = labels > 0
-    sd = (np.where(inside, -d, d) * scale).astype(np.float32)
-    owner_map = np.where(inside, labels, labels[iy, ix])
-    in_band = (np.abs(sd) <= band) & (owner_map > 0)
+    seed_full = resize_map(seed, (h, w))
+    # what a pixel's features depend on lies within this many px of it: the
+    # outline (band + ring), the widest Gaussian (4 sigma) and two derivatives
+    halo = int(np.ceil((band + 1.5) * px + 4 * max(2 * px, 0.5))) + 4
     k = int(labels.max())
-    core = inside & (sd < -1.5)
-    ring = ~inside & (sd > 1.5) & (sd <= band + 1.5)
-    i_in = _medians(gs[core], owner_map[core], k)
-    i_all = _medians(gs[inside], owner_map[inside], k)
+    parts = []   # per window: band pixels' flat index, owner and raw columns
+    stats = {"core": [], "shell": [], "ring": [], "outside": []}
+    for y0, y1 in _windows(h, tile):
+        for x0, x1 in _windows(w, tile):
+            Y0, Y1, X0, X1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+            part = _window_features(g[Y0:Y1, X0:X1], labels[Y0:Y1, X0:X1], edge[Y0:Y1, X0:X1],
+                                    seed_full[Y0:Y1, X0:X1], (y0 - Y0, y1 - Y0, x0 - X0, x1 - X0),
+                                    scale=scale, band=band, stats=stats)
+            if part is not None:
+                fy, fx, own, raw = part
+                parts.append(((fy + Y0) * w + (fx + X0), own, raw))
+    del seed_full
+    cat = {key: (np.concatenate([o for o, _ in v]), np.concatenate([x for _, x in v]))
+           for key, v in stats.items()}
+    i_in = _medians(cat["core"][1], cat["core"][0], k)
+    # a particle without core pixels is all shell: its whole interior
+    i_all = _medians(cat["shell"][1], cat["shell"][0], k)
     i_in = np.where(np.isnan(i_in), i_all, i_in)
-    i_out = _medians(gs[ring], owner_map[ring], k)
-    fallback = float(np.median(gs[~inside])) if (~inside).any() else 0.0
+    i_out = _medians(cat["ring"][1], cat["ring"][0], k)
+    fallback = float(np.median(cat["outside"][1])) if cat["outside"][1].size else 0.0
     i_out = np.where(np.isnan(i_out), fallback, i_out)
+    del cat, stats
 
-    flat = np.flatnonzero(in_band)
-    own = owner_map.ravel()[flat]
+    flat = np.concatenate([f for f, _, _ in parts])
+    own = np.concatenate([o for _, o, _ in parts])
+    raw = np.concatenate([r for _, _, r in parts])
+    del parts
+    if len(_windows(h, tile)) * len(_windows(w, tile)) > 1:
+        order = np.argsort(flat, kind="stable")
+        flat, own, raw = flat[order], own[order], raw[order]
     con = i_in[own] - i_out[own]
     den = np.where(np.abs(con) < _MIN_CONTRAST, _MIN_CONTRAST * np.sign(con + 1e-9), con)
+    base = i_out[own]
 
-    def rel(values):
-        return np.clip((values.ravel()[flat] - i_out[own]) / den, -3, 3)
+    def rel(col):
+        return np.clip((raw[:, col] - base) / den, -3, 3)
 
+    area = np.bincount(labels.ravel(), minlength=k + 1).astype(np.float64)
+    sd = raw[:, _RAW.index("sd")]
+    columns = (
+        lambda: sd,
+        lambda: raw[:, _RAW.index("seed")],
+        lambda: rel(_RAW.index("gs")),
+        lambda: rel(_RAW.index("g")),
+        lambda: np.clip(raw[:, _RAW.index("grad")] / np.abs(den), 0, 5),
+        lambda: np.abs(con),
+        lambda: np.log(scale),
+        lambda: np.clip(sd / scale, -10, 10),
+        lambda: np.log(np.maximum(area[own], 1) * scale * scale),
+        lambda: rel(_RAW.index("g1")),
+        lambda: rel(_RAW.index("g2")),
+        lambda: np.clip(raw[:, _RAW.index("slope")] * px / den, -5, 5),
+        lambda: np.clip(raw[:, _RAW.index("curv")] * px * px / den, -5, 5),
+    )
+    X = np.empty((flat.size, len(FEATURES)), np.float32)
+    for i, column in enumerate(columns):  # one float64 column at a time
+        X[:, i] = column()
+    return flat, own, X
+
+
+#: Raw per-pixel columns of :func:`_window_features`, before they are put on
+#: each particle's grey scale.
+_RAW = ("sd", "seed", "gs", "g", "grad", "g1", "g2", "slope", "curv")
+
+
+def _window_features(g, labels, edge, seed, core, *, scale, band, stats):
+    """Raw columns (:data:`_RAW`) of the band pixels inside ``core`` (y0, y1,
+    x0, x1) of one window of the image, whose margin holds everything they
+    depend on; appends the (owner, grey) pairs of the core's particle cores,
+    shells (interior pixels off the core), rings and background to ``stats``
+    for the medians.  Returns
+    (rows, cols, owner, raw) in window coordinates, or None."""
+    y0, y1, x0, x1 = core
+    px = 1.0 / scale
+    gs = ndi.gaussian_filter(g, max(0.5 * px, 0.5))
+    inside = labels > 0
+    if edge.any():
+        d, (iy, ix) = ndi.distance_transform_edt(~edge, return_indices=True)
+        owner_map = np.where(inside, labels, labels[iy, ix])
+        del iy, ix
+    else:  # no outline within reach: all interior or all background
+        d = np.full(labels.shape, np.inf)
+        owner_map = labels
+    sd = (np.where(inside, -d, d) * scale).astype(np.float32)
+    del d
+    c = (slice(y0, y1), slice(x0, x1))
+    sd_c, in_c, own_c, gs_c = sd[c], inside[c], owner_map[c], gs[c]
+    core_px = in_c & (sd_c < -1.5)
+    ring = ~in_c & (sd_c > 1.5) & (sd_c <= band + 1.5)
+    for key, mask in (("core", core_px), ("shell", in_c & ~core_px), ("ring", ring)):
+        stats[key].append((own_c[mask].astype(np.int32), gs_c[mask]))
+    stats["outside"].append((np.zeros(0, np.int32), gs_c[~in_c]))
+    in_band = (np.abs(sd_c) <= band) & (own_c > 0)
+    if not in_band.any():
+        return None
+    fy, fx = np.nonzero(in_band)
+    wy, wx = fy + y0, fx + x0  # window coordinates
     gy, gx = np.gradient(gs)
     grad = np.hypot(ndi.sobel(gs, 0), ndi.sobel(gs, 1)) / 8.0
     ny, nx = np.gradient(sd)
     norm = np.hypot(ny, nx) + 1e-6
     slope = (gy * ny + gx * nx) / norm  # outward derivative per native px
+    del gy, gx
     sy, sx = np.gradient(slope)
     curv = (sy * ny + sx * nx) / norm
-    area = np.bincount(labels.ravel(), minlength=k + 1).astype(np.float64)
-    n = flat.size
-    X = np.stack([
-        sd.ravel()[flat],
-        resize_map(seed, (h, w)).ravel()[flat],
-        rel(gs),
-        rel(g),
-        np.clip(grad.ravel()[flat] / np.abs(den), 0, 5),
-        np.abs(con),
-        np.full(n, np.log(scale)),
-        np.clip(sd.ravel()[flat] / scale, -10, 10),
-        np.log(np.maximum(area[own], 1) * scale * scale),
-        rel(ndi.gaussian_filter(g, max(px, 0.5))),
-        rel(ndi.gaussian_filter(g, max(2 * px, 0.5))),
-        np.clip(slope.ravel()[flat] * px / den, -5, 5),
-        np.clip(curv.ravel()[flat] * px * px / den, -5, 5),
+    del sy, sx, ny, nx, norm
+    raw = np.stack([
+        sd[wy, wx], seed[wy, wx], gs[wy, wx], g[wy, wx], grad[wy, wx],
+        ndi.gaussian_filter(g, max(px, 0.5))[wy, wx],
+        ndi.gaussian_filter(g, max(2 * px, 0.5))[wy, wx],
+        slope[wy, wx], curv[wy, wx],
     ], 1).astype(np.float32)
-    return flat, own, X
+    return wy, wx, owner_map[wy, wx], raw
 
 
 def relabel_band(labels: np.ndarray, flat: np.ndarray, owner: np.ndarray, prob: np.ndarray, *,
@@ -284,12 +367,15 @@ class OutlineRefiner:
         X = np.asarray(X, np.float32)
         if X.ndim != 2 or X.shape[1] != len(self.mean):
             raise ValueError(f"expected features of shape (P, {len(self.mean)}), got {X.shape}")
-        a = (X - self.mean) / self.std
-        for i, (W, b) in enumerate(self.layers):
-            a = a @ W + b
-            if i < len(self.layers) - 1:
-                np.maximum(a, 0, out=a)
-        return (1.0 / (1.0 + np.exp(-np.clip(a[:, 0], -30, 30)))).astype(np.float32)
+        out = np.empty(X.shape[0], np.float32)
+        for i0 in range(0, X.shape[0], _ROWS):  # bounded hidden activations
+            a = (X[i0:i0 + _ROWS] - self.mean) / self.std
+            for i, (W, b) in enumerate(self.layers):
+                a = a @ W + b
+                if i < len(self.layers) - 1:
+                    np.maximum(a, 0, out=a)
+            out[i0:i0 + _ROWS] = 1.0 / (1.0 + np.exp(-np.clip(a[:, 0], -30, 30)))
+        return out
 
     def refine(self, rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
                scale: float) -> np.ndarray:
