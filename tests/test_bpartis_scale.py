@@ -253,8 +253,12 @@ def test_size_model_does_not_zoom_when_it_can_read_the_particles(monkeypatch):
     from imageextract.segment.bpartis import size
 
     reads = []
-    monkeypatch.setattr(size, "image_features",
-                        lambda net, rgb, scale, device: reads.append(scale) or np.array([scale * 400]))
+
+    def features(net, rgb, scale, device):  # 400-px particles
+        reads.append(scale)
+        return np.array([400 * scale])
+
+    monkeypatch.setattr(size, "image_features", features)
     big = np.zeros((2048, 2048, 3), np.uint8)
     assert size.estimate_diameter(None, _Blurry(), big, scale=0.25) == pytest.approx(100.0)
     small = np.zeros((400, 300, 3), np.uint8)  # shown whole at native scale: nothing to zoom

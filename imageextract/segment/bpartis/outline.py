@@ -163,7 +163,8 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
     stats = {"core": [], "shell": [], "ring": [], "outside": []}
     for y0, y1 in _windows(h, tile):
         for x0, x1 in _windows(w, tile):
-            Y0, Y1, X0, X1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+            Y0, Y1 = max(0, y0 - halo), min(h, y1 + halo)
+            X0, X1 = max(0, x0 - halo), min(w, x1 + halo)
             part = _window_features(g[Y0:Y1, X0:X1], labels[Y0:Y1, X0:X1], edge[Y0:Y1, X0:X1],
                                     seed_full[Y0:Y1, X0:X1], (y0 - Y0, y1 - Y0, x0 - X0, x1 - X0),
                                     scale=scale, band=band, stats=stats)

@@ -130,7 +130,8 @@ ZOOM_FROM = 0.5
 ZOOM_TARGET = 48.0
 
 
-def probe_windows(shape: tuple[int, int], side: int, *, n: int = 2) -> list[tuple[int, int, int, int]]:
+def probe_windows(shape: tuple[int, int], side: int, *,
+                  n: int = 2) -> list[tuple[int, int, int, int]]:
     """Up to ``n`` x ``n`` distinct windows ``(y0, y1, x0, x1)`` of ``side``
     px (clipped to the image), centred on an even grid over the image.
 
