@@ -38,6 +38,7 @@ from .inference import CANVAS_PX, filter_instances, segment_image
 from .install import dumps_config
 from .loss import instance_loss, prepare_targets
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
+from .size import ZOOM_BELOW
 
 logger = logging.getLogger(__name__)
 
@@ -866,7 +867,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f" read at {', '.join(f'{p:g}' for p in size_stats['probes'])} x the probe scale"
            if len(size_stats.get("probes", [1])) > 1 else "")
         + f", val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
-        f"50 %), then {inf.get('max_passes', 2)} refinement(s) from the particles found and "
+        f"50 %; on an image at least twice the probe's size whose particles it reads under "
+        f"{ZOOM_BELOW:g} px, it reads 2 x 2 windows again at a larger scale), then "
+        f"{inf.get('max_passes', 2)} refinement(s) from the particles found and "
         f"{inf.get('max_halvings', 2)} fragmentation check(s) at half scale; target "
         f"{inf.get('target_diameter')} px; tiles {inf['tile_px']} px with "
         f"{inf['overlap_px']} px overlap at that scale"
