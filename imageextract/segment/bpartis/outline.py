@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .inference import resize_map
+from .inference import core_bounds, resize_map, tile_starts
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ def _medians(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _windows(n: int, tile: int) -> list[tuple[int, int]]:
-    """Consecutive ``[a, b)`` pieces of ``range(n)``, each at most ``tile``."""
-    k = max(1, -(-n // tile))
-    edges = np.linspace(0, n, k + 1).round().astype(int)
-    return list(zip(edges[:-1], edges[1:]))
-
-
 def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
                      scale: float, band: float = 4.0, tile: int = 1024):
     """Features (:data:`FEATURES`) of the pixels near the particles' outlines.
@@ -161,8 +154,11 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
     k = int(labels.max())
     parts = []   # per window: band pixels' flat index, owner and raw columns
     stats = {"core": [], "shell": [], "ring": [], "outside": []}
-    for y0, y1 in _windows(h, tile):
-        for x0, x1 in _windows(w, tile):
+    # the pieces: the kept cores of the network's tiling, without overlap
+    rows = core_bounds(tile_starts(h, tile, 0), tile, h)
+    cols = core_bounds(tile_starts(w, tile, 0), tile, w)
+    for y0, y1 in rows:
+        for x0, x1 in cols:
             Y0, Y1 = max(0, y0 - halo), min(h, y1 + halo)
             X0, X1 = max(0, x0 - halo), min(w, x1 + halo)
             part = _window_features(g[Y0:Y1, X0:X1], labels[Y0:Y1, X0:X1], edge[Y0:Y1, X0:X1],
@@ -187,7 +183,7 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
     own = np.concatenate([o for _, o, _ in parts])
     raw = np.concatenate([r for _, _, r in parts])
     del parts
-    if len(_windows(h, tile)) * len(_windows(w, tile)) > 1:
+    if len(rows) * len(cols) > 1:
         order = np.argsort(flat, kind="stable")
         flat, own, raw = flat[order], own[order], raw[order]
     con = i_in[own] - i_out[own]
