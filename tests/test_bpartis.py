@@ -526,6 +526,50 @@ def test_consistency_uncertainty_from_the_mc_samples():
         BPartIS.from_config({"model": TINY}, uncertainty="entropy")
 
 
+def test_kept_samples_are_stitched_where_the_maps_are():
+    """The samples go into the image-sized array tile by tile: on an image
+    of several tiles, the mean of the kept samples is the mean map (float16
+    rounding aside), pixel by pixel."""
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(3).integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    rgb[30:60, 40:90] //= 4  # structure, so that the maps vary across the image
+    m = network_maps(b.net, rgb, samples=6, tile=64, overlap=16, mc_maps="mean",
+                     keep_samples=True, mc_seed=1)
+    assert m["samples"].shape == (6, 5, 100, 150)
+    mean = m["samples"].astype(np.float64).mean(0)
+    want = np.concatenate([m["offsets"], m["log_s"], m["seed"][None]], 0)
+    np.testing.assert_allclose(mean, want, rtol=2e-3, atol=1e-3)  # float16: 11-bit mantissa
+    err = np.abs(mean - want).max()
+    # the check can tell: the same samples a few pixels off do not fit
+    assert np.abs(np.roll(mean, 5, axis=2) - want).max() > 10 * err
+
+
+def test_instance_consistency_with_many_particles_matches_the_pairwise_ious():
+    from imageextract.segment.bpartis.cluster import instance_consistency
+
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 300, (120, 160)).astype(np.int32)
+    lab[lab == 7] = 0  # a label with no pixels
+    samples = [rng.integers(0, 500, lab.shape).astype(np.int32),
+               np.where(lab > 150, lab, 0).astype(np.int32), np.zeros_like(lab)]
+    k = int(lab.max())
+    want = np.zeros(k)
+    for o in samples:
+        for i in range(1, k + 1):
+            a = lab == i
+            best = 0.0
+            for j in np.unique(o[a]):
+                if j:
+                    b = o == j
+                    best = max(best, (a & b).sum() / (a | b).sum())
+            want[i - 1] += best / len(samples)
+    got = instance_consistency(lab, k, iter(samples))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[6] == 0 and got[200] > 1 / 3 > got[100]
+
+
 def test_head_samples_are_channel_dropout_of_the_head():
     b = tiny_backend(mc_samples=1)
     net = b.net.eval()
