@@ -142,6 +142,19 @@ def test_cluster_matches_the_plain_greedy_algorithm():
     np.testing.assert_array_equal(labels, ref)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cluster_candidate_order_is_the_stable_descending_one(dtype):
+    from imageextract.segment.bpartis.cluster import _descending
+
+    rng = np.random.default_rng(1)
+    v = (rng.integers(0, 50, 5000) / 49).astype(dtype)  # many ties
+    v[:3] = [0.0, -0.0, 1.0]
+    np.testing.assert_array_equal(_descending(v), np.argsort(-v, kind="stable"))
+    w = v - dtype(0.5)  # negative values take the plain stable sort
+    np.testing.assert_array_equal(_descending(w), np.argsort(-w, kind="stable"))
+    assert _descending(np.zeros(0, dtype)).size == 0
+
+
 def test_cluster_empty():
     z = np.zeros((2, 16, 16), np.float32)
     labels, scores = cluster(z, z, np.zeros((16, 16), np.float32), coord_scale=SCALE)
@@ -568,6 +581,50 @@ def test_instance_consistency_with_many_particles_matches_the_pairwise_ious():
     got = instance_consistency(lab, k, iter(samples))
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got[6] == 0 and got[200] > 1 / 3 > got[100]
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    """The backend folds each BatchNorm into the convolution before it: the
+    folded network gives the unfolded one's outputs (float rounding aside)
+    and has no BatchNorm left.  Random BN statistics and affine terms, so
+    that a BN dropped instead of folded would show."""
+    import copy
+
+    from torch import nn
+
+    from imageextract.segment.bpartis.model import BPartISNet, ModelConfig, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = BPartISNet(ModelConfig.from_dict(TINY))
+    n_bn = 0
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n_bn += 1
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(net.train())
+    net.eval()
+    folded = copy.deepcopy(net)
+    assert fold_batchnorm(folded) == n_bn > 10
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        a, b = net(x), folded(x)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
+        # the check can tell: BatchNorms dropped instead of folded change the outputs
+        dropped = copy.deepcopy(net)
+        for m in dropped.modules():
+            for name, child in m.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(m, name, nn.Identity())
+        c = dropped(x)
+        assert max(float((c[k] - a[k]).abs().max()) for k in a) > 1e-2
+    # the backend's network is folded
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in tiny_backend().net.modules())
 
 
 def test_head_samples_are_channel_dropout_of_the_head():

