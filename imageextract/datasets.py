@@ -20,6 +20,8 @@ import numpy as np
 from .errors import ImageExtractError
 
 SPLITS = ("train", "test", "val", "train-fit")
+#: File suffixes of an item's image, in the order they are looked for.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def _read_stems(csv_path: Path) -> list[str]:
@@ -66,8 +68,16 @@ def load_item(root: str | Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     root = Path(root)
-    img_path = root / "images" / f"{stem}.png"
+    # EMPS ships PNGs; a packed copy (tools/pack_emps.py) may hold JPEGs
+    img_path = next((p for ext in IMAGE_SUFFIXES
+                     if (p := root / "images" / f"{stem}{ext}").is_file()),
+                    root / "images" / f"{stem}.png")
     seg_path = root / "segmaps" / f"{stem}.png"
+    for path in (img_path, seg_path):
+        if not path.is_file():
+            raise ImageExtractError(f"{path} not found: item {stem!r} of {root} needs an image "
+                                    f"in images/ ({', '.join(IMAGE_SUFFIXES)}) and a label "
+                                    "PNG in segmaps/")
     with Image.open(img_path) as im:
         image = np.asarray(im.convert("RGB"))
     with Image.open(seg_path) as sm:
