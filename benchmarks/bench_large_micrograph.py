@@ -8,7 +8,8 @@ The image is synthetic (``imageextract.data.synthetic_micrograph``: dark
 discs of radius 10–18 px on a noisy, uneven background, so the true
 diameters are known); it is segmented as ``imageextract analyze`` would, and
 the matched particles' equivalent diameters are compared with the truth.
-Writes ``benchmarks/results/large_<backend>.json``.
+Also records the process's peak resident memory (``peak_rss_mb``; Linux and
+macOS) before and after the segmentation.  Writes ``benchmarks/results/large_<backend>.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, MB (None where the
+    ``resource`` module is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1e6 if sys.platform == "darwin" else 1e3), 1)  # bytes / KiB
 
 
 def main() -> int:
@@ -45,6 +57,7 @@ def main() -> int:
                                       radius_px=(10.0, 18.0), dark_particles=True, seed=7)
     if args.save_image:
         Image.fromarray(img).save(args.save_image)
+    rss_before = _peak_rss_mb()
     t0 = time.perf_counter()
     seg = ie.segment(img, backend=args.backend)
     secs = time.perf_counter() - t0
@@ -58,6 +71,7 @@ def main() -> int:
            "found_median_ecd_px": float(np.median(pred_d)) if pred_d.size else None,
            **{k: float(v) for k, v in m.items() if k in ("ap", "ap50", "ap75", "mean_iou")},
            "aji_plus": float(aji_plus(truth, seg.labels)),
+           "peak_rss_mb_before": rss_before, "peak_rss_mb": _peak_rss_mb(),
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "load_avg": list(os.getloadavg())}}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"large_{args.backend}.json"

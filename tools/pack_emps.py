@@ -18,6 +18,11 @@ What it is for: the GPU machines lent to sessions take a working tree of at
 most 64 MiB, repository included (35 MB), which the full split (88 MB of RGB
 PNGs) does not fit.  With the defaults the copy is about 22 MB; as PNG at
 zoom 2.2 it was 42 MB.  ``pack.json`` records each image's scale.
+
+JPEG 95 moves the grey values by 0.6 levels on average.  The shipped model
+segments JPEG-95 copies of the 99 EMPS test images as well as the PNGs in the
+mean (AJI+ 0.743 against 0.745, AP50 0.884 against 0.877), though single
+images move by up to 0.1 either way (the working-scale choice flips).
 """
 
 from __future__ import annotations
