@@ -368,8 +368,9 @@ _CONV_BN = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"),
 
 
 def fold_batchnorm(net: nn.Module) -> int:
-    """Fold every BatchNorm of ``net`` into the convolution before it, in place,
-    for inference; returns the number of layers folded.
+    """Fold each BatchNorm of ``net`` that follows a convolution (in a
+    Sequential, or one of the encoder's pairs in :data:`_CONV_BN`) into that
+    convolution, in place, for inference; returns the number folded.
 
     In eval mode a BatchNorm is an affine map per channel, so it can be
     merged into the preceding convolution's weights and bias
