@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imageextract.data import disc_labels
 from imageextract.datasets import load_item
 from imageextract.errors import ImageExtractError
 
@@ -24,22 +25,14 @@ def _tool():
     return mod
 
 
-def _discs(shape, radius, centres):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for i, (cy, cx) in enumerate(centres, 1):
-        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = i
-    return lab
-
-
 def _emps(root: Path) -> Path:
     from PIL import Image
 
     (root / "images").mkdir(parents=True)
     (root / "segmaps").mkdir()
     rng = np.random.default_rng(0)
-    items = {"small": _discs((200, 240), 20, [(50, 50), (120, 160), (150, 60)]),
-             "large": _discs((400, 360), 60, [(100, 100), (250, 230)])}
+    items = {"small": disc_labels((200, 240), [(50, 50), (120, 160), (150, 60)], [20] * 3),
+             "large": disc_labels((400, 360), [(100, 100), (250, 230)], [60] * 2)}
     for stem, lab in items.items():
         grey = np.where(lab > 0, 60, 190) + rng.integers(0, 20, lab.shape)
         Image.fromarray(np.stack([grey.astype(np.uint8)] * 3, -1)).save(
