@@ -75,3 +75,55 @@ def test_markdown_has_the_shape_tables(compare, tmp_path):
     assert "## By particle shape" in text
     assert "**elongated** (1 image)" in text
     assert text.count("| ours | 1 |") == 2
+
+
+@pytest.fixture(scope="module")
+def val_views():
+    spec = importlib.util.spec_from_file_location(
+        "bench_val_views", ROOT / "benchmarks" / "bench_val_views.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_views_move_the_labels_with_the_pixels(val_views):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 10:30] = 1
+    labels[20:38, 45:55] = 2
+    # each particle its own grey, so a view that moved only one of the two shows
+    rgb = np.stack([(labels * 100 + rng.integers(0, 20, labels.shape)).astype(np.uint8)] * 3, -1)
+    for name in val_views.VIEWS:
+        x, gt = val_views.view(name, rgb, labels)
+        assert x.shape[:2] == gt.shape and x.dtype == np.uint8
+        for k in (1, 2):
+            # the particle's pixels are still the bright ones of its grey
+            grey = x[..., 0][gt == k].astype(float)
+            assert grey.size == (labels == k).sum()
+            assert abs(grey.mean() - (100 * k + 9.5)) < 4, (name, k)
+    x, gt = val_views.view("rot90", rgb, labels)
+    assert gt.shape == (60, 40)
+    x, gt = val_views.view("jpeg95", rgb, labels)
+    assert gt is labels and 0 < np.abs(x.astype(int) - rgb).mean() < 3
+    with pytest.raises(ValueError, match="view must be one of"):
+        val_views.view("mirror", rgb, labels)
+
+
+def test_view_summary_pairs_the_images(val_views):
+    def m(s):
+        return {"ap": s, "ap50": s, "ap75": s, "mean_iou": s, "aji_plus": s}
+
+    rows = []
+    for i, stem in enumerate("abcd"):
+        for v in val_views.VIEWS:
+            # the candidate is better by 0.05 on every view but loses one view of "a" badly
+            cand = 0.2 if (stem == "a" and v == "plain") else 0.55 + 0.1 * i
+            rows.append({"stem": stem, "view": v, "baseline": m(0.5 + 0.1 * i),
+                         "candidate": m(cand)})
+    s = val_views.summarise(rows, ("baseline", "candidate"))
+    assert s["views"]["plain"]["baseline"]["score"] == pytest.approx(0.65)
+    plain = s["views"]["plain"]["candidate"]["score"]
+    assert plain == pytest.approx((0.2 + 0.65 + 0.75 + 0.85) / 4)
+    assert s["per_image_mean_score"]["candidate"][0] == pytest.approx((0.2 + 4 * 0.55) / 5)
+    assert s["difference"]["mean"] == pytest.approx((3 * 0.05 - 0.02) / 4)
+    assert 0.5 < s["difference"]["candidate_win_rate"] < 1.0
