@@ -12,8 +12,8 @@ segmented mirrored left-right and top-bottom, rotated by 90 degrees and saved
 as JPEG 95; the labels follow the image exactly, so the ground truth stays
 the same.  The models are compared on each image's mean over its five views
 (score = mean of AP50 and AJI+, the model-selection score), with the paired
-bootstrap win rate over images (:func:`~imageextract.segment.bpartis.train.
-paired_win_rate`).
+bootstrap win rate over images
+(:func:`~imageextract.segment.bpartis.train.paired_win_rate`).
 
 Writes ``benchmarks/results/val_views.json``: per view and per image, both
 models' metrics, and the summary.
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: The views: name -> function of an (M, N[, C]) array (None: JPEG 95).
+#: The views of each image, in order (see :func:`view`).
 VIEWS = ("plain", "mirror_lr", "mirror_tb", "rot90", "jpeg95")
 METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus")
 
