@@ -237,3 +237,28 @@ def test_proposals_come_from_the_scale_found(monkeypatch):
     assert len(props) == 1 and seen == [(1.0,)]
     b.segment_rgb(np.dstack([img] * 3))  # the backend itself still tries all three
     assert seen[-1] == (0.8, 1.0, 1.25)
+
+
+def test_proposals_are_not_outline_refined():
+    from imageextract.segment.bpartis import BPartIS
+    from imageextract.segment.bpartis.rescore_fit import collect_proposals
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
+    b = BPartIS.from_config({"model": tiny, "inference": {
+        "target_diameter": 48.0, "max_passes": 0, "max_halvings": 0}}, mc_samples=1)
+    calls = []
+
+    class Refiner:  # stands in for an installed outline refiner
+        def refine(self, rgb, labels, seed, *, scale):
+            calls.append(scale)
+            return labels
+
+    b.outline = Refiner()
+    img, lab = scene()
+    collect_proposals(b, [("s", np.dstack([img] * 3), lab)], progress=False)
+    # the backend rescores before it refines outlines: the fit must see the same
+    assert calls == []
+    b.segment_rgb(np.dstack([img] * 3))
+    assert len(calls) == 1

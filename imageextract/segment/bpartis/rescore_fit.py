@@ -46,13 +46,15 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     working scale found, even when the backend's config also tries other
     scales (``scale_factors``): without the rescorer that choice would rank
     the scales by mean seed, and the shipped rescorer was fitted on one
-    scale per image."""
+    scale per image.  Nor are they outline-refined: the backend rescores its
+    particles before the outline refiner runs, so a model that has one
+    would otherwise be refitted on outlines its rescorer never sees."""
     opts = dict(backend.cluster_options)
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
     out = []
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
         r = backend.segment_rgb(rgb, uncertainty_threshold=None, cluster_options=opts,
-                                rescorer=None, scale_factors=(1.0,))
+                                rescorer=None, scale_factors=(1.0,), outline=None)
         k = r["scores"].size
         feats = instance_features(rgb, r["labels"], scores=r["scores"],
                                   uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],
