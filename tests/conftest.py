@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,24 @@ from imageextract.data import synthetic_micrograph
 
 ROOT = Path(__file__).resolve().parents[1]
 EMPS = ROOT.parent / "shared" / "data" / "emps"
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a script of the repository that is not part of the package
+    (``benchmarks/*.py``, ``tools/*.py``) by its path relative to the root;
+    each is loaded once per session."""
+    loaded = {}
+
+    def load(relpath: str):
+        if relpath not in loaded:
+            spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            loaded[relpath] = mod
+        return loaded[relpath]
+
+    return load
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
-"""The helpers of ``benchmarks/compare.py`` that summarise results (no
-backend or peer is run here)."""
+"""The helpers of ``benchmarks/compare.py`` and ``benchmarks/bench_val_views.py``
+that prepare and summarise results (no backend or peer is run here)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,10 @@ import pytest
 
 from imageextract.evaluation.harness import write_label_png
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def compare(load_script):
+    return load_script("benchmarks/compare.py")
 
 
 def _disc_and_rods(tmp_path: Path) -> Path:
@@ -78,12 +72,8 @@ def test_markdown_has_the_shape_tables(compare, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def val_views():
-    spec = importlib.util.spec_from_file_location(
-        "bench_val_views", ROOT / "benchmarks" / "bench_val_views.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def val_views(load_script):
+    return load_script("benchmarks/bench_val_views.py")
 
 
 def test_views_move_the_labels_with_the_pixels(val_views):

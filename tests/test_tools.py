@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,14 +14,10 @@ from imageextract.errors import ImageExtractError
 
 pytest.importorskip("torch")  # base_scale lives in the bpartis trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("pack_emps", ROOT / "tools" / "pack_emps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def tool(load_script):
+    return load_script("tools/pack_emps.py")
 
 
 def _emps(root: Path) -> Path:
@@ -44,13 +39,13 @@ def _emps(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("quality", [95, 0])
-def test_pack_keeps_the_resolution_training_uses(tmp_path, quality):
+def test_pack_keeps_the_resolution_training_uses(tmp_path, quality, tool):
     """Particles 40 px across (base scale 1.2) are kept as they are; 120-px
     ones (base 0.4) are stored at twice their base scale, 0.8; labels stay
     whole and the images load like EMPS ones."""
     data = _emps(tmp_path / "emps")
     out = tmp_path / "pack"
-    s = _tool().pack_emps(data, out, max_zoom=2.0, target=48.0, jpeg_quality=quality,
+    s = tool.pack_emps(data, out, max_zoom=2.0, target=48.0, jpeg_quality=quality,
                           progress=False)
     assert s["images"] == 2 and s["shrunk"] == 1
     assert s["scales"]["small"] == 1.0
@@ -71,11 +66,10 @@ def test_pack_keeps_the_resolution_training_uses(tmp_path, quality):
         np.testing.assert_array_equal(rgb1, rgb0)  # lossless
     assert (out / "test.csv").read_text() == (data / "test.csv").read_text()
     with pytest.raises(FileExistsError, match="already holds a pack"):
-        _tool().pack_emps(data, out, progress=False)
+        tool.pack_emps(data, out, progress=False)
 
 
-def test_pack_refuses_bad_options_and_data(tmp_path, caplog):
-    tool = _tool()
+def test_pack_refuses_bad_options_and_data(tmp_path, caplog, tool):
     data = _emps(tmp_path / "emps")
     with pytest.raises(ValueError, match="jpeg_quality"):
         tool.pack_emps(data, tmp_path / "p", jpeg_quality=101, progress=False)
