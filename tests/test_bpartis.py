@@ -791,6 +791,50 @@ def test_scale_factors_keep_the_most_confident_scale(monkeypatch):
         BPartIS.from_config({"model": TINY, "inference": {"scale_factors": [-1]}})
 
 
+def test_sparse_factors_only_where_few_particles_are_found(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    def three_particles(maps, **kw):  # whatever the network says: 3 squares
+        h, w = maps["seed"].shape
+        lab = np.zeros((h, w), np.int32)
+        for i in range(3):
+            lab[2:8, 2 + 10 * i:8 + 10 * i] = i + 1
+        return lab, np.full(3, 0.9), np.zeros(3)
+
+    monkeypatch.setattr(inference, "segment_maps", three_particles)
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(5).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0)
+    s = b.segment_rgb(rgb, **kw)["scale"]
+    # 3 particles at the scale found: at most 3 -> the sparse factor is tried too
+    res = b.segment_rgb(rgb, sparse_factors={"factors": (0.64,), "max_particles": 3},
+                        scale_factors=(0.8, 1.0), **kw)
+    assert res["passes"] == 3 and sorted(res["scale_confidence"]) == [0.64, 0.8, 1.0]
+    monkeypatch.setattr(inference, "scale_confidence", lambda r: -abs(r["scale"] - 0.64 * s))
+    res = b.segment_rgb(rgb, sparse_factors={"factors": (0.64,), "max_particles": 3}, **kw)
+    assert res["scale"] == pytest.approx(0.64 * s) and res["passes"] == 2
+    # more than max_particles: not tried
+    res = b.segment_rgb(rgb, sparse_factors={"factors": (0.64,), "max_particles": 2},
+                        scale_factors=(0.8, 1.0), **kw)
+    assert res["passes"] == 2 and sorted(res["scale_confidence"]) == [0.8, 1.0]
+    # nor when the caller fixed the scale
+    res = b.segment_rgb(rgb, scale=0.5, sparse_factors={"factors": (0.64,), "max_particles": 9})
+    assert res["scale"] == 0.5 and res["passes"] == 1
+    with pytest.raises(ValueError, match="sparse_factors"):
+        b.segment_rgb(rgb, sparse_factors={"factors": (-1.0,), "max_particles": 3}, **kw)
+    # the backend reads them from its config, and refuses a malformed entry
+    assert b.sparse_factors is None
+    b2 = BPartIS.from_config({"model": TINY, "inference": {
+        "sparse_scale_factors": {"factors": [0.64], "max_particles": 20}}})
+    assert b2.sparse_factors == {"factors": (0.64,), "max_particles": 20}
+    for bad in ({"factors": [], "max_particles": 2}, {"factors": [0], "max_particles": 2},
+                {"factors": [0.64], "max_particles": -1}, {"factors": [0.64]},
+                {"factors": [0.64], "max_particles": 2.5}, {"factors": [0.64], "max_particles": True},
+                {"factors": [0.64], "max_particles": 2, "min_particles": 1}, [0.64]):
+        with pytest.raises(ValueError, match="sparse_scale_factors"):
+            BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": bad}})
+
+
 def test_merge_scales_adds_only_particles_the_chosen_scale_missed():
     from imageextract.segment.bpartis.inference import merge_scales
 

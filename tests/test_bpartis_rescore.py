@@ -223,20 +223,21 @@ def test_proposals_come_from_the_scale_found(monkeypatch):
     tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
     b = BPartIS.from_config({"model": tiny, "inference": {
         "target_diameter": 48.0, "max_passes": 0, "max_halvings": 0,
-        "scale_factors": [0.8, 1.0, 1.25]}}, mc_samples=1)
+        "scale_factors": [0.8, 1.0, 1.25],
+        "sparse_scale_factors": {"factors": [0.64], "max_particles": 10**6}}}, mc_samples=1)
     seen = []
     real = inference.segment_image
 
     def spy(*args, **kw):
-        seen.append(kw["scale_factors"])
+        seen.append((kw["scale_factors"], kw["sparse_factors"]))
         return real(*args, **kw)
 
     monkeypatch.setattr(inference, "segment_image", spy)
     img, lab = scene()
     props = collect_proposals(b, [("s", np.dstack([img] * 3), lab)], progress=False)
-    assert len(props) == 1 and seen == [(1.0,)]
-    b.segment_rgb(np.dstack([img] * 3))  # the backend itself still tries all three
-    assert seen[-1] == (0.8, 1.0, 1.25)
+    assert len(props) == 1 and seen == [((1.0,), None)]
+    b.segment_rgb(np.dstack([img] * 3))  # the backend itself still tries them all
+    assert seen[-1] == ((0.8, 1.0, 1.25), {"factors": (0.64,), "max_particles": 10**6})
 
 
 def test_proposals_are_not_outline_refined():

@@ -197,6 +197,7 @@ class BPartIS:
             raise ValueError("config inference.scale_factors must be a list of positive "
                              f"numbers, got {factors!r}")
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
+        self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -288,6 +289,7 @@ class BPartIS:
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
             scale_factors=self.scale_factors, merge=self.scale_merge,
+            sparse_factors=self.sparse_factors,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
@@ -312,6 +314,29 @@ def _scale_merge(spec) -> dict | None:
         raise ValueError("config inference.scale_merge must be null or an object with "
                          "numbers min_score and max_overlap (0 <= max_overlap < 1), "
                          f"got {spec!r}")
+    return opts
+
+
+def _sparse_factors(spec) -> dict | None:
+    """Validated ``inference.sparse_scale_factors`` of a config: None (off) or
+    ``{"factors": (positive floats), "max_particles": int >= 0}``: the scale
+    factors also tried on images whose result at the scale found keeps at
+    most ``max_particles`` particles."""
+    if spec is None:
+        return None
+    try:
+        opts = {"factors": tuple(float(f) for f in spec["factors"]),
+                "max_particles": spec["max_particles"]}
+        unknown = set(spec) - set(opts)
+    except (KeyError, TypeError, ValueError):
+        opts, unknown = None, set()
+    if opts is None or unknown or not opts["factors"] \
+            or any(not f > 0 for f in opts["factors"]) \
+            or isinstance(opts["max_particles"], bool) \
+            or not isinstance(opts["max_particles"], int) or opts["max_particles"] < 0:
+        raise ValueError("config inference.sparse_scale_factors must be null or an object "
+                         "with factors (a non-empty list of positive numbers) and "
+                         f"max_particles (a whole number >= 0), got {spec!r}")
     return opts
 
 

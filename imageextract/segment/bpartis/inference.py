@@ -536,7 +536,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   flips: bool = False, rescorer=None, mc_seed: int | None = None,
                   canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
                   merge: dict | None = None, outline=None,
-                  zoom_below: float | None = None) -> dict:
+                  zoom_below: float | None = None,
+                  sparse_factors: dict | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -586,6 +587,13 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         these multiples of the scale found and keep the result with the
         highest :func:`scale_confidence` (ties keep the scale found); each
         factor other than 1 costs one more pass.
+    sparse_factors : dict, optional
+        ``{"factors": (f, ...), "max_particles": n}``: when the working
+        scale is searched and the result at the scale found keeps at most
+        ``n`` particles, these factors are tried as well, like
+        ``scale_factors``.  An image of a few large particles (single rods,
+        a handful of crystals) is where the size model's guess is furthest
+        too large; a dense image, where a pass costs most, skips them.
     merge : dict, optional
         With ``scale_factors``: keyword arguments of :func:`merge_scales`
         (``min_score``, ``max_overlap``); the particles that only the other
@@ -629,6 +637,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
 
     if any(not f > 0 for f in scale_factors):
         raise ValueError(f"scale_factors must be positive, got {scale_factors}")
+    if sparse_factors is not None:
+        if any(not f > 0 for f in sparse_factors.get("factors", ())) \
+                or not sparse_factors.get("max_particles", -1) >= 0:
+            raise ValueError("sparse_factors must hold positive factors and max_particles "
+                             f">= 0, got {sparse_factors}")
     searched = scale is None and bool(target_diameter)
     if not searched:
         s = float(scale) if scale is not None else 1.0
@@ -677,6 +690,9 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         return out
 
     out = finish(s, res)
+    if searched and sparse_factors and out["scores"].size <= sparse_factors["max_particles"]:
+        scale_factors = (*scale_factors, *(f for f in sparse_factors["factors"]
+                                          if f not in scale_factors))
     if searched and any(f != 1.0 for f in scale_factors):
         # the size model's guess is often off by 20-30 %: look at a few
         # multiples of it and keep the one whose particles the network is surest of

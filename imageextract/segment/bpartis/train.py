@@ -878,6 +878,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
            "(1 - uncertainty))" if extra_factors else "")
+        + (f"; on an image where that scale keeps at most "
+           f"{inf['sparse_scale_factors']['max_particles']} particles, also at "
+           f"{', '.join(f'{f:g}' for f in inf['sparse_scale_factors']['factors'])} x"
+           if inf.get("sparse_scale_factors") and extra_factors else "")
         + (f", and adding the particles only the other scales found (score >= "
            f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
            f"{inf['scale_merge'].get('max_overlap', 0.05):.0%} of their pixels already taken)"
