@@ -829,7 +829,8 @@ def test_sparse_factors_only_where_few_particles_are_found(monkeypatch):
     assert b2.sparse_factors == {"factors": (0.64,), "max_particles": 20}
     for bad in ({"factors": [], "max_particles": 2}, {"factors": [0], "max_particles": 2},
                 {"factors": [0.64], "max_particles": -1}, {"factors": [0.64]},
-                {"factors": [0.64], "max_particles": 2.5}, {"factors": [0.64], "max_particles": True},
+                {"factors": [0.64], "max_particles": 2.5},
+                {"factors": [0.64], "max_particles": True},
                 {"factors": [0.64], "max_particles": 2, "min_particles": 1}, [0.64]):
         with pytest.raises(ValueError, match="sparse_scale_factors"):
             BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": bad}})
