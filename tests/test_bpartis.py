@@ -304,6 +304,15 @@ def test_exact_resume(tmp_path):
     assert "then also at 0.8, 1.25 x that scale" in card
     assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
     assert "outline refiner" not in card
+    # sparse factors alone (their passes are merged too)
+    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
+                                      "scale_factors": [1],
+                                      "sparse_scale_factors": {"factors": [0.64],
+                                                               "max_particles": 20},
+                                      "scale_merge": {"min_score": 0.95, "max_overlap": 0.05}})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "then also at" not in card
+    assert "keeps at most 20 particles, also at 0.64 x, and adding the particles" in card
     # ... and the outline refinement (the sentence only needs the band)
     export(tmp_path / "a", inference={"outline": {"kind": "mlp", "band": 4.0}})
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()

@@ -835,6 +835,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     cfg_path.write_text(dumps_config(cfg))
     cl = inf.get("cluster", {})
     extra_factors = [f for f in inf.get("scale_factors", [1]) if f != 1]
+    sparse = inf.get("sparse_scale_factors")
     lines = [
         "# bpartis-emps — Bayesian particle instance segmentation (EMPS)",
         "",
@@ -878,14 +879,13 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
            "(1 - uncertainty))" if extra_factors else "")
-        + (f"; on an image where that scale keeps at most "
-           f"{inf['sparse_scale_factors']['max_particles']} particles, also at "
-           f"{', '.join(f'{f:g}' for f in inf['sparse_scale_factors']['factors'])} x"
-           if inf.get("sparse_scale_factors") and extra_factors else "")
+        + (f"; on an image where that scale keeps at most {sparse['max_particles']} "
+           f"particles, also at {', '.join(f'{f:g}' for f in sparse['factors'])} x"
+           if sparse else "")
         + (f", and adding the particles only the other scales found (score >= "
            f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
            f"{inf['scale_merge'].get('max_overlap', 0.05):.0%} of their pixels already taken)"
-           if inf.get("scale_merge") and extra_factors else ""),
+           if inf.get("scale_merge") and (extra_factors or sparse) else ""),
         f"- MC dropout: {inf['mc_samples']} samples of {'+'.join(inf['mc_layers'])} "
         f"(the encoder and the rest of the decoder run once); clustered maps: "
         + ("the samples' mean" if inf.get("mc_maps", "mean") == "mean"
