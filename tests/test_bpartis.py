@@ -655,6 +655,28 @@ def test_head_samples_are_channel_dropout_of_the_head():
     assert len(outs) == 6 and outs[1]["seed"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.parametrize("layers", [("head",), ("dec1", "head")])
+def test_sample_chunks_are_the_samples_stacked(layers):
+    # network_maps reads the MC samples in chunks (n, B, 5, H, W): they must
+    # be sample_mc's outputs, in order, from the same random draws
+    net = tiny_backend(mc_samples=1).net.eval()
+    x = torch.rand(1, 3, 32, 32)
+    torch.manual_seed(4)
+    want = list(net.sample_mc(x, 11, layers=layers, point=True))
+    torch.manual_seed(4)
+    first, chunks = net.sample_mc_chunks(x, 11, layers=layers, point=True)
+    chunks = list(chunks)
+    got = torch.cat(chunks, 0)
+    assert got.shape == (11, 1, 5, 32, 32)
+    assert len(chunks) == (2 if layers == ("head",) else 11)  # 8 + 3 when only the head
+    for k in ("offsets", "log_s", "seed"):
+        torch.testing.assert_close(first[k], want[0][k], rtol=0, atol=0)
+    for t, o in enumerate(want[1:]):
+        torch.testing.assert_close(got[t], torch.cat([o["offsets"], o["log_s"], o["seed"]], 1),
+                                   rtol=0, atol=0)
+    assert not torch.equal(got[0], got[1])  # the samples differ
+
+
 def test_mirror_averaging_is_mirror_equivariant():
     from imageextract.segment.bpartis.inference import network_maps
 

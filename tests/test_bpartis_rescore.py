@@ -263,3 +263,60 @@ def test_proposals_are_not_outline_refined():
     assert calls == []
     b.segment_rgb(np.dstack([img] * 3))
     assert len(calls) == 1
+
+
+def _random_masks(n=60, seed=5):
+    """Blobby masks, some with holes, some touching the window's edge."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = rng.integers(1, 30, 2)
+        m = ndi.gaussian_filter(rng.random((h, w)), 1.5) > 0.5 + 0.02 * rng.normal()
+        if i % 3 == 0 and h > 6 and w > 6:  # a ring: a hole for sure
+            m[1:-1, 1:-1] = True
+            m[3:-3, 3:-3] = False
+        yield m
+
+
+def test_feature_helpers_match_scipy():
+    # the helpers instance_features uses instead of scipy's morphology and
+    # Qhull on every outline pixel must give the same numbers
+    from scipy import ndimage as ndi
+    from scipy.spatial import ConvexHull
+
+    from imageextract.segment.bpartis import rescore as R
+
+    n_holes = 0
+    for m in _random_masks():
+        for it in (1, 3, 4):
+            np.testing.assert_array_equal(R._dilate(m, it), ndi.binary_dilation(m, iterations=it))
+        if not m.any():
+            continue
+        rows, first, last = R._row_extents(m)
+        holes = int(ndi.binary_fill_holes(m).sum() - m.sum())
+        assert R._holes(m, first, last) == holes
+        n_holes += holes > 0
+        ys, xs = np.nonzero(m)
+        corners = np.concatenate([np.stack([ys + dy, xs + dx], 1) for dy in (0, 1)
+                                  for dx in (0, 1)])
+        assert R._convex_area(rows, first, last) == pytest.approx(ConvexHull(corners).volume)
+    assert n_holes >= 10
+
+
+def test_instance_features_with_image_statistics_computed_once():
+    from imageextract.segment.bpartis.rescore import image_statistics
+
+    img, lab = scene()
+    lab[2:16, 50:64] = 5
+    lab[5:13, 53:61] = 0  # a ring: 132 px around a 64-px hole
+    k = int(lab.max())
+    kw = dict(scores=np.linspace(0.8, 0.95, k), uncertainty=np.zeros(k),
+              mi=np.zeros(lab.shape), scale=1.0)
+    rgb = np.repeat(img[..., None], 3, 2)
+    ref = instance_features(rgb, lab, **kw)
+    np.testing.assert_array_equal(instance_features(rgb, lab, stats=image_statistics(rgb), **kw),
+                                  ref)
+    assert ref[:4, COL["holes"]].max() == 0
+    assert ref[4, COL["holes"]] == pytest.approx(64 / 196)
+    assert ref[4, COL["solidity"]] == pytest.approx(132 / 196)

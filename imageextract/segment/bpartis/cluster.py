@@ -68,6 +68,9 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     k = 0
     ln_t = -math.log(phi_threshold)
     pos, n_cand = 0, cand.size
+    # scratch space for the window arrays, grown as needed: allocating them
+    # afresh for each centre cost as much as the arithmetic
+    buf_d = buf_x = buf_p = buf_f = np.empty(0, np.float32)
     while pos < n_cand:
         flat = int(cand[pos])
         if claimed_flat[flat]:
@@ -87,22 +90,38 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
         mx = int(min(w, window_factor * rx + window_margin))
         y0, y1 = max(0, cy - my), min(h, cy + my + 1)
         x0, x1 = max(0, cx - mx), min(w, cx + mx + 1)
-        c_y, c_x = ey[cy, cx], ex[cy, cx]
-        d = (ey[y0:y1, x0:x1] - c_y) ** 2 * sy + (ex[y0:y1, x0:x1] - c_x) ** 2 * sx
-        prop = (d < ln_t) & fg[y0:y1, x0:x1]
-        n_prop = int(prop.sum())
-        free = prop & ~claimed[y0:y1, x0:x1]
-        n_free = int(free.sum())
+        shape = (y1 - y0, x1 - x0)
+        n = shape[0] * shape[1]
+        if n > buf_d.size:
+            size = min(h * w, max(n, 2 * buf_d.size))
+            buf_d, buf_x = np.empty(size, np.float32), np.empty(size, np.float32)
+            buf_p, buf_f = np.empty(size, bool), np.empty(size, bool)
+        d, dx = buf_d[:n].reshape(shape), buf_x[:n].reshape(shape)
+        prop, free = buf_p[:n].reshape(shape), buf_f[:n].reshape(shape)
+        # d = (ey - ey_c)^2 sy + (ex - ex_c)^2 sx, in place
+        np.subtract(ey[y0:y1, x0:x1], ey[cy, cx], out=d)
+        d *= d
+        d *= sy
+        np.subtract(ex[y0:y1, x0:x1], ex[cy, cx], out=dx)
+        dx *= dx
+        dx *= sx
+        d += dx
+        np.less(d, ln_t, out=prop)
+        prop &= fg[y0:y1, x0:x1]
+        n_prop = np.count_nonzero(prop)
+        claimed_win = claimed[y0:y1, x0:x1]
+        np.greater(prop, claimed_win, out=free)  # prop & ~claimed
+        n_free = np.count_nonzero(free)
         claimed[cy, cx] = True
         if n_prop == 0:
             continue
         if n_free >= min_size and n_free >= min_unclaimed * n_prop:
             k += 1
-            labels[y0:y1, x0:x1][free] = k
+            np.copyto(labels[y0:y1, x0:x1], k, where=free)
             scores.append(float(seed[y0:y1, x0:x1][free].mean()))
             if k >= max_instances:
                 break
-        claimed[y0:y1, x0:x1] |= prop
+        claimed_win |= prop
     return labels, np.asarray(scores, np.float64)
 
 

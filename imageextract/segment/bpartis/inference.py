@@ -125,28 +125,32 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
                mc_layers: tuple[str, ...], mc_maps: str = "mean",
                keep: list | None = None, canvas: int = 0) -> tuple[torch.Tensor, ...]:
     """Offsets, log_s, seed and MI of one ``(1, 3, h, w)`` tile; with a
-    ``keep`` list, each MC sample's ``(5, h, w)`` maps are appended to it;
-    ``canvas`` as in :func:`_pad32`."""
+    ``keep`` list, the MC samples' maps are appended to it in order, as
+    float16 chunks ``(n, 5, h, w)`` of one or more samples; ``canvas`` as
+    in :func:`_pad32`."""
     x, th, tw = _pad32(t, canvas=canvas)
     x = x.contiguous(memory_format=torch.channels_last)  # the backend's layout
     if samples > 1:
         point = mc_maps == "point"
-        outs = net.sample_mc(x, samples, layers=mc_layers, point=point)
+        o, chunks = net.sample_mc_chunks(x, samples, layers=mc_layers, point=point)
         if point:
-            o = next(outs)
             off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
             seed = o["seed"][0, :, :th, :tw]
         off_sum = ls_sum = p_sum = ent_sum = 0.0
-        for o in outs:
-            p = o["seed"][0, :, :th, :tw]
+        for chunk in chunks:  # (n, 1, 5, H, W)
+            c = chunk[:, 0, :, :th, :tw]
             if keep is not None:
-                keep.append(torch.cat([o["offsets"][0], o["log_s"][0], o["seed"][0]],
-                                      0)[:, :th, :tw].half().cpu())
-            p_sum = p_sum + p
-            ent_sum = ent_sum + _entropy(p)
-            if not point:
-                off_sum = off_sum + o["offsets"][0, :, :th, :tw]
-                ls_sum = ls_sum + o["log_s"][0, :, :th, :tw]
+                keep.append(c.half().cpu())
+            p = c[:, 4:5]
+            ent = _entropy(p)
+            # summed one sample at a time, in order: the same maps whatever
+            # the chunk size
+            for k in range(c.shape[0]):
+                p_sum = p_sum + p[k]
+                ent_sum = ent_sum + ent[k]
+                if not point:
+                    off_sum = off_sum + c[k, 0:2]
+                    ls_sum = ls_sum + c[k, 2:4]
         mean = p_sum / samples
         if not point:
             off, ls, seed = off_sum / samples, ls_sum / samples, mean
@@ -252,9 +256,10 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
                 off, ls, seed, mi = _tile_maps(net, t, samples, mc_layers, mc_maps, keep=kept,
                                                canvas=canvas)
             if kept:
+                kept = torch.cat(kept, 0).numpy()  # (T, 5, th, tw)
                 if kept_all is None:
                     kept_all = np.empty((len(kept), 5, h, w), np.float16)
-                _paste(kept_all, torch.stack(kept, 0).numpy(), y0, x0, by[i], bx[j])
+                _paste(kept_all, kept, y0, x0, by[i], bx[j])
             if flips:
                 with _seeded(mask_seed + 1, img.device):
                     o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps,
@@ -664,6 +669,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                     scale_limits=scale_limits, tolerance=tolerance,
                                     max_refine=max_passes, max_halvings=max_halvings)
 
+    image_stats: dict = {}
+
     def finish(s: float, res: tuple) -> dict:
         lab, sc, un, mi, seed = res
         if refine and lab.shape[0] < h:
@@ -676,10 +683,13 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         mi = resize_map(mi, (h, w)).astype(np.float32, copy=False)
         out = {"scale": s}
         if rescorer is not None:
-            from .rescore import instance_features
+            from .rescore import image_statistics, instance_features
 
+            if not image_stats and sc.size:  # once per image, whatever the scales tried
+                image_stats.update(image_statistics(rgb))
             feats = instance_features(rgb, lab, scores=sc, uncertainty=un, mi=mi, scale=s,
-                                      target_diameter=target_diameter or 48.0)
+                                      target_diameter=target_diameter or 48.0,
+                                      stats=image_stats or None)
             prob = rescorer.predict_proba(feats) if sc.size else np.zeros(0)
             keep = rescorer.keep(prob)
             if u_threshold is not None:

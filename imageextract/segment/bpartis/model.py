@@ -293,14 +293,25 @@ class BPartISNet(nn.Module):
         }
 
     def head_samples(self, y: torch.Tensor, samples: int, *, chunk: int = 8):
-        """Yield ``samples`` MC-dropout outputs of the head on features ``y``.
+        """Yield ``samples`` MC-dropout outputs of the head on features ``y``
+        (dicts as :meth:`heads` returns; see :meth:`head_sample_chunks`)."""
+        for out in self.head_sample_chunks(y, samples, chunk=chunk):
+            for t in range(out.shape[0]):
+                yield {"offsets": out[t, :, 0:2], "log_s": out[t, :, 2:4],
+                       "seed": out[t, :, 4:5]}
+
+    def head_sample_chunks(self, y: torch.Tensor, samples: int, *, chunk: int = 8):
+        """Yield the ``samples`` MC-dropout outputs of the head on features
+        ``y`` as tensors ``(n, B, 5, H, W)`` of ``chunk`` samples or fewer:
+        channels 0-1 the offsets, 2-3 the log sigmas, 4 the seed.
 
         The head is a 1x1 convolution after channel dropout, so dropping
         channel ``c`` of ``y`` equals zeroing column ``c`` of the head's
         weights: each sample is the head with a masked weight matrix, and
         ``chunk`` samples are one matrix product with ``y``.  Same
         distribution as ``heads(y, ("head",))``, without a masked copy of
-        ``y`` per sample.
+        ``y`` per sample; the outputs are activated in place, with no
+        copy per sample either.
         """
         p = float(self.config.dropout)
         b, c = y.shape[:2]
@@ -312,9 +323,11 @@ class BPartISNet(nn.Module):
             keep = (torch.rand(n, b, 1, c, device=y.device) >= p).to(y.dtype) / (1.0 - p)
             eff = (keep * w).transpose(0, 1).reshape(b, n * w.shape[0], c)  # (B, n*5, C)
             raw = torch.bmm(eff, flat).view(b, n, w.shape[0], *y.shape[2:]).transpose(0, 1)
-            out = self._activate(raw + bias)
-            for t in range(n):
-                yield {k: v[t] for k, v in out.items()}
+            out = raw + bias  # a new (n, B, 5, H, W) tensor
+            out[:, :, 0:2].tanh_()
+            out[:, :, 2:4].mul_(self.config.sigma_scale)
+            out[:, :, 4:5].sigmoid_()
+            yield out
 
     def tail(self, z2: torch.Tensor, s1: torch.Tensor,
              mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -354,11 +367,45 @@ class BPartISNet(nn.Module):
             for _ in range(samples):
                 yield self.tail(z2, s1, layers)
 
+    def sample_mc_chunks(self, image: torch.Tensor, samples: int, *,
+                         layers: tuple[str, ...] = ("head",), point: bool = False):
+        """:meth:`sample_mc` with the samples as tensors ``(n, B, 5, H, W)``
+        (channels as in :meth:`head_sample_chunks`), several samples per
+        tensor where only the head is sampled.
+
+        Returns ``(point_output, chunks)``: the deterministic output (a dict
+        as :meth:`heads` returns) when ``point``, else None, and an
+        iterator over the chunks of samples, from the same upstream pass.
+        """
+        layers = tuple(layers)
+        z2, s1, _ = self.shared(image)
+        if set(layers) <= {"head"}:
+            y = self.trunk(z2, s1)
+            first = self.heads(y) if point else None
+            if layers and not self.training:
+                return first, self.head_sample_chunks(y, samples)
+
+            def each():
+                for _ in range(samples):
+                    yield _stack_outputs(self.heads(y, layers))
+        else:
+            first = self.tail(z2, s1) if point else None
+
+            def each():
+                for _ in range(samples):
+                    yield _stack_outputs(self.tail(z2, s1, layers))
+        return first, each()
+
     def forward_mc(self, image: torch.Tensor, samples: int, *,
                    layers: tuple[str, ...] = ("head",)) -> dict[str, torch.Tensor]:
         """All samples stacked: tensors of shape ``(T, B, C, H, W)``."""
         outs = list(self.sample_mc(image, samples, layers=layers))
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def _stack_outputs(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One output dict -> a ``(1, B, 5, H, W)`` chunk of samples."""
+    return torch.cat([out["offsets"], out["log_s"], out["seed"]], 1)[None]
 
 
 #: Convolution -> BatchNorm pairs applied one after the other outside a

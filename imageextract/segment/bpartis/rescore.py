@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
 
 from .cluster import instance_means
 
@@ -50,25 +51,85 @@ FEATURES = (
 )
 
 
-def _convex_area(outline: np.ndarray) -> float:
-    """Area of the convex hull of the pixel squares of ``outline`` (a
-    particle's outline pixels, which span the same hull as the particle)."""
-    from scipy.spatial import ConvexHull, QhullError
+def _row_extents(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``m`` holding pixels, and the first and last pixel's
+    column in each."""
+    rows = np.flatnonzero(m.any(axis=1))
+    sub = m[rows]
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    return rows, first, last
 
-    ys, xs = np.nonzero(outline)
-    if ys.size < 3:
-        return float(ys.size)
-    # the hull of the pixel squares: its corners are the pixel corners
-    pts = np.concatenate([np.stack([ys + dy, xs + dx], 1) for dy in (0, 1) for dx in (0, 1)])
+
+def _convex_area(rows: np.ndarray, first: np.ndarray, last: np.ndarray) -> float:
+    """Area of the convex hull of the pixel squares of a mask, from its
+    :func:`_row_extents`.
+
+    The hull of a set of pixel squares is the hull of the outer corners of
+    each row's first and last pixel, so only those (four per row) go to
+    Qhull.
+    """
+    ys = np.concatenate([rows, rows + 1, rows, rows + 1]).astype(np.float64)
+    xs = np.concatenate([first, first, last + 1, last + 1]).astype(np.float64)
     try:
-        return float(ConvexHull(pts).volume)
-    except QhullError:
-        return float(ys.size)
+        return float(ConvexHull(np.stack([ys, xs], 1)).volume)
+    except QhullError:  # only for degenerate input, which pixel squares never are
+        return float(np.sum(last - first + 1))
+
+
+def _pad1(m: np.ndarray) -> np.ndarray:
+    """``m`` with a one-pixel frame of False around it."""
+    mp = np.zeros((m.shape[0] + 2, m.shape[1] + 2), bool)
+    mp[1:-1, 1:-1] = m
+    return mp
+
+
+def _neighbours(mp: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The four 4-neighbour views (up, down, left, right) of the inner part of
+    the 1-px padded array ``mp``."""
+    return mp[:-2, 1:-1], mp[2:, 1:-1], mp[1:-1, :-2], mp[1:-1, 2:]
+
+
+def _dilate(m: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``ndi.binary_dilation(m, iterations=...)`` with the 4-connected cross
+    (outside the array counts as background), by shifted ORs."""
+    for _ in range(iterations):
+        up, down, left, right = _neighbours(_pad1(m))
+        m = m | up | down | left | right
+    return m
+
+
+def _holes(m: np.ndarray, first: np.ndarray, last: np.ndarray) -> int:
+    """Pixels that ``ndi.binary_fill_holes(m)`` adds: background pixels not
+    4-connected to the border of the array.  A hole pixel lies between two
+    pixels of ``m`` in its row, so a mask without such gaps (``first`` and
+    ``last`` from :func:`_row_extents`) has none."""
+    if np.count_nonzero(m) == int(np.sum(last - first + 1)):
+        return 0
+    lbl, n = ndi.label(~m)
+    edge = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
+    inside = np.ones(n + 1, bool)
+    inside[edge] = False
+    inside[0] = False
+    return int(np.count_nonzero(inside[lbl]))
+
+
+def image_statistics(image: np.ndarray) -> dict:
+    """The image-wide inputs of :func:`instance_features` (grey image, its
+    standard deviation and gradient magnitude), to compute once when the
+    same image is rescored at several working scales."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=2)
+    gy, gx = np.gradient(ndi.gaussian_filter(img, 1.0))
+    grad = np.hypot(gy, gx)
+    return {"grey": img, "sd": img.std() + 1e-6, "grad": grad, "grad_mean": grad.mean() + 1e-6}
 
 
 def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarray,
                       uncertainty: np.ndarray, mi: np.ndarray, scale: float,
-                      target_diameter: float = 48.0, confident: float = 0.82) -> np.ndarray:
+                      target_diameter: float = 48.0, confident: float = 0.82,
+                      stats: dict | None = None) -> np.ndarray:
     """Features (:data:`FEATURES`) of the ``K`` particles of ``labels``.
 
     Parameters
@@ -87,27 +148,25 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
         Particle diameter (px) the network was trained at.
     confident : float
         Particles with a score at least this set the median area.
+    stats : dict, optional
+        :func:`image_statistics` of ``image``, when already computed.
 
     Returns
     -------
     (K, len(FEATURES)) float64
     """
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim == 3:
-        img = img.mean(axis=2)
     labels = np.asarray(labels)
-    if img.shape != labels.shape:
-        raise ValueError(f"image shape {img.shape} does not match labels shape {labels.shape}")
+    shape = np.shape(image)[:2]
+    if shape != labels.shape:
+        raise ValueError(f"image shape {shape} does not match labels shape {labels.shape}")
     k = int(np.asarray(scores).size)
     out = np.zeros((k, len(FEATURES)))
     if k == 0:
         return out
+    st = image_statistics(image) if stats is None else stats
+    img, sd, grad, grad_mean = st["grey"], st["sd"], st["grad"], st["grad_mean"]
     scores = np.asarray(scores, dtype=np.float64)
     h, w = labels.shape
-    sd = img.std() + 1e-6
-    gy, gx = np.gradient(ndi.gaussian_filter(img, 1.0))
-    grad = np.hypot(gy, gx)
-    grad_mean = grad.mean() + 1e-6
     area = np.bincount(labels.ravel(), minlength=k + 1)[1:k + 1].astype(np.float64)
     conf = scores >= confident
     med = np.median(area[conf]) if conf.any() else np.median(area)
@@ -122,20 +181,27 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
         x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
         lab = labels[y0:y1, x0:x1]
         m = lab == i + 1
-        ring = ndi.binary_dilation(m, iterations=4) & ~m & (lab == 0)
+        # one-pixel erosion and dilation by the 4-connected cross, with
+        # outside the window as background (as scipy's binary_erosion and
+        # binary_dilation); the window is padded, so that edge is the image's
+        up, down, left, right = _neighbours(_pad1(m))
+        dil1 = m | up | down | left | right
+        outline = m & ~(up & down & left & right)
+        outer = dil1 & ~m
+        ring = _dilate(dil1, 3) & ~m & (lab == 0)
         win = img[y0:y1, x0:x1]
         inside = win[m]
         contrast = abs(inside.mean() - win[ring].mean()) / sd if ring.any() else 0.0
-        outline = m & ~ndi.binary_erosion(m)
-        outer = ndi.binary_dilation(m) & ~m
-        touching = ((lab > 0) & outer).sum() / max(outer.sum(), 1)
-        filled = ndi.binary_fill_holes(m).sum()
+        touching = np.count_nonzero((lab > 0) & outer) / max(np.count_nonzero(outer), 1)
+        rows, first, last = _row_extents(m)
+        filled = area[i] + _holes(m, first, last)
+        hull = _convex_area(rows, first, last)
         border = float(sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h
                        or sl[1].stop == w)
         extent = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) / max(h, w)
         out[i] = [
             scores[i], uncertainty[i], mi_mean[i], np.log(area[i] / med),
-            np.log(area[i] * scale ** 2 / disc + 1e-9), area[i] / max(_convex_area(outline), 1.0),
+            np.log(area[i] * scale ** 2 / disc + 1e-9), area[i] / max(hull, 1.0),
             border, contrast, np.log(k), area[i] / (h * w), np.log(scale), extent, touching,
             grad[y0:y1, x0:x1][outline].mean() / grad_mean, inside.std() / sd,
             1.0 - area[i] / max(filled, 1), np.log(area[i] / area.max()),
