@@ -655,6 +655,36 @@ def test_head_samples_are_channel_dropout_of_the_head():
     assert len(outs) == 6 and outs[1]["seed"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.parametrize("fold", [False, True])
+def test_fused_inference_features_equal_the_decoder(fold):
+    # features() moves the 1x1 convolutions of the blocks at strides 4, 2
+    # and 1 before the upsampling; it must give the decoder's features,
+    # with the BatchNorms folded (the backend) or not (validation in training)
+    from torch import nn
+
+    from imageextract.segment.bpartis.model import BPartISNet, ModelConfig, fold_batchnorm
+
+    torch.manual_seed(2)
+    net = BPartISNet(ModelConfig.from_dict(TINY))
+    for m in net.modules():  # BatchNorms that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    if fold:
+        assert fold_batchnorm(net) > 0
+    x = torch.rand(2, 3, 40, 72)
+    with torch.inference_mode():
+        want = net.trunk(*net.shared(x)[:2])
+        got = net.features(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(net(x)["seed"], net.heads(want)["seed"], rtol=1e-4,
+                                   atol=1e-5)
+    net.train()
+    with pytest.raises(RuntimeError, match="inference"):
+        net.features(x)
+
+
 @pytest.mark.parametrize("layers", [("head",), ("dec1", "head")])
 def test_sample_chunks_are_the_samples_stacked(layers):
     # network_maps reads the MC samples in chunks (n, B, 5, H, W): they must
