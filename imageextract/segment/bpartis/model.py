@@ -141,8 +141,8 @@ class _MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         y = x
         if self.has_expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.residual else y
 
@@ -180,7 +180,7 @@ class EfficientNetLiteEncoder(nn.Module):
         self.channels = out_ch
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # noqa: D102
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         feats = []
         for i, blk in enumerate(self._blocks):
             x = blk(x)
