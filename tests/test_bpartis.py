@@ -136,10 +136,38 @@ def test_cluster_matches_the_plain_greedy_algorithm():
     off = off + rng.normal(0, 0.02, off.shape).astype(np.float32)
     seed = np.clip(seed + rng.normal(0, 0.1, seed.shape), 0, 1).astype(np.float32)
     ls = ls + rng.normal(0, 0.3, ls.shape).astype(np.float32)
-    labels, scores = cluster(off, ls, seed, coord_scale=SCALE, min_size=5)
     ref = _cluster_reference(off, ls, seed, coord_scale=SCALE, min_size=5)
-    assert labels.max() >= 5
-    np.testing.assert_array_equal(labels, ref)
+    assert ref.max() >= 5
+    for engine in ("numpy", "auto"):  # auto: compiled where numba is installed
+        labels, scores = cluster(off, ls, seed, coord_scale=SCALE, min_size=5, engine=engine)
+        np.testing.assert_array_equal(labels, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cluster_engines_give_the_same_labels_and_scores(dtype):
+    # the compiled loop (numba) and the NumPy one must agree pixel for pixel,
+    # on noisy touching discs of several sizes, also from float16 maps (the
+    # kept MC samples), with max_instances cutting the loop short
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(7)
+    discs = [(20, 20, 10), (30, 40, 12), (60, 70, 15), (70, 25, 8), (45, 95, 9), (85, 100, 20),
+             (10, 80, 5), (100, 30, 14)]
+    off, ls, seed, _ = _disc_maps((120, 130), discs)
+    off = (off + rng.normal(0, 0.02, off.shape)).astype(dtype)
+    seed = np.clip(seed + rng.normal(0, 0.1, seed.shape), 0, 1).astype(dtype)
+    ls = (ls + rng.normal(0, 0.5, ls.shape)).astype(dtype)
+    for kw in ({}, {"min_size": 3, "fg_threshold": 0.3}, {"max_instances": 4},
+               {"min_unclaimed": 0.9, "window_factor": 1.0, "window_margin": 2}):
+        a = cluster(off, ls, seed, coord_scale=SCALE, engine="numpy", **kw)
+        b = cluster(off, ls, seed, coord_scale=SCALE, engine="compiled", **kw)
+        assert a[0].max() >= 4
+        np.testing.assert_array_equal(b[0], a[0])
+        np.testing.assert_array_equal(b[1], a[1])
+        c = cluster(off, ls, seed, coord_scale=SCALE, with_scores=False, **kw)
+        np.testing.assert_array_equal(c[0], a[0])
+        assert c[1].size == 0
+    with pytest.raises(ValueError, match="engine"):
+        cluster(off, ls, seed, coord_scale=SCALE, engine="fortran")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -546,6 +574,32 @@ def test_consistency_uncertainty_from_the_mc_samples():
         BPartIS.from_config({"model": TINY, "inference": {"uncertainty": "entropy"}})
     with pytest.raises(ValueError, match="uncertainty must be"):
         BPartIS.from_config({"model": TINY}, uncertainty="entropy")
+
+
+def test_samples_clustered_on_threads_give_the_same_uncertainty(monkeypatch):
+    # with the compiled clustering the samples are clustered two at a time
+    # on threads: the same consistency as one after the other, for an odd T
+    from imageextract.segment.bpartis import inference
+
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    off, ls, seed, truth = _disc_maps((60, 80), [(20, 20, 10), (35, 55, 12), (45, 18, 7)])
+    stack = np.concatenate([off, ls, seed[None]], 0)
+    samples = []
+    for i in range(5):
+        s = stack + rng.normal(0, 0.01, stack.shape)
+        s[4][truth == 1 + i % 3] *= 0.3 if i in (1, 4) else 1.0  # some samples lose one
+        samples.append(s.astype(np.float16))
+    maps = {"offsets": off, "log_s": ls, "seed": seed, "mi": np.zeros_like(seed),
+            "samples": np.stack(samples)}
+    lab, sc, _ = inference.segment_maps(maps, coord_scale=SCALE, min_size=5)
+    k = int(lab.max())
+    assert inference.compiled_clustering()
+    threaded = inference.sample_consistency(maps, lab, k, coord_scale=SCALE, min_size=5)
+    monkeypatch.setattr(inference, "compiled_clustering", lambda: False)
+    one_by_one = inference.sample_consistency(maps, lab, k, coord_scale=SCALE, min_size=5)
+    np.testing.assert_array_equal(threaded, one_by_one)
+    assert k == 3 and 0 < threaded.min() < threaded.max() == 1.0
 
 
 def test_kept_samples_are_stitched_where_the_maps_are():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 _LN2 = math.log(2.0)
 
@@ -14,7 +15,8 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
             coord_scale: float, seed_threshold: float = 0.5, fg_threshold: float = 0.5,
             phi_threshold: float = 0.5, min_size: int = 10, min_unclaimed: float = 0.5,
             window_factor: float = 3.0, window_margin: int = 16,
-            max_instances: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+            max_instances: int = 5000, with_scores: bool = True,
+            engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Greedy seed clustering (SpatialEmbeddings-style).
 
     Repeatedly take the highest unclaimed seed above ``seed_threshold``; its
@@ -37,6 +39,13 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     seed : (M, N) float array in [0, 1]
     coord_scale : float
         Pixels per embedding unit.
+    with_scores : bool
+        False skips the scores (an empty array is returned in their place).
+    engine : {"auto", "compiled", "numpy"}
+        The greedy loop compiled with numba (``"compiled"``; ``"auto"``
+        uses it when numba is installed) or in NumPy, one window at a time;
+        the same labels either way (the compiled loop does the same float32
+        arithmetic pixel by pixel), the compiled one about ten times faster.
 
     Returns
     -------
@@ -53,6 +62,8 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     >>> int(labels.max()), labels[3, 3]
     (1, np.int32(1))
     """
+    if engine not in ("auto", "compiled", "numpy"):
+        raise ValueError(f"engine must be 'auto', 'compiled' or 'numpy', got {engine!r}")
     h, w = seed.shape
     labels = np.zeros((h, w), np.int32)
     fg = seed > fg_threshold
@@ -62,9 +73,37 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     ex = offsets[1].astype(np.float32) + (np.arange(w, dtype=np.float32)[None, :] / coord_scale)
     cand = np.flatnonzero((seed > seed_threshold) & fg)
     cand = cand[_descending(seed.ravel()[cand])]
+    greedy = _greedy_compiled() if engine in ("auto", "compiled") else None
+    if greedy is None:
+        if engine == "compiled":
+            raise ImportError("engine='compiled' needs numba (pip install numba)")
+        k = _greedy_numpy(ey, ex, log_s, fg, cand, labels, coord_scale=coord_scale,
+                          phi_threshold=phi_threshold, min_size=min_size,
+                          min_unclaimed=min_unclaimed, window_factor=window_factor,
+                          window_margin=window_margin, max_instances=max_instances)
+    else:
+        k = greedy(ey, ex, np.ascontiguousarray(log_s[0], np.float32),
+                   np.ascontiguousarray(log_s[1], np.float32), fg, cand, labels,
+                   float(coord_scale), -math.log(phi_threshold), int(min_size),
+                   float(min_unclaimed), float(window_factor), int(window_margin),
+                   int(max_instances))
+    if not with_scores:
+        return labels, np.zeros(0, np.float64)
+    # each instance's mean seed, over its pixels in row-major order (as a
+    # masked window gives them: the same float sum)
+    scores = np.empty(k, np.float64)
+    for i, box in enumerate(ndimage.find_objects(labels, k)):
+        scores[i] = float(seed[box][labels[box] == i + 1].mean())
+    return labels, scores
+
+
+def _greedy_numpy(ey, ex, log_s, fg, cand, labels, *, coord_scale, phi_threshold, min_size,
+                  min_unclaimed, window_factor, window_margin, max_instances) -> int:
+    """The greedy loop of :func:`cluster` in NumPy (one window at a time);
+    fills ``labels`` in place and returns the number of instances."""
+    h, w = fg.shape
     claimed = ~fg  # background counts as claimed
     claimed_flat = claimed.ravel()  # a view: claims below show up in it
-    scores = []
     k = 0
     ln_t = -math.log(phi_threshold)
     pos, n_cand = 0, cand.size
@@ -98,7 +137,7 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
             buf_p, buf_f = np.empty(size, bool), np.empty(size, bool)
         d, dx = buf_d[:n].reshape(shape), buf_x[:n].reshape(shape)
         prop, free = buf_p[:n].reshape(shape), buf_f[:n].reshape(shape)
-        # d = (ey - ey_c)^2 sy + (ex - ex_c)^2 sx, in place
+        # d = (ey - ey_c)^2 sy + (ex - ex_c)^2 sx, in place, in float32
         np.subtract(ey[y0:y1, x0:x1], ey[cy, cx], out=d)
         d *= d
         d *= sy
@@ -118,11 +157,136 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
         if n_free >= min_size and n_free >= min_unclaimed * n_prop:
             k += 1
             np.copyto(labels[y0:y1, x0:x1], k, where=free)
-            scores.append(float(seed[y0:y1, x0:x1][free].mean()))
             if k >= max_instances:
                 break
         claimed_win |= prop
-    return labels, np.asarray(scores, np.float64)
+    return k
+
+
+_COMPILED: list = []
+
+
+def compiled_clustering() -> bool:
+    """Whether :func:`cluster` runs compiled (numba installed): then it also
+    releases the GIL, and several clusterings can run on threads at once."""
+    return _greedy_compiled() is not None
+
+
+def _greedy_compiled():
+    """The greedy loop compiled with numba (None without numba): the same
+    arithmetic as :func:`_greedy_numpy` (float32 distances, float64 window
+    sizes), pixel by pixel, so the same labels, about ten times faster.
+    Compiled on first use and cached on disk by numba."""
+    if _COMPILED:
+        return _COMPILED[0]
+    try:
+        import numba
+    except ImportError:
+        _COMPILED.append(None)
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def greedy(ey, ex, ls0, ls1, fg, cand, labels, coord_scale, ln_t, min_size,
+               min_unclaimed, window_factor, window_margin, max_instances):
+        h, w = fg.shape
+        claimed = np.logical_not(fg)
+        ln_t32 = np.float32(ln_t)
+        # the foreground pixels bucketed by their embedding (cells of CELL
+        # px): a centre's proposal is looked for among the pixels whose
+        # embedding lies near its own, not over its whole window
+        cell = 8.0
+        pad = coord_scale + 2 * cell  # |offset| < 1 embedding unit
+        gh = int((h + 2 * pad) / cell) + 1
+        gw = int((w + 2 * pad) / cell) + 1
+        start = np.zeros(gh * gw + 1, np.int64)
+        where = np.full(h * w, -1, np.int64)  # each foreground pixel's cell
+        n_fg = 0
+        for y in range(h):
+            for x in range(w):
+                if fg[y, x]:
+                    # the values are positive (pad exceeds any offset), so
+                    # int() is floor(); the clip only guards odd inputs
+                    gy = min(max(int((ey[y, x] * coord_scale + pad) / cell), 0), gh - 1)
+                    gx = min(max(int((ex[y, x] * coord_scale + pad) / cell), 0), gw - 1)
+                    c = gy * gw + gx
+                    where[y * w + x] = c
+                    start[c + 1] += 1
+                    n_fg += 1
+        for i in range(gh * gw):
+            start[i + 1] += start[i]
+        fill = start[:-1].copy()
+        # each member's position and embedding, in cell order (no division
+        # and no scattered reads in the queries)
+        mem_y = np.empty(n_fg, np.int32)
+        mem_x = np.empty(n_fg, np.int32)
+        mem_ey = np.empty(n_fg, np.float32)
+        mem_ex = np.empty(n_fg, np.float32)
+        for y in range(h):
+            for x in range(w):
+                c = where[y * w + x]
+                if c >= 0:
+                    i = fill[c]
+                    mem_y[i], mem_x[i] = y, x
+                    mem_ey[i], mem_ex[i] = ey[y, x], ex[y, x]
+                    fill[c] += 1
+        prop = np.empty(n_fg, np.int64)
+        k = 0
+        for j in range(cand.size):
+            flat = cand[j]
+            cy, cx = flat // w, flat % w
+            if claimed[cy, cx]:
+                continue
+            sy = math.exp(np.float64(ls0[cy, cx]))
+            sx = math.exp(np.float64(ls1[cy, cx]))
+            ry = math.sqrt(ln_t / max(sy, 1e-12)) * coord_scale
+            rx = math.sqrt(ln_t / max(sx, 1e-12)) * coord_scale
+            my = int(min(h, window_factor * ry + window_margin))
+            mx = int(min(w, window_factor * rx + window_margin))
+            y0, y1 = max(0, cy - my), min(h, cy + my + 1)
+            x0, x1 = max(0, cx - mx), min(w, cx + mx + 1)
+            sy32, sx32 = np.float32(sy), np.float32(sx)
+            eyc, exc = ey[cy, cx], ex[cy, cx]
+            # cells within the ellipse's reach in embedding space, one cell
+            # to spare for rounding
+            py, px = eyc * coord_scale + pad, exc * coord_scale + pad
+            gy0 = max(int(math.floor((py - ry) / cell)) - 1, 0)
+            gy1 = min(int(math.floor((py + ry) / cell)) + 1, gh - 1)
+            gx0 = max(int(math.floor((px - rx) / cell)) - 1, 0)
+            gx1 = min(int(math.floor((px + rx) / cell)) + 1, gw - 1)
+            n_prop = 0
+            n_free = 0
+            for gy in range(gy0, gy1 + 1):
+                for gx in range(gx0, gx1 + 1):
+                    c = gy * gw + gx
+                    for m in range(start[c], start[c + 1]):
+                        y, x = mem_y[m], mem_x[m]
+                        if y < y0 or y >= y1 or x < x0 or x >= x1:
+                            continue
+                        a = mem_ey[m] - eyc
+                        b = mem_ex[m] - exc
+                        if (a * a) * sy32 + (b * b) * sx32 < ln_t32:
+                            prop[n_prop] = m
+                            n_prop += 1
+                            if not claimed[y, x]:
+                                n_free += 1
+            if n_prop == 0:
+                claimed[cy, cx] = True
+                continue
+            accept = n_free >= min_size and n_free >= min_unclaimed * n_prop
+            if accept:
+                k += 1
+            for i in range(n_prop):
+                y, x = mem_y[prop[i]], mem_x[prop[i]]
+                if accept and not claimed[y, x]:
+                    labels[y, x] = k
+                claimed[y, x] = True
+            claimed[cy, cx] = True
+            if accept and k >= max_instances:
+                break
+        return k
+
+    _COMPILED.append(greedy)
+    return greedy
 
 
 def _descending(values: np.ndarray) -> np.ndarray:

@@ -10,12 +10,14 @@ are clustered once on the whole image and particles on a seam stay whole.
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cluster import cluster, instance_consistency, instance_means
+from .cluster import cluster, compiled_clustering, instance_consistency, instance_means
 from .model import BPartISNet
 
 
@@ -294,14 +296,25 @@ def sample_consistency(maps: dict[str, np.ndarray], labels: np.ndarray, k: int, 
     if "samples" not in maps or k == 0:
         return np.ones(k, np.float64)
 
+    def one(smp):
+        # the float16 maps go in as they are: cluster() widens the offsets
+        # itself and float16 -> float32 is exact, so the labels are the same
+        # as from a float32 copy (20 bytes per pixel spared)
+        return cluster(smp[0:2], smp[2:4], smp[4], coord_scale=coord_scale,
+                       with_scores=False, **cluster_options)[0]
+
     def sample_labels():
-        # one sample at a time: T label maps at once cost 4 T bytes per
-        # pixel.  The float16 maps go in as they are: cluster() widens the
-        # offsets itself and float16 -> float32 is exact, so the labels are
-        # the same as from a float32 copy (20 bytes per pixel spared)
-        for smp in maps["samples"]:
-            yield cluster(smp[0:2], smp[2:4], smp[4], coord_scale=coord_scale,
-                          **cluster_options)[0]
+        # a few samples at a time (T label maps at once cost 4 T bytes per
+        # pixel).  The compiled clustering releases the GIL, so two samples
+        # are clustered at once on two threads (a third less time)
+        samples = maps["samples"]
+        workers = min(2, os.cpu_count() or 1)
+        if workers < 2 or len(samples) < 2 or not compiled_clustering():
+            yield from (one(smp) for smp in samples)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            for i in range(0, len(samples), workers):
+                yield from pool.map(one, samples[i:i + workers])
 
     return instance_consistency(labels, k, sample_labels())
 
