@@ -199,7 +199,7 @@ def _greedy_compiled():
         gh = int((h + 2 * pad) / cell) + 1
         gw = int((w + 2 * pad) / cell) + 1
         start = np.zeros(gh * gw + 1, np.int64)
-        where = np.full(h * w, -1, np.int64)  # each foreground pixel's cell
+        where = np.full(h * w, -1, np.int32)  # each foreground pixel's cell
         n_fg = 0
         for y in range(h):
             for x in range(w):
