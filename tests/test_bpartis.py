@@ -734,9 +734,31 @@ def test_fused_inference_features_equal_the_decoder(fold):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(net(x)["seed"], net.heads(want)["seed"], rtol=1e-4,
                                    atol=1e-5)
+        for k, v in net.point_head(want).items():  # the head as one matrix product
+            torch.testing.assert_close(v, net.heads(want)[k], rtol=1e-5, atol=1e-6)
     net.train()
     with pytest.raises(RuntimeError, match="inference"):
         net.features(x)
+
+
+def test_head_scratch_is_reused_only_while_small(monkeypatch):
+    from imageextract.segment.bpartis import model as M
+
+    net = tiny_backend(mc_samples=1).net.eval()
+    y = torch.randn(1, net.head.in_channels, 16, 16)
+    with torch.inference_mode():
+        a = next(net.head_sample_chunks(y, 4, reuse=True))
+        b = next(net.head_sample_chunks(y, 4, reuse=True))
+        assert a.data_ptr() == b.data_ptr()  # the same memory, call after call
+        c = next(net.head_sample_chunks(y, 4))  # without reuse: a tensor of its own
+        assert c.data_ptr() != a.data_ptr()
+        monkeypatch.setattr(M, "SCRATCH_BYTES", 100)
+        net._scratch_buf = None
+        d = next(net.head_sample_chunks(y, 4, reuse=True))
+        e = next(net.head_sample_chunks(y, 4, reuse=True))
+        assert d.data_ptr() != e.data_ptr() and net._scratch_buf is None  # too large to keep
+    # with gradients on (training) there is no scratch: autograd needs its own tensors
+    assert next(net.head_sample_chunks(y, 2, reuse=True)).requires_grad
 
 
 @pytest.mark.parametrize("layers", [("head",), ("dec1", "head")])
@@ -748,8 +770,9 @@ def test_sample_chunks_are_the_samples_stacked(layers):
     torch.manual_seed(4)
     want = list(net.sample_mc(x, 11, layers=layers, point=True))
     torch.manual_seed(4)
-    first, chunks = net.sample_mc_chunks(x, 11, layers=layers, point=True)
-    chunks = list(chunks)
+    with torch.inference_mode():  # as network_maps runs it: the head's scratch is reused
+        first, chunks = net.sample_mc_chunks(x, 11, layers=layers, point=True)
+        chunks = [c.clone() for c in chunks]  # a chunk is valid until the next is drawn
     got = torch.cat(chunks, 0)
     assert got.shape == (11, 1, 5, 32, 32)
     assert len(chunks) == (2 if layers == ("head",) else 11)  # 8 + 3 when only the head
