@@ -752,11 +752,20 @@ def test_head_scratch_is_reused_only_while_small(monkeypatch):
         assert a.data_ptr() == b.data_ptr()  # the same memory, call after call
         c = next(net.head_sample_chunks(y, 4))  # without reuse: a tensor of its own
         assert c.data_ptr() != a.data_ptr()
+        # another thread gets its own scratch
+        from concurrent.futures import ThreadPoolExecutor
+
+        def other():
+            with torch.inference_mode():
+                return next(net.head_sample_chunks(y, 4, reuse=True)).data_ptr()
+
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(other).result() != a.data_ptr()
         monkeypatch.setattr(M, "SCRATCH_BYTES", 100)
-        net._scratch_buf = None
+        M._SCRATCH.buf = None
         d = next(net.head_sample_chunks(y, 4, reuse=True))
         e = next(net.head_sample_chunks(y, 4, reuse=True))
-        assert d.data_ptr() != e.data_ptr() and net._scratch_buf is None  # too large to keep
+        assert d.data_ptr() != e.data_ptr() and M._SCRATCH.buf is None  # too large to keep
     # with gradients on (training) there is no scratch: autograd needs its own tensors
     assert next(net.head_sample_chunks(y, 2, reuse=True)).requires_grad
 

@@ -21,6 +21,7 @@ MC dropout cheap.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -369,8 +370,8 @@ class BPartISNet(nn.Module):
         copy per sample either.
 
         With ``reuse`` (one image, ``B = 1``, no gradients) every chunk is
-        written into the same scratch tensor, kept on the network between
-        calls up to :data:`SCRATCH_BYTES`: a chunk is valid only until the
+        written into the same scratch tensor, kept between calls (one per
+        thread) up to :data:`SCRATCH_BYTES`: a chunk is valid only until the
         next one is drawn.  A fresh tensor of this size (42 MB for 8 samples
         of a 512^2 tile) costs more in page faults than the product itself.
         """
@@ -385,7 +386,7 @@ class BPartISNet(nn.Module):
             keep = (torch.rand(n, b, 1, c, device=y.device) >= p).to(y.dtype) / (1.0 - p)
             eff = (keep * w).transpose(0, 1).reshape(b, n * w.shape[0], c)  # (B, n*5, C)
             if reuse:
-                raw = self._scratch(n * w.shape[0] * flat.shape[2], y).view(-1, flat.shape[2])
+                raw = _scratch(n * w.shape[0] * flat.shape[2], y).view(-1, flat.shape[2])
                 torch.mm(eff[0], flat[0], out=raw)
                 out = raw.view(n, 1, w.shape[0], *y.shape[2:])
                 out += bias
@@ -396,19 +397,6 @@ class BPartISNet(nn.Module):
             out[:, :, 2:4].mul_(self.config.sigma_scale)
             out[:, :, 4:5].sigmoid_()
             yield out
-
-    def _scratch(self, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A flat tensor of at least ``numel`` elements of ``like``'s dtype
-        and device, reused between calls while it is at most
-        :data:`SCRATCH_BYTES` (larger ones are fresh each time)."""
-        buf = getattr(self, "_scratch_buf", None)
-        if buf is not None and buf.numel() >= numel and buf.dtype == like.dtype \
-                and buf.device == like.device:
-            return buf[:numel]
-        buf = torch.empty(numel, dtype=like.dtype, device=like.device)
-        if numel * buf.element_size() <= SCRATCH_BYTES:
-            self._scratch_buf = buf
-        return buf
 
     def tail(self, z2: torch.Tensor, s1: torch.Tensor,
              mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -493,9 +481,26 @@ class BPartISNet(nn.Module):
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
 
-#: Largest scratch tensor a network keeps for the MC head between calls
+#: Largest scratch tensor each thread keeps for the MC head between calls
 #: (:meth:`BPartISNet.head_sample_chunks`): 8 samples of a 1024^2 tile.
 SCRATCH_BYTES = 8 * 5 * 1024 * 1024 * 4
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat tensor of at least ``numel`` elements of ``like``'s dtype and
+    device, reused between calls of this thread while it is at most
+    :data:`SCRATCH_BYTES` (larger ones are fresh each time)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is not None and buf.numel() >= numel and buf.dtype == like.dtype \
+            and buf.device == like.device:
+        return buf[:numel]
+    buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+    if numel * buf.element_size() <= SCRATCH_BYTES:
+        _SCRATCH.buf = buf
+    return buf
 
 
 def _stack_outputs(out: dict[str, torch.Tensor]) -> torch.Tensor:
