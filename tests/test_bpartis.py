@@ -579,6 +579,8 @@ def test_consistency_uncertainty_from_the_mc_samples():
 def test_samples_clustered_on_threads_give_the_same_uncertainty(monkeypatch):
     # with the compiled clustering the samples are clustered two at a time
     # on threads: the same consistency as one after the other, for an odd T
+    import threading
+
     from imageextract.segment.bpartis import inference
 
     pytest.importorskip("numba")
@@ -595,10 +597,25 @@ def test_samples_clustered_on_threads_give_the_same_uncertainty(monkeypatch):
     lab, sc, _ = inference.segment_maps(maps, coord_scale=SCALE, min_size=5)
     k = int(lab.max())
     assert inference.compiled_clustering()
+    clustered = []
+    real = inference.cluster
+
+    def spy(*a, **kw):
+        clustered.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(inference, "cluster", spy)
+    main = threading.current_thread().name
     threaded = inference.sample_consistency(maps, lab, k, coord_scale=SCALE, min_size=5)
+    assert len(clustered) == 5 and main not in clustered  # on the pool's threads
+    clustered.clear()
+    monkeypatch.setattr(inference, "THREADED_CLUSTERING_MAX_PX", lab.size - 1)  # too large
+    large = inference.sample_consistency(maps, lab, k, coord_scale=SCALE, min_size=5)
+    assert clustered == [main] * 5  # one after the other, here
     monkeypatch.setattr(inference, "compiled_clustering", lambda: False)
     one_by_one = inference.sample_consistency(maps, lab, k, coord_scale=SCALE, min_size=5)
     np.testing.assert_array_equal(threaded, one_by_one)
+    np.testing.assert_array_equal(large, one_by_one)
     assert k == 3 and 0 < threaded.min() < threaded.max() == 1.0
 
 

@@ -286,6 +286,13 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
 UNCERTAINTY_KINDS = ("mi", "consistency")
 
 
+#: Largest map (pixels at the working scale) whose MC samples are clustered
+#: two at a time: a clustering holds about 60 bytes per pixel, and above this
+#: (4000^2 px, about 1 GB each) memory matters more than the third of the
+#: clustering time that threads save.
+THREADED_CLUSTERING_MAX_PX = 16_000_000
+
+
 def sample_consistency(maps: dict[str, np.ndarray], labels: np.ndarray, k: int, *,
                        coord_scale: float, **cluster_options) -> np.ndarray:
     """:func:`~.cluster.instance_consistency` of the ``k`` instances of
@@ -309,7 +316,8 @@ def sample_consistency(maps: dict[str, np.ndarray], labels: np.ndarray, k: int, 
         # are clustered at once on two threads (a third less time)
         samples = maps["samples"]
         workers = min(2, os.cpu_count() or 1)
-        if workers < 2 or len(samples) < 2 or not compiled_clustering():
+        if workers < 2 or len(samples) < 2 or not compiled_clustering() \
+                or labels.size > THREADED_CLUSTERING_MAX_PX:
             yield from (one(smp) for smp in samples)
             return
         with ThreadPoolExecutor(workers) as pool:
