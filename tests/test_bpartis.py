@@ -751,8 +751,9 @@ def test_fused_inference_features_equal_the_decoder(fold):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(net(x)["seed"], net.heads(want)["seed"], rtol=1e-4,
                                    atol=1e-5)
+        conv = net._activate(net.head(want))  # the head as the 1x1 convolution it is
         for k, v in net.point_head(want).items():  # the head as one matrix product
-            torch.testing.assert_close(v, net.heads(want)[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(v, conv[k], rtol=1e-5, atol=1e-6)
     net.train()
     with pytest.raises(RuntimeError, match="inference"):
         net.features(x)
@@ -797,7 +798,7 @@ def test_sample_chunks_are_the_samples_stacked(layers):
     want = list(net.sample_mc(x, 11, layers=layers, point=True))
     torch.manual_seed(4)
     with torch.inference_mode():  # as network_maps runs it: the head's scratch is reused
-        first, chunks = net.sample_mc_chunks(x, 11, layers=layers, point=True)
+        first, chunks = net.sample_mc_chunks(x, 11, layers=layers, point=True, reuse=True)
         chunks = [c.clone() for c in chunks]  # a chunk is valid until the next is drawn
     got = torch.cat(chunks, 0)
     assert got.shape == (11, 1, 5, 32, 32)

@@ -134,7 +134,7 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
     x = x.contiguous(memory_format=torch.channels_last)  # the backend's layout
     if samples > 1:
         point = mc_maps == "point"
-        o, chunks = net.sample_mc_chunks(x, samples, layers=mc_layers, point=point)
+        o, chunks = net.sample_mc_chunks(x, samples, layers=mc_layers, point=point, reuse=True)
         if point:
             off, ls = o["offsets"][0, :, :th, :tw], o["log_s"][0, :, :th, :tw]
             seed = o["seed"][0, :, :th, :tw]

@@ -325,7 +325,10 @@ class BPartISNet(nn.Module):
         return self.dec1(self._drop(torch.cat([_up(y, s1), s1], 1), "dec1", mc))
 
     def heads(self, y: torch.Tensor, mc: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-        """Output heads on full-resolution features."""
+        """Output heads on full-resolution features (:meth:`point_head`
+        where no dropout applies to them)."""
+        if not self.training and "head" not in mc:
+            return self.point_head(y)
         return self._activate(self.head(self._drop(y, "head", mc)))
 
     def _activate(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -337,7 +340,7 @@ class BPartISNet(nn.Module):
         }
 
     def point_head(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``heads(y)`` with dropout off, as one matrix product on NCHW
+        """The head with dropout off, as one matrix product on NCHW
         features: contiguous output planes whatever the weights' memory
         format (the backend's are channels_last), so the activations run on
         contiguous memory."""
@@ -351,9 +354,7 @@ class BPartISNet(nn.Module):
         """Yield ``samples`` MC-dropout outputs of the head on features ``y``
         (dicts as :meth:`heads` returns; see :meth:`head_sample_chunks`)."""
         for out in self.head_sample_chunks(y, samples, chunk=chunk):
-            for t in range(out.shape[0]):
-                yield {"offsets": out[t, :, 0:2], "log_s": out[t, :, 2:4],
-                       "seed": out[t, :, 4:5]}
+            yield from _split_outputs(out)
 
     def head_sample_chunks(self, y: torch.Tensor, samples: int, *, chunk: int = 8,
                            reuse: bool = False):
@@ -407,39 +408,29 @@ class BPartISNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: D102
         if not self.training:
-            return self.point_head(self.features(image))
+            return self.heads(self.features(image))
         z2, s1, _ = self.shared(image)
         return self.tail(z2, s1)
 
     def sample_mc(self, image: torch.Tensor, samples: int, *,
                   layers: tuple[str, ...] = ("head",), point: bool = False):
-        """Yield ``samples`` MC-dropout outputs; everything upstream of the
-        first stochastic layer runs once.
+        """Yield ``samples`` MC-dropout outputs (dicts as :meth:`heads`
+        returns); everything upstream of the first stochastic layer runs once.
 
         ``layers=("head",)`` (the default, and the fast one) samples only the
         dropout before the 1x1 output head; ``("dec2", "dec1", "head")``
         samples the whole decoder tail.  With ``point``, the deterministic
         output (dropout off) is yielded first, sharing the same upstream pass.
         """
-        layers = tuple(layers)
-        if set(layers) <= {"head"}:
-            y = self.trunk(*self.shared(image)[:2]) if self.training else self.features(image)
-            if point:
-                yield self.heads(y) if self.training else self.point_head(y)
-            if layers and not self.training:
-                yield from self.head_samples(y, samples)
-            else:
-                for _ in range(samples):
-                    yield self.heads(y, layers)
-        else:
-            z2, s1, _ = self.shared(image)
-            if point:
-                yield self.tail(z2, s1)
-            for _ in range(samples):
-                yield self.tail(z2, s1, layers)
+        first, chunks = self.sample_mc_chunks(image, samples, layers=layers, point=point)
+        if point:
+            yield first
+        for chunk in chunks:
+            yield from _split_outputs(chunk)
 
     def sample_mc_chunks(self, image: torch.Tensor, samples: int, *,
-                         layers: tuple[str, ...] = ("head",), point: bool = False):
+                         layers: tuple[str, ...] = ("head",), point: bool = False,
+                         reuse: bool = False):
         """:meth:`sample_mc` with the samples as tensors ``(n, B, 5, H, W)``
         (channels as in :meth:`head_sample_chunks`), several samples per
         tensor where only the head is sampled.
@@ -447,20 +438,16 @@ class BPartISNet(nn.Module):
         Returns ``(point_output, chunks)``: the deterministic output (a dict
         as :meth:`heads` returns) when ``point``, else None, and an
         iterator over the chunks of samples, from the same upstream pass.
-        At inference (no gradients, one image) each chunk is only valid
-        until the next one is drawn (see ``reuse`` in
-        :meth:`head_sample_chunks`): use or copy it first.
+        With ``reuse`` (see :meth:`head_sample_chunks`), at inference each
+        chunk is only valid until the next one is drawn: use or copy it
+        first.
         """
         layers = tuple(layers)
         if set(layers) <= {"head"}:
-            if self.training:
-                y = self.trunk(*self.shared(image)[:2])
-                first = self.heads(y) if point else None
-            else:
-                y = self.features(image)
-                first = self.point_head(y) if point else None
+            y = self.trunk(*self.shared(image)[:2]) if self.training else self.features(image)
+            first = self.heads(y) if point else None
             if layers and not self.training:
-                return first, self.head_sample_chunks(y, samples, reuse=True)
+                return first, self.head_sample_chunks(y, samples, reuse=reuse)
 
             def each():
                 for _ in range(samples):
@@ -506,6 +493,14 @@ def _scratch(numel: int, like: torch.Tensor) -> torch.Tensor:
 def _stack_outputs(out: dict[str, torch.Tensor]) -> torch.Tensor:
     """One output dict -> a ``(1, B, 5, H, W)`` chunk of samples."""
     return torch.cat([out["offsets"], out["log_s"], out["seed"]], 1)[None]
+
+
+def _split_outputs(chunk: torch.Tensor):
+    """A ``(n, B, 5, H, W)`` chunk of samples -> its ``n`` output dicts
+    (views), the inverse of :func:`_stack_outputs`."""
+    for t in range(chunk.shape[0]):
+        yield {"offsets": chunk[t, :, 0:2], "log_s": chunk[t, :, 2:4],
+               "seed": chunk[t, :, 4:5]}
 
 
 #: Convolution -> BatchNorm pairs applied one after the other outside a
