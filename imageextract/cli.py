@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hard-mining", type=float, default=0.0, metavar="K",
                    help="with --init: draw the training images the starting weights get wrong "
                         "up to 1+K times as often (0 = uniform)")
+    t.add_argument("--elongated-weight", type=_positive_float, default=1.0, metavar="K",
+                   help="draw the training images of rods, wires and fibres (median aspect "
+                        "ratio above 2.5) K times as often")
+    t.add_argument("--exclude", metavar="FILE",
+                   help="text file of training stems to leave out, one per line (a held-out "
+                        "set to judge the run on)")
     t.add_argument("--finish", action="store_true",
                    help="skip training: fit the size model, tune MC samples and the uncertainty "
                         "threshold on the validation split and export (runs by itself when "
@@ -248,6 +254,12 @@ def _cmd_train(args, progress: bool) -> int:
         opts["init_weights"] = args.init
     if args.hard_mining:
         opts["hard_mining"] = args.hard_mining
+    if args.elongated_weight != 1.0:
+        opts["elongated_weight"] = args.elongated_weight
+    if args.exclude:
+        from .segment.bpartis.train import read_stems
+
+        opts["exclude"] = read_stems(args.exclude)
     train(args.data, args.out, resume=args.resume, device=args.device, progress=progress,
           workers=args.workers, **opts)
     return EXIT_OK

@@ -399,6 +399,62 @@ def test_hard_mining_weights_and_exact_resume(tmp_path):
     assert not (tmp_path / "c" / "checkpoint.pt").exists()
 
 
+def test_elongated_weight_and_excluded_stems(tmp_path):
+    """Images of rods are drawn ``elongated_weight`` times as often (on top of
+    hard mining), stems can be left out of train-fit, and both are kept in
+    the checkpoint, so a resumed run draws as an uninterrupted one."""
+    from PIL import Image
+
+    from imageextract.datasets import split_stems
+    from imageextract.errors import ImageExtractError
+    from imageextract.segment.bpartis.train import elongated_images, shape_weights, train
+
+    data = _tiny_emps(tmp_path / "emps")
+    fit = split_stems(data, "train-fit")
+    assert len(fit) >= 3
+    rod, left_out = fit[0], fit[1]
+    lab = np.zeros((48, 56), np.uint16)
+    lab[10:15, 5:45] = 1
+    lab[30:34, 8:50] = 2
+    Image.fromarray(lab).save(data / "segmaps" / f"{rod}.png")
+    img = np.where(lab > 0, 60, 200).astype(np.uint8)
+    Image.fromarray(np.stack([img] * 3, -1)).save(data / "images" / f"{rod}.png")
+
+    items = [("r", None, lab.astype(np.int32)), ("d", None, np.pad(np.ones((9, 9), np.int32), 5))]
+    assert elongated_images(items).tolist() == [True, False]
+    assert shape_weights(items, None, elongated_weight=1.0) is None
+    w = shape_weights(items, np.array([0.2, 0.8]), elongated_weight=4.0)
+    np.testing.assert_allclose(w, [0.5, 0.5])  # multiplies the weights it is given
+    with pytest.raises(ImageExtractError, match="elongated weight"):
+        shape_weights(items, None, elongated_weight=0.0)
+
+    opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
+                device="cpu", model_config=TINY, pretrained=False, threads=None,
+                export_at_end=False, elongated_weight=4.0, exclude=[left_out])
+    train(data, tmp_path / "a", max_steps=2, **opts)
+    train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
+    train(data, tmp_path / "b", max_steps=3, **opts)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["recipe"]["exclude"] == [left_out] and a["recipe"]["elongated_weight"] == 4.0
+    assert a["recipe"]["elongated_images"] == 1
+    sw = np.asarray(b["sample_weights"])
+    assert sw.size == len(fit) - 1 and sw.sum() == pytest.approx(1.0)
+    assert sw.max() == pytest.approx(4 * sw.min()) and np.sum(sw == sw.max()) == 1
+    assert a["sample_weights"] == b["sample_weights"]
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    with pytest.raises(ImageExtractError, match="not in train-fit: nosuchstem"):
+        train(data, tmp_path / "c", max_steps=1, **{**opts, "exclude": ["nosuchstem"]})
+    with pytest.raises(ImageExtractError, match="elongated weight"):
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "elongated_weight": -2.0})
+    assert not (tmp_path / "c" / "checkpoint.pt").exists()
+    from imageextract.segment.bpartis.train import read_stems
+
+    (tmp_path / "hold.txt").write_text(f"# held out\n{rod}  # a rod\n\n{left_out}\n")
+    assert read_stems(tmp_path / "hold.txt") == [rod, left_out]
+
+
 def test_batches_do_not_depend_on_worker_processes(tmp_path):
     """Batch ``i`` comes from ``(seed, i)`` alone: a run with two loader
     processes takes the same batches as one without (to float rounding of

@@ -84,3 +84,14 @@ def test_console_script_help():
     assert r.returncode == 0
     for cmd in ("analyze", "run", "backends", "evaluate", "train"):
         assert cmd in r.stdout
+
+
+def test_train_exclude_list_errors_are_messages(tmp_path, capsys):
+    pytest.importorskip("torch")
+    rc = main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+               "--exclude", str(tmp_path / "missing.txt")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "cannot read the stem list" in err and "missing.txt" in err
+    assert "Traceback" not in err
+    assert main(["train", "bpartis", "--data", str(tmp_path), "--out", "m",
+                 "--elongated-weight", "0"]) == 2

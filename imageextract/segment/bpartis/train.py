@@ -378,6 +378,53 @@ def hard_weights(scores, *, strength: float) -> np.ndarray:
     return w / w.sum()
 
 
+#: Median ground-truth aspect ratio above which a training image counts as one of
+#: rods, wires or fibres (the shape groups of ``benchmarks/compare.py``).
+ELONGATED_ASPECT = 2.5
+
+
+def elongated_images(items: list[tuple], *, threshold: float = ELONGATED_ASPECT) -> np.ndarray:
+    """Boolean per item of ``items`` (``(stem, rgb, labels)``): is the median
+    aspect ratio of its ground-truth particles (border ones included: a rod
+    often crosses the border) above ``threshold``?
+
+    >>> lab = np.zeros((40, 40), np.int32); lab[2:5, 2:30] = 1  # one rod, two squares
+    >>> lab[10:20, 10:20] = 2; lab[25:35, 25:35] = 3
+    >>> lab2 = lab.copy(); lab2[37:40, 5:35] = 3; lab2[6:9, 2:30] = 4  # three rods, a square
+    >>> elongated_images([("a", None, lab), ("b", None, lab2)]).tolist()
+    [False, True]
+    """
+    from ...evaluation.metrics import ecd_and_aspect
+
+    out = []
+    for _, _, lab in items:
+        _, aspect = ecd_and_aspect(lab, exclude_border=False)
+        aspect = aspect[np.isfinite(aspect)]
+        out.append(bool(aspect.size) and float(np.median(aspect)) > threshold)
+    return np.asarray(out, dtype=bool)
+
+
+def shape_weights(items: list[tuple], weights: np.ndarray | None, *,
+                  elongated_weight: float) -> np.ndarray | None:
+    """``weights`` (None: uniform) with the images of elongated particles
+    (:func:`elongated_images`) drawn ``elongated_weight`` times as often,
+    renormalised; None when nothing changes.
+
+    >>> lab = np.zeros((40, 40), np.int32); lab[2:5, 2:30] = 1
+    >>> disc = np.zeros((40, 40), np.int32); disc[5:15, 5:15] = 1
+    >>> shape_weights([("r", None, lab), ("d", None, disc)], None,
+    ...               elongated_weight=3.0).tolist()
+    [0.75, 0.25]
+    """
+    if not (elongated_weight > 0 and math.isfinite(elongated_weight)):
+        raise ImageExtractError(f"elongated weight must be > 0, got {elongated_weight!r}")
+    if elongated_weight == 1.0:
+        return weights
+    w = np.full(len(items), 1.0 / len(items)) if weights is None else np.asarray(weights, float)
+    w = w * np.where(elongated_images(items), float(elongated_weight), 1.0)
+    return w / w.sum()
+
+
 def image_scores(net: BPartISNet, items: list[tuple], *, coord_scale: float,
                  target_diameter: float | None, device="cpu", progress: bool = False,
                  cluster_options: dict | None = None) -> np.ndarray:
@@ -435,7 +482,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           model_config: dict | None = None, pretrained: bool = True,
           threads: int | None = 2, export_at_end: bool = True,
           init_weights: str | Path | None = None, workers: int = 0,
-          hard_mining: float = 0.0) -> dict[str, Any]:
+          hard_mining: float = 0.0, elongated_weight: float = 1.0,
+          exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -479,6 +527,13 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
         probabilities of :func:`hard_weights`; the probabilities are kept in
         the checkpoint, so a resumed run draws the same batches.  Meant for
         runs that start from trained weights (``init_weights``).
+    elongated_weight : float
+        Draw the training images of rods, wires and fibres (median
+        ground-truth aspect ratio above :data:`ELONGATED_ASPECT`) this many
+        times as often (1: no change); multiplies the hard-mining weights.
+    exclude : list of str
+        Stems left out of ``train-fit`` (e.g. images held out to judge the
+        run on); stored in the recipe.
 
     Returns
     -------
@@ -502,7 +557,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       max_minutes=max_minutes, max_steps=max_steps, model_config=model_config,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
                       init_weights=init_weights, workers=workers, t_start=t_start,
-                      hard_mining=hard_mining)
+                      hard_mining=hard_mining, elongated_weight=elongated_weight,
+                      exclude=exclude)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -512,7 +568,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
 def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, val_every,
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
-           t_start, hard_mining=0.0) -> dict[str, Any]:
+           t_start, hard_mining=0.0, elongated_weight=1.0, exclude=()) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -547,12 +603,25 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         if not (float(hard_mining) >= 0 and math.isfinite(float(hard_mining))):
             raise ImageExtractError(f"hard-mining strength must be >= 0, got {hard_mining!r}")
         recipe["hard_mining"] = float(hard_mining)
+        if not (float(elongated_weight) > 0 and math.isfinite(float(elongated_weight))):
+            raise ImageExtractError(
+                f"elongated weight must be > 0, got {elongated_weight!r}")
+        recipe["elongated_weight"] = float(elongated_weight)
+        recipe["exclude"] = sorted({str(s) for s in exclude})
         if init_weights is not None:
             from ...weights import sha256_file
 
             recipe["init_weights"] = (f"{init_weights} (sha256 "
                                       f"{sha256_file(Path(init_weights))[:12]})")
     train_items = load_split(data_dir, "train-fit", progress=progress)
+    left_out = set(recipe.get("exclude", ()))
+    if left_out:
+        unknown = left_out - {stem for stem, _, _ in train_items}
+        if unknown:
+            raise ImageExtractError(f"cannot exclude {len(unknown)} stem(s) that are not in "
+                                    f"train-fit: {', '.join(sorted(unknown)[:5])}")
+        train_items = [it for it in train_items if it[0] not in left_out]
+        logger.info("%d train-fit images left out (recipe 'exclude')", len(left_out))
     val_items = load_split(data_dir, "val", progress=progress)
     if not train_items:
         raise ImageExtractError(f"no training images in {data_dir} (split 'train-fit')")
@@ -620,6 +689,12 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                     "%.0f s; weights %.2f-%.2f x uniform", len(scores), np.nanmean(scores),
                     recipe["hard_mining_scores"]["below_0.5"], time.monotonic() - t0,
                     sample_weights.min() * len(scores), sample_weights.max() * len(scores))
+    if ckpt is None and float(recipe.get("elongated_weight", 1.0)) != 1.0:
+        sample_weights = shape_weights(train_items, sample_weights,
+                                       elongated_weight=float(recipe["elongated_weight"]))
+        recipe["elongated_images"] = int(elongated_images(train_items).sum())
+        logger.info("elongated images (%d) drawn %.3g x as often", recipe["elongated_images"],
+                    recipe["elongated_weight"])
     if sample_weights is not None and sample_weights.size != len(train_items):
         raise ImageExtractError(
             f"the checkpoint's sampling weights cover {sample_weights.size} images but "
@@ -1234,6 +1309,16 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
     return out
 
 
+def read_stems(path: str | Path) -> list[str]:
+    """Stems listed one per line in ``path`` (blank lines and ``#`` comments
+    skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ImageExtractError(f"cannot read the stem list {path}: {exc}") from exc
+    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -1259,6 +1344,10 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-mining", type=float, default=0.0,
                    help="draw images the starting network gets wrong more often "
                         "(strength; 0 = uniform)")
+    p.add_argument("--elongated-weight", type=float, default=1.0,
+                   help="draw images of rods, wires and fibres this many times as often")
+    p.add_argument("--exclude", metavar="FILE",
+                   help="text file of train-fit stems to leave out (one per line)")
     p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
@@ -1275,7 +1364,9 @@ def _main(argv: list[str] | None = None) -> int:
                 checkpoint_minutes=a.checkpoint_minutes, progress=not a.no_progress,
                 device=a.device, max_minutes=a.max_minutes, max_steps=a.max_steps,
                 threads=a.threads, init_weights=a.init, workers=a.workers,
-                export_at_end=not a.no_finish, hard_mining=a.hard_mining)
+                export_at_end=not a.no_finish, hard_mining=a.hard_mining,
+                elongated_weight=a.elongated_weight,
+                exclude=read_stems(a.exclude) if a.exclude else ())
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
