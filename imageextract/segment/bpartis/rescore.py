@@ -48,7 +48,6 @@ FEATURES = (
     "texture",    # intensity std inside / image std
     "holes",      # fraction of the filled outline that is not particle
     "log_rel_max",  # log(area / largest area)
-    "log_aspect",  # log(major / minor axis of the ellipse of the same second moments)
 )
 
 
@@ -113,23 +112,6 @@ def _holes(m: np.ndarray, first: np.ndarray, last: np.ndarray) -> int:
     inside[edge] = False
     inside[0] = False
     return int(np.count_nonzero(inside[lbl]))
-
-
-def _log_aspect(ys: np.ndarray, xs: np.ndarray) -> float:
-    """log(major / minor axis) of the ellipse with the second moments of the
-    pixels ``(ys, xs)`` (each pixel a unit square, as
-    :func:`skimage.measure.regionprops` counts it: 1/12 added to each
-    variance, so a single pixel is round).
-
-    >>> ys, xs = np.mgrid[0:3, 0:12]
-    >>> round(float(np.exp(_log_aspect(ys.ravel(), xs.ravel()))), 3)
-    4.0
-    """
-    yc, xc = ys - ys.mean(), xs - xs.mean()
-    a, b, c = (yc * yc).mean() + 1 / 12, (xc * xc).mean() + 1 / 12, (yc * xc).mean()
-    root = np.sqrt(((a - b) / 2) ** 2 + c * c)
-    big, small = (a + b) / 2 + root, (a + b) / 2 - root
-    return float(0.5 * np.log(big / max(small, 1e-12)))
 
 
 def image_statistics(image: np.ndarray) -> dict:
@@ -217,14 +199,12 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
         border = float(sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h
                        or sl[1].stop == w)
         extent = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) / max(h, w)
-        ys, xs = np.nonzero(m)
         out[i] = [
             scores[i], uncertainty[i], mi_mean[i], np.log(area[i] / med),
             np.log(area[i] * scale ** 2 / disc + 1e-9), area[i] / max(hull, 1.0),
             border, contrast, np.log(k), area[i] / (h * w), np.log(scale), extent, touching,
             grad[y0:y1, x0:x1][outline].mean() / grad_mean, inside.std() / sd,
             1.0 - area[i] / max(filled, 1), np.log(area[i] / area.max()),
-            _log_aspect(ys, xs),
         ]
     return out
 
@@ -282,17 +262,11 @@ class Rescorer:
         return all(self.inputs.get(k, v) == v for k, v in settings.items())
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability that each row is a real, well-outlined particle.
-
-        ``features`` holds all of :data:`FEATURES` (what
-        :func:`instance_features` gives); the rescorer reads its own
-        :attr:`features` among them, so a rescorer fitted on fewer (an older
-        version's) still works."""
+        """Probability that each row is a real, well-outlined particle."""
         x = np.atleast_2d(np.asarray(features, np.float64))
-        if x.shape[1] != len(FEATURES):
-            raise ValueError(f"expected {len(FEATURES)} features per particle "
-                             f"({', '.join(FEATURES)}), got {x.shape[1]}")
-        x = x[:, feature_columns(self.features)]
+        if x.shape[1] != len(self.features):
+            raise ValueError(f"expected {len(self.features)} features per particle "
+                             f"({', '.join(self.features)}), got {x.shape[1]}")
         z = (_expand(x) - self.mean) / self.std
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
 
@@ -313,9 +287,9 @@ class Rescorer:
             raise ValueError(f"unknown rescorer kind {d.get('kind')!r}")
         feats = tuple(d.get("features", FEATURES))
         unknown = [f for f in feats if f not in FEATURES]
-        if unknown or not feats or len(set(feats)) != len(feats):
-            raise ValueError(f"rescorer features {list(feats)} are not distinct names among "
-                             f"this version's {list(FEATURES)}")
+        if unknown or len(feats) != len(FEATURES):
+            raise ValueError(f"rescorer features {list(feats)} do not match this version's "
+                             f"{list(FEATURES)}")
         n = 2 * len(feats)
         arrays = {key: np.asarray(d[key], np.float64) for key in ("mean", "std", "coef")}
         for key, a in arrays.items():
@@ -327,21 +301,8 @@ class Rescorer:
                    notes=str(d.get("notes", "")))
 
 
-def feature_columns(names) -> list[int]:
-    """Columns of :data:`FEATURES` named ``names``, in that order.
-
-    >>> feature_columns(["score", "log_aspect"]) == [0, len(FEATURES) - 1]
-    True
-    """
-    unknown = [n for n in names if n not in FEATURES]
-    if unknown:
-        raise ValueError(f"unknown rescorer feature(s) {unknown}; known: {list(FEATURES)}")
-    return [FEATURES.index(n) for n in names]
-
-
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
-                 l2: float = 1e-2, iterations: int = 50, threshold: float = 0.5,
-                 names: tuple[str, ...] = FEATURES) -> Rescorer:
+                 l2: float = 1e-2, iterations: int = 50, threshold: float = 0.5) -> Rescorer:
     """Fit a :class:`Rescorer` by Newton's method (L2 penalty ``l2`` on the
     standardised coefficients, none on the intercept).
 
@@ -352,8 +313,6 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
     weights : (N,) array, optional
         Per-particle weights (e.g. ``1/sqrt(particles in its image)``, so
         crowded images do not outvote the rest).
-    names : tuple of str
-        The features (columns of ``features``) the rescorer reads.
     """
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, np.float64)
@@ -362,8 +321,6 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
                          f"got {x.shape} and {y.shape}")
     if x.shape[0] == 0 or y.min() == y.max():
         raise ValueError("need both matched and unmatched particles to fit a rescorer")
-    names = tuple(names)
-    x = x[:, feature_columns(names)]
     w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
     w = w / w.mean()
     e = _expand(x)
@@ -380,7 +337,7 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
         b -= step
         if np.abs(step).max() < 1e-8:
             break
-    return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold, features=names)
+    return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold)
 
 
-__all__ = ["FEATURES", "Rescorer", "feature_columns", "fit_rescorer", "instance_features", "match_labels"]
+__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "instance_features", "match_labels"]

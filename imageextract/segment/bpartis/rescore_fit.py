@@ -98,16 +98,14 @@ def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float,
 
 def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
-                   l2: float = 1e-2, names: tuple[str, ...] = FEATURES
-                   ) -> dict[float, dict[str, float]]:
-    """Held-out metrics per threshold, folds grouped by image; the rescorers
-    read the features ``names``."""
+                   l2: float = 1e-2) -> dict[float, dict[str, float]]:
+    """Held-out metrics per threshold, folds grouped by image."""
     fold = np.random.default_rng(seed).permutation(len(props)) % folds
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
         train = [p for p, q in zip(props, fold) if q != f]
         x, y, w = _stack(train)
-        model = fit_rescorer(x, y, weights=w, l2=l2, names=names)
+        model = fit_rescorer(x, y, weights=w, l2=l2)
         for i, p in enumerate(props):
             if fold[i] == f and p["features"].shape[0]:
                 probs[i] = model.predict_proba(p["features"])
