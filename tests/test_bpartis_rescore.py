@@ -110,17 +110,7 @@ def test_fit_rescorer_separates_and_round_trips():
     assert model.keep(p).tolist() == (p >= 0.6).tolist()
     again = Rescorer.from_dict(json.loads(json.dumps(model.to_dict())))
     np.testing.assert_allclose(again.predict_proba(x), p)
-    assert again.threshold == 0.6 and again.relative == 0.0
-    model.relative = 0.8
-    again = Rescorer.from_dict(json.loads(json.dumps(model.to_dict())))
-    assert again.relative == 0.8
-    low = np.array([0.5, 0.41, 0.39, 0.1])  # an image the rescorer is unsure of throughout
-    assert again.keep(low).tolist() == [True, True, False, False]
-    assert again.keep(np.r_[low, 0.9]).tolist() == [False] * 4 + [True]
-    assert again.keep(np.zeros(0)).size == 0
-    for bad_rel in (1.0, -0.1):
-        with pytest.raises(ValueError, match="relative"):
-            Rescorer.from_dict({**model.to_dict(), "relative": bad_rel})
+    assert again.threshold == 0.6
     with pytest.raises(ValueError, match="features per particle"):
         model.predict_proba(x[:, :3])
     with pytest.raises(ValueError, match="both matched and unmatched"):
@@ -167,12 +157,6 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     assert cv[0.5]["ap50"] > cv[0.01]["ap50"]
     assert cv[0.5]["ap50"] > 0.9
     keep_all = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5)
-    # a relative threshold keeps an image's best proposals where none passes
-    none_pass = [np.full(len(p["matched"]), 0.1) for p in props]
-    assert score_filtered(props, none_pass, 0.5)["ap50"] == 0.0
-    assert score_filtered(props, none_pass, 0.5, relative=0.8) == keep_all
-    rel = cross_validate(props, folds=3, thresholds=(0.5,), relative=0.8)
-    assert rel[0.5]["ap50"] >= cv[0.5]["ap50"] - 1e-9
     assert keep_all["ap50"] < cv[0.5]["ap50"]
     assert keep_all["aji_plus"] < 1.0
 
@@ -181,8 +165,7 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"inference": {"mc_samples": 8}}))
     (tmp_path / "MODEL_CARD.md").write_text("# m\n\n## Notes\nn\n\n## Weights\nw\n")
     res = {"split": "train-fit", "images": 30, "proposals": 100, "matched_fraction": 0.7,
-           "cv": {str(t): v for t, v in cv.items()}, "proposals_unfiltered": keep_all,
-           "relative": 0.0, "cv_relative": {"relative": 0.8, **rel[0.5]}}
+           "cv": {str(t): v for t, v in cv.items()}, "proposals_unfiltered": keep_all}
     install(tmp_path, model, res)
     install(tmp_path, model, res)  # again: replaces, does not duplicate
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -190,7 +173,6 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     assert Rescorer.from_dict(cfg["inference"]["rescore"]).cluster == {"min_score": 0.6}
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count("## Rescoring") == 1 and card.count("## Weights") == 1
-    assert "at least 0.8 x its probability" in card and "(not used)" in card
     assert card.index("## Notes") < card.index("## Rescoring") < card.index("## Weights")
 
 
@@ -204,8 +186,8 @@ def test_backend_uses_the_rescorer_from_config():
     tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
     img = (rng.random((64, 64)) * 255).astype(np.uint8)
 
-    def backend(threshold, mc_samples=2, relative=0.0, **kw):
-        model.threshold, model.relative = threshold, relative
+    def backend(threshold, mc_samples=2, **kw):
+        model.threshold = threshold
         model.inputs = {"mc_samples": 2, "uncertainty": "mi"}
         model.cluster = {"min_score": 0.0, "min_rel_area": 0.0, "seed_threshold": 0.0,
                          "fg_threshold": 0.0}
@@ -222,9 +204,6 @@ def test_backend_uses_the_rescorer_from_config():
     assert k > 0  # with every pixel foreground, something is proposed
     assert seg.scores.shape == (k,) and np.all((seg.scores >= 0) & (seg.scores <= 1))
     assert int(backend(1.01).predict(img).labels.max()) == 0  # nothing passes
-    # ... unless the threshold is relative where the image's best is below it
-    rel = backend(1.01, relative=0.999).predict(img)
-    assert int(rel.labels.max()) >= 1 and rel.scores.max() == pytest.approx(seg.scores.max())
     # the features were made with T = 2 and MI: with other settings the rescorer is off
     assert backend(1.01, mc_samples=1).rescorer is None
     assert backend(1.01, uncertainty="consistency").rescorer is None

@@ -240,9 +240,7 @@ class Rescorer:
     """Logistic regression on standardised features and their squares.
 
     ``threshold``: particles with a probability below it are dropped by
-    :meth:`keep`, except that with ``relative`` > 0 an image whose best
-    particle is below it keeps those with at least ``relative`` times the
-    best one's probability (see :func:`keep_mask`).  ``cluster``: the clustering filters its training
+    :meth:`keep`.  ``cluster``: the clustering filters its training
     proposals were made with (the backend must propose the same way).
     ``inputs``: the backend settings its features were computed with
     (``mc_samples``, ``uncertainty``); with others the features mean
@@ -254,7 +252,6 @@ class Rescorer:
     coef: np.ndarray
     intercept: float
     threshold: float = 0.5
-    relative: float = 0.0
     features: tuple[str, ...] = FEATURES
     cluster: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
@@ -274,15 +271,14 @@ class Rescorer:
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
 
     def keep(self, probability: np.ndarray) -> np.ndarray:
-        """Particles of one image to keep (:func:`keep_mask`)."""
-        return keep_mask(probability, self.threshold, relative=self.relative)
+        """Particles to keep: probability >= ``threshold``."""
+        return np.asarray(probability) >= self.threshold
 
     def to_dict(self) -> dict:
         return {"kind": "logistic-quadratic", "features": list(self.features),
                 "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "coef": self.coef.tolist(), "intercept": float(self.intercept),
-                "threshold": float(self.threshold), "relative": float(self.relative),
-                "cluster": dict(self.cluster),
+                "threshold": float(self.threshold), "cluster": dict(self.cluster),
                 "inputs": dict(self.inputs), "notes": self.notes}
 
     @classmethod
@@ -299,38 +295,10 @@ class Rescorer:
         for key, a in arrays.items():
             if a.shape != (n,):
                 raise ValueError(f"rescorer {key} must have {n} values, got shape {a.shape}")
-        relative = float(d.get("relative", 0.0))
-        if not 0.0 <= relative < 1.0:
-            raise ValueError(f"rescorer relative must be in [0, 1), got {relative!r}")
         return cls(arrays["mean"], arrays["std"], arrays["coef"], float(d["intercept"]),
-                   threshold=float(d.get("threshold", 0.5)), relative=relative, features=feats,
+                   threshold=float(d.get("threshold", 0.5)), features=feats,
                    cluster=dict(d.get("cluster", {})), inputs=dict(d.get("inputs", {})),
                    notes=str(d.get("notes", "")))
-
-
-def keep_mask(probability: np.ndarray, threshold: float, *,
-              relative: float = 0.0) -> np.ndarray:
-    """Which of one image's particles to keep: probability >= ``threshold``,
-    or, where the image's best particle is below ``threshold``, probability
-    >= ``relative`` x the best one's (0: no such exception).
-
-    The rescorer's probabilities are calibrated over all training images; on
-    an image unlike most of them (a few large rods, an odd contrast) it can
-    be unsure of every particle, true ones included, and a fixed threshold
-    then returns nothing at all.
-
-    >>> keep_mask(np.array([0.9, 0.5, 0.2]), 0.7, relative=0.8).tolist()
-    [True, False, False]
-    >>> keep_mask(np.array([0.5, 0.45, 0.2]), 0.7, relative=0.8).tolist()
-    [True, True, False]
-    >>> keep_mask(np.array([0.5, 0.45, 0.2]), 0.7).tolist()
-    [False, False, False]
-    """
-    p = np.asarray(probability, dtype=np.float64)
-    cut = float(threshold)
-    if relative > 0 and p.size:
-        cut = min(cut, float(relative) * float(p.max()))
-    return p >= cut
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
@@ -372,4 +340,4 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
     return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold)
 
 
-__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "keep_mask", "instance_features", "match_labels"]
+__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "instance_features", "match_labels"]

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .install import install_section
-from .rescore import FEATURES, fit_rescorer, instance_features, keep_mask, match_labels
+from .rescore import FEATURES, fit_rescorer, instance_features, match_labels
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,6 @@ logger = logging.getLogger(__name__)
 #: plain backend's: the rescorer does the filtering).
 PROPOSAL_CLUSTER = {"min_score": 0.6, "min_rel_area": 0.05}
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-#: Relative threshold tried with the best threshold (see
-#: :func:`~.rescore.keep_mask`); kept when it raises the held-out score.
-RELATIVE = 0.8
 
 
 def collect_proposals(backend, items, *, cluster: dict | None = None,
@@ -80,16 +77,14 @@ def _stack(props: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float, *,
-                   uncertainty_threshold: float | None = None,
-                   relative: float = 0.0) -> dict[str, float]:
-    """Mean paper AP/AP50 and AJI+ of the proposals kept at ``threshold``
-    (and ``relative``, see :func:`~.rescore.keep_mask`)."""
+                   uncertainty_threshold: float | None = None) -> dict[str, float]:
+    """Mean paper AP/AP50 and AJI+ of the proposals kept at ``threshold``."""
     from ...evaluation.metrics import aji_plus, paper_metrics
     from .inference import keep_instances
 
     rows = []
     for p, prob in zip(props, probs):
-        keep = keep_mask(prob, threshold, relative=relative)
+        keep = prob >= threshold
         if uncertainty_threshold is not None:
             keep &= p["uncertainty"] <= uncertainty_threshold
         lab = keep_instances(p["labels"], prob, p["uncertainty"], keep)[0] if keep.size \
@@ -103,9 +98,8 @@ def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float,
 
 def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
-                   l2: float = 1e-2, relative: float = 0.0) -> dict[float, dict[str, float]]:
-    """Held-out metrics per threshold (each with ``relative``), folds grouped
-    by image."""
+                   l2: float = 1e-2) -> dict[float, dict[str, float]]:
+    """Held-out metrics per threshold, folds grouped by image."""
     fold = np.random.default_rng(seed).permutation(len(props)) % folds
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
@@ -115,8 +109,7 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
         for i, p in enumerate(props):
             if fold[i] == f and p["features"].shape[0]:
                 probs[i] = model.predict_proba(p["features"])
-    return {t: score_filtered(props, probs, t, uncertainty_threshold=uncertainty_threshold,
-                              relative=relative)
+    return {t: score_filtered(props, probs, t, uncertainty_threshold=uncertainty_threshold)
             for t in thresholds}
 
 
@@ -143,11 +136,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
                 "skipped": msg}
     cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u)
     best = max(cv, key=lambda t: cv[t]["score"])
-    rel = cross_validate(props, folds=folds, thresholds=(best,), uncertainty_threshold=t_u,
-                         relative=RELATIVE)[best]
-    relative = RELATIVE if rel["score"] > cv[best]["score"] else 0.0
     model = fit_rescorer(x, y, weights=w, threshold=best)
-    model.relative = relative
     model.cluster = dict(PROPOSAL_CLUSTER)
     model.inputs = {"mc_samples": backend.mc_samples, "uncertainty": backend.uncertainty_kind}
     base = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5,
@@ -155,19 +144,16 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     res: dict[str, Any] = {
         "split": split, "images": len(props), "proposals": int(len(y)),
         "matched_fraction": float(y.mean()) if len(y) else float("nan"),
-        "threshold": best, "relative": relative,
-        "cv_relative": {"relative": RELATIVE, **rel}, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
+        "threshold": best, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
         "proposals_unfiltered": base}
     if check_split:
         check = collect_proposals(backend, load_split(data_dir, check_split), progress=progress)
         probs = [model.predict_proba(p["features"]) if p["features"].shape[0] else np.zeros(0)
                  for p in check]
         res["check"] = {"split": check_split,
-                        "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u,
-                                                   relative=relative)}
+                        "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u)}
     model.notes = (f"fitted on {len(y)} proposals of {len(props)} {split} images; threshold "
-                   f"{best} by {folds}-fold CV (held-out score {cv[best]['score']:.4f}; "
-                   f"relative {RELATIVE}: {rel['score']:.4f})")
+                   f"{best} by {folds}-fold CV (held-out score {cv[best]['score']:.4f})")
     res["rescorer"] = model.to_dict()
     logger.info("rescorer: threshold %s, CV %s", best, cv[best])
     if write:
@@ -194,12 +180,6 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         f"filter: AP50 {res['proposals_unfiltered']['ap50']:.3f}, AJI+ "
         f"{res['proposals_unfiltered']['aji_plus']:.3f})",
     ]
-    if "cv_relative" in res:
-        r = res["cv_relative"]
-        lines.append(
-            f"- an image whose best proposal is below the threshold keeping those with at "
-            f"least {r['relative']} x its probability: held-out score {r['score']:.4f} against "
-            f"{cv['score']:.4f} without ({'used' if res.get('relative') else 'not used'})")
     if "check" in res:
         c = res["check"]["rescored"]
         lines.append(f"- `{res['check']['split']}`: AP50 {c['ap50']:.3f}, AJI+ "
