@@ -97,6 +97,21 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     return labels, scores
 
 
+def _window(ls_y, ls_x, cy, cx, h, w, coord_scale, ln_t, window_factor, window_margin):
+    """A centre's bandwidths ``(sy, sx)`` (``exp`` of its ``log_s``), the
+    ellipse's reach in px ``(ry, rx)`` and its window ``y0, y1, x0, x1``:
+    the arithmetic both greedy loops share (float64), so they give the same
+    labels.  Plain Python; the compiled loop calls a numba-compiled copy."""
+    sy = math.exp(ls_y)
+    sx = math.exp(ls_x)
+    ry = math.sqrt(ln_t / max(sy, 1e-12)) * coord_scale
+    rx = math.sqrt(ln_t / max(sx, 1e-12)) * coord_scale
+    my = int(min(h, window_factor * ry + window_margin))
+    mx = int(min(w, window_factor * rx + window_margin))
+    return (sy, sx, ry, rx, max(0, cy - my), min(h, cy + my + 1), max(0, cx - mx),
+            min(w, cx + mx + 1))
+
+
 def _greedy_numpy(ey, ex, log_s, fg, cand, labels, *, coord_scale, phi_threshold, min_size,
                   min_unclaimed, window_factor, window_margin, max_instances) -> int:
     """The greedy loop of :func:`cluster` in NumPy (one window at a time);
@@ -121,14 +136,9 @@ def _greedy_numpy(ey, ex, log_s, fg, cand, labels, *, coord_scale, phi_threshold
             continue
         pos += 1
         cy, cx = divmod(flat, w)
-        sy = math.exp(float(log_s[0, cy, cx]))
-        sx = math.exp(float(log_s[1, cy, cx]))
-        ry = math.sqrt(ln_t / max(sy, 1e-12)) * coord_scale
-        rx = math.sqrt(ln_t / max(sx, 1e-12)) * coord_scale
-        my = int(min(h, window_factor * ry + window_margin))
-        mx = int(min(w, window_factor * rx + window_margin))
-        y0, y1 = max(0, cy - my), min(h, cy + my + 1)
-        x0, x1 = max(0, cx - mx), min(w, cx + mx + 1)
+        sy, sx, _, _, y0, y1, x0, x1 = _window(
+            float(log_s[0, cy, cx]), float(log_s[1, cy, cx]), cy, cx, h, w, coord_scale, ln_t,
+            window_factor, window_margin)
         shape = (y1 - y0, x1 - x0)
         n = shape[0] * shape[1]
         if n > buf_d.size:
@@ -164,6 +174,7 @@ def _greedy_numpy(ey, ex, log_s, fg, cand, labels, *, coord_scale, phi_threshold
 
 
 _COMPILED: list = []
+_window_compiled = None  # _window compiled, set by _greedy_compiled
 
 
 def compiled_clustering() -> bool:
@@ -184,6 +195,11 @@ def _greedy_compiled():
     except ImportError:
         _COMPILED.append(None)
         return None
+
+    # a module global, not a closure variable: numba caches only functions
+    # whose callees it can find again by name
+    global _window_compiled
+    _window_compiled = numba.njit(cache=True, nogil=True)(_window)
 
     @numba.njit(cache=True, nogil=True)
     def greedy(ey, ex, ls0, ls1, fg, cand, labels, coord_scale, ln_t, min_size,
@@ -236,14 +252,9 @@ def _greedy_compiled():
             cy, cx = flat // w, flat % w
             if claimed[cy, cx]:
                 continue
-            sy = math.exp(np.float64(ls0[cy, cx]))
-            sx = math.exp(np.float64(ls1[cy, cx]))
-            ry = math.sqrt(ln_t / max(sy, 1e-12)) * coord_scale
-            rx = math.sqrt(ln_t / max(sx, 1e-12)) * coord_scale
-            my = int(min(h, window_factor * ry + window_margin))
-            mx = int(min(w, window_factor * rx + window_margin))
-            y0, y1 = max(0, cy - my), min(h, cy + my + 1)
-            x0, x1 = max(0, cx - mx), min(w, cx + mx + 1)
+            sy, sx, ry, rx, y0, y1, x0, x1 = _window_compiled(
+                np.float64(ls0[cy, cx]), np.float64(ls1[cy, cx]), cy, cx, h, w, coord_scale,
+                ln_t, window_factor, window_margin)
             sy32, sx32 = np.float32(sy), np.float32(sx)
             eyc, exc = ey[cy, cx], ex[cy, cx]
             # cells within the ellipse's reach in embedding space, one cell
