@@ -45,8 +45,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -54,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from imageextract.datasets import split_stems  # noqa: E402
 from imageextract.errors import ImageExtractError  # noqa: E402
 from imageextract.evaluation.harness import read_label_png, run_evaluation  # noqa: E402
-from imageextract.evaluation.metrics import ecd_and_aspect  # noqa: E402
+from imageextract.evaluation.metrics import ELONGATED_ASPECT, is_elongated  # noqa: E402
 
 logger = logging.getLogger("compare")
 
@@ -65,8 +63,6 @@ PEER_PIP_STEPS = (
     ["numpy", "pillow"],
 )
 METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus", "coco_ap", "pq")
-#: Median ground-truth aspect ratio above which an image counts as elongated.
-ELONGATED_ASPECT = 2.5
 
 
 # --------------------------------------------------------------------------
@@ -127,16 +123,10 @@ def _method_entry(name: str, result: dict[str, Any], **extra: Any) -> dict[str, 
 def shape_groups(data: Path, stems: list[str], *,
                  threshold: float = ELONGATED_ASPECT) -> dict[str, str]:
     """``{stem: "elongated" | "compact"}`` by the median aspect ratio of
-    each image's ground-truth particles (border particles included: a rod
-    often crosses the border)."""
-    groups = {}
-    for stem in stems:
-        _, aspect = ecd_and_aspect(read_label_png(data / "segmaps" / f"{stem}.png"),
-                                   exclude_border=False)
-        aspect = aspect[np.isfinite(aspect)]
-        med = float(np.median(aspect)) if aspect.size else 1.0
-        groups[stem] = "elongated" if med > threshold else "compact"
-    return groups
+    each image's ground-truth particles (:func:`is_elongated`)."""
+    return {stem: "elongated" if is_elongated(read_label_png(data / "segmaps" / f"{stem}.png"),
+                                              threshold=threshold) else "compact"
+            for stem in stems}
 
 
 def by_shape(methods: list[dict[str, Any]], groups: dict[str, str]) -> dict[str, Any]:

@@ -421,12 +421,13 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     Image.fromarray(np.stack([img] * 3, -1)).save(data / "images" / f"{rod}.png")
 
     items = [("r", None, lab.astype(np.int32)), ("d", None, np.pad(np.ones((9, 9), np.int32), 5))]
-    assert elongated_images(items).tolist() == [True, False]
-    assert shape_weights(items, None, elongated_weight=1.0) is None
-    w = shape_weights(items, np.array([0.2, 0.8]), elongated_weight=4.0)
+    elongated = elongated_images(items)
+    assert elongated.tolist() == [True, False]
+    assert shape_weights(elongated, None, elongated_weight=1.0) is None
+    w = shape_weights(elongated, np.array([0.2, 0.8]), elongated_weight=4.0)
     np.testing.assert_allclose(w, [0.5, 0.5])  # multiplies the weights it is given
     with pytest.raises(ImageExtractError, match="elongated weight"):
-        shape_weights(items, None, elongated_weight=0.0)
+        shape_weights(elongated, None, elongated_weight=0.0)
 
     opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
                 device="cpu", model_config=TINY, pretrained=False, threads=None,

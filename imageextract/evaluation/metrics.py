@@ -558,6 +558,25 @@ def ecd_and_aspect(
     return ecd, aspect
 
 
+#: Median aspect ratio above which an image's particles count as elongated
+#: (rods, wires, fibres): the shape groups of the benchmarks and of training.
+ELONGATED_ASPECT = 2.5
+
+
+def is_elongated(labels: np.ndarray, *, threshold: float = ELONGATED_ASPECT) -> bool:
+    """Whether the median aspect ratio (:func:`ecd_and_aspect`) of the
+    particles of ``labels``, border ones included (a rod often crosses the
+    border), is above ``threshold``; False without particles.
+
+    >>> lab = np.zeros((40, 40), int); lab[2:5, 2:30] = 1; lab[10:20, 10:20] = 2
+    >>> is_elongated(lab), is_elongated(lab, threshold=20.0)
+    (True, False)
+    """
+    _, aspect = ecd_and_aspect(labels, exclude_border=False)
+    aspect = aspect[np.isfinite(aspect)]
+    return bool(aspect.size) and float(np.median(aspect)) > threshold
+
+
 def size_metrics(
     gt: np.ndarray, pred: np.ndarray, *, bins: int = 20,
     aspect_bins: int | np.ndarray | None = None,
@@ -622,7 +641,9 @@ __all__ = [
     "aji_plus",
     "all_metrics",
     "coco_mask_ap",
+    "ELONGATED_ASPECT",
     "ecd_and_aspect",
+    "is_elongated",
     "histogram_cosine_distance",
     "panoptic_quality",
     "paper_metrics",

@@ -378,15 +378,11 @@ def hard_weights(scores, *, strength: float) -> np.ndarray:
     return w / w.sum()
 
 
-#: Median ground-truth aspect ratio above which a training image counts as one of
-#: rods, wires or fibres (the shape groups of ``benchmarks/compare.py``).
-ELONGATED_ASPECT = 2.5
-
-
-def elongated_images(items: list[tuple], *, threshold: float = ELONGATED_ASPECT) -> np.ndarray:
-    """Boolean per item of ``items`` (``(stem, rgb, labels)``): is the median
-    aspect ratio of its ground-truth particles (border ones included: a rod
-    often crosses the border) above ``threshold``?
+def elongated_images(items: list[tuple]) -> np.ndarray:
+    """Boolean per item of ``items`` (``(stem, rgb, labels)``): are its
+    ground-truth particles rods, wires or fibres
+    (:func:`~imageextract.evaluation.metrics.is_elongated`, the shape groups
+    of ``benchmarks/compare.py``)?
 
     >>> lab = np.zeros((40, 40), np.int32); lab[2:5, 2:30] = 1  # one rod, two squares
     >>> lab[10:20, 10:20] = 2; lab[25:35, 25:35] = 3
@@ -394,34 +390,27 @@ def elongated_images(items: list[tuple], *, threshold: float = ELONGATED_ASPECT)
     >>> elongated_images([("a", None, lab), ("b", None, lab2)]).tolist()
     [False, True]
     """
-    from ...evaluation.metrics import ecd_and_aspect
+    from ...evaluation.metrics import is_elongated
 
-    out = []
-    for _, _, lab in items:
-        _, aspect = ecd_and_aspect(lab, exclude_border=False)
-        aspect = aspect[np.isfinite(aspect)]
-        out.append(bool(aspect.size) and float(np.median(aspect)) > threshold)
-    return np.asarray(out, dtype=bool)
+    return np.asarray([is_elongated(lab) for _, _, lab in items], dtype=bool)
 
 
-def shape_weights(items: list[tuple], weights: np.ndarray | None, *,
+def shape_weights(elongated: np.ndarray, weights: np.ndarray | None, *,
                   elongated_weight: float) -> np.ndarray | None:
-    """``weights`` (None: uniform) with the images of elongated particles
+    """``weights`` (None: uniform) with the images marked in ``elongated``
     (:func:`elongated_images`) drawn ``elongated_weight`` times as often,
     renormalised; None when nothing changes.
 
-    >>> lab = np.zeros((40, 40), np.int32); lab[2:5, 2:30] = 1
-    >>> disc = np.zeros((40, 40), np.int32); disc[5:15, 5:15] = 1
-    >>> shape_weights([("r", None, lab), ("d", None, disc)], None,
-    ...               elongated_weight=3.0).tolist()
+    >>> shape_weights(np.array([True, False]), None, elongated_weight=3.0).tolist()
     [0.75, 0.25]
     """
     if not (elongated_weight > 0 and math.isfinite(elongated_weight)):
         raise ImageExtractError(f"elongated weight must be > 0, got {elongated_weight!r}")
     if elongated_weight == 1.0:
         return weights
-    w = np.full(len(items), 1.0 / len(items)) if weights is None else np.asarray(weights, float)
-    w = w * np.where(elongated_images(items), float(elongated_weight), 1.0)
+    n = len(elongated)
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, float)
+    w = w * np.where(elongated, float(elongated_weight), 1.0)
     return w / w.sum()
 
 
@@ -690,9 +679,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                     recipe["hard_mining_scores"]["below_0.5"], time.monotonic() - t0,
                     sample_weights.min() * len(scores), sample_weights.max() * len(scores))
     if ckpt is None and float(recipe.get("elongated_weight", 1.0)) != 1.0:
-        sample_weights = shape_weights(train_items, sample_weights,
+        elongated = elongated_images(train_items)
+        sample_weights = shape_weights(elongated, sample_weights,
                                        elongated_weight=float(recipe["elongated_weight"]))
-        recipe["elongated_images"] = int(elongated_images(train_items).sum())
+        recipe["elongated_images"] = int(elongated.sum())
         logger.info("elongated images (%d) drawn %.3g x as often", recipe["elongated_images"],
                     recipe["elongated_weight"])
     if sample_weights is not None and sample_weights.size != len(train_items):
@@ -1316,7 +1306,8 @@ def read_stems(path: str | Path) -> list[str]:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise ImageExtractError(f"cannot read the stem list {path}: {exc}") from exc
-    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    stems = (ln.split("#", 1)[0].strip() for ln in lines)
+    return [s for s in stems if s]
 
 
 def _main(argv: list[str] | None = None) -> int:
