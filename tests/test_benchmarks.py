@@ -117,3 +117,27 @@ def test_view_summary_pairs_the_images(val_views):
     assert s["per_image_mean_score"]["candidate"][0] == pytest.approx((0.2 + 4 * 0.55) / 5)
     assert s["difference"]["mean"] == pytest.approx((3 * 0.05 - 0.02) / 4)
     assert 0.5 < s["difference"]["candidate_win_rate"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def embedding_axes(load_script):
+    return load_script("benchmarks/bench_embedding_axes.py")
+
+
+def test_axis_spread_tells_the_axes_apart(embedding_axes):
+    lab = np.zeros((40, 60), int)
+    lab[5:25, 10:40] = 1     # 20 x 30 px
+    lab[30:38, 45:55] = 2    # below min_area with 100
+    lab[30:36, 2:6] = 3      # 24 px: left out
+    yy, xx = np.mgrid[:40, :60].astype(float)
+    cy, cx = 14.5, 24.5
+    # x offsets bring every pixel to the centre column, y offsets half way
+    off = np.stack([(cy - yy) / 2 / 16.0, (cx - xx) / 16.0])
+    s = embedding_axes.axis_spread(off, lab, coord_scale=16.0, min_area=100)
+    assert s.shape == (1, 2)
+    assert s[0, 0] == pytest.approx(0.5, abs=0.06) and s[0, 1] == pytest.approx(0.0, abs=1e-6)
+    # turning the particle and its offsets a quarter turn swaps the axes
+    turned = np.stack([np.rot90(-off[1]), np.rot90(off[0])])
+    t = embedding_axes.axis_spread(turned, np.rot90(lab), coord_scale=16.0, min_area=100)
+    assert t[0, 0] == pytest.approx(0.0, abs=1e-6) and t[0, 1] == pytest.approx(0.5, abs=0.06)
+    assert embedding_axes.axis_spread(off, np.zeros_like(lab), coord_scale=16.0).shape == (0, 2)
