@@ -62,18 +62,19 @@ def axis_spread(offsets: np.ndarray, labels: np.ndarray, *, coord_scale: float,
     >>> axis_spread(off, lab, coord_scale=8.0).round(3).tolist()
     [[0.0, 1.0]]
     """
-    h, w = labels.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    ey = offsets[0] * coord_scale + yy
-    ex = offsets[1] * coord_scale + xx
+    from scipy import ndimage
+
     rows = []
-    for i in np.unique(labels):
-        if i == 0:
+    for i, box in enumerate(ndimage.find_objects(labels), 1):
+        if box is None:
             continue
-        m = labels == i
-        if m.sum() < min_area:
+        ys, xs = np.nonzero(labels[box] == i)
+        if ys.size < min_area:
             continue
-        rows.append([iqr(ey[m]) / max(iqr(yy[m]), 1.0), iqr(ex[m]) / max(iqr(xx[m]), 1.0)])
+        ys, xs = ys + box[0].start, xs + box[1].start
+        ey = offsets[0][ys, xs] * coord_scale + ys
+        ex = offsets[1][ys, xs] * coord_scale + xs
+        rows.append([iqr(ey) / max(iqr(ys), 1.0), iqr(ex) / max(iqr(xs), 1.0)])
     return np.asarray(rows, np.float64).reshape(-1, 2)
 
 
