@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--elongated-weight", type=_positive_float, default=1.0, metavar="K",
                    help="draw the training images of rods, wires and fibres (median aspect "
                         "ratio above 2.5) K times as often")
+    t.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
+                   help="pair each crop with its quarter-turned copy and teach the x channels "
+                        "what the turned y channels do (loss weights, e.g. 0.03 0.1)")
     t.add_argument("--exclude", metavar="FILE",
                    help="text file of training stems to leave out, one per line (a held-out "
                         "set to judge the run on)")
@@ -256,6 +259,8 @@ def _cmd_train(args, progress: bool) -> int:
         opts["hard_mining"] = args.hard_mining
     if args.elongated_weight != 1.0:
         opts["elongated_weight"] = args.elongated_weight
+    if args.turn_consistency:
+        opts["turn_consistency"] = tuple(args.turn_consistency)
     if args.exclude:
         from .segment.bpartis.train import read_stems
 

@@ -19,6 +19,8 @@ from imageextract.segment.bpartis.loss import (  # noqa: E402
     instance_loss,
     lovasz_hinge,
     prepare_targets,
+    turn_consistency,
+    turn_pairs,
 )
 from imageextract.types import Segmentation  # noqa: E402
 
@@ -261,6 +263,39 @@ def test_prepared_targets_give_the_same_loss():
         instance_loss(*args, None, coord_scale=SCALE)
 
 
+def test_turn_consistency_is_zero_for_a_network_that_ignores_orientation():
+    """Maps that turn with the image (offsets at each disc's centre, sigma
+    4 along y and 2 along x, swapped in the turned copy) agree exactly; an x
+    channel that does not follow costs, and only the x channels get gradients."""
+    n, discs = 40, [(10, 12, 6), (26, 27, 8), (31, 8, 4)]
+    off, _, _, truth = _disc_maps((n, n), discs)
+    off_j, _, _, truth_j = _disc_maps((n, n), [(n - 1 - cx, cy, r) for cy, cx, r in discs])
+    imgs, labs = turn_pairs(torch.rand(1, 3, n, n), torch.tensor(truth)[None].long())
+    assert torch.equal(labs[1], torch.tensor(truth_j).long())
+    assert torch.equal(imgs[1, :, 0, :], imgs[0, :, :, -1])  # numpy's quarter turn
+    ls = np.stack([np.full((n, n), 4.0), np.full((n, n), 2.0)]).astype(np.float32)
+    offsets = torch.tensor(np.stack([off, off_j]), requires_grad=True)
+    log_s = torch.tensor(np.stack([ls, ls[::-1].copy()]), requires_grad=True)
+    fg = labs > 0
+    l_off, l_sig = turn_consistency(offsets, log_s, fg, coord_scale=SCALE)
+    assert float(l_off.detach()) < 1e-4 and float(l_sig.detach()) < 1e-9
+    # the unturned image's x sigma as loose as its y: 2 px^2 per pixel in log units
+    l_off, l_sig = turn_consistency(offsets, torch.tensor(np.stack([ls[[0, 0]], ls[::-1]])),
+                                    fg, coord_scale=SCALE)
+    assert float(l_sig.detach()) == pytest.approx(2.0)
+    # x offsets of the turned copy off by 3 px: 2.5 px smooth L1 on half the pixels
+    bad = offsets.detach().clone()
+    bad[1, 1] += 3.0 / SCALE
+    bad.requires_grad_(True)
+    l_off, _ = turn_consistency(bad, log_s, fg, coord_scale=SCALE)
+    share = float(fg[1].sum()) / float(fg.sum())
+    assert float(l_off.detach()) == pytest.approx(2.5 * share, rel=1e-4)
+    l_off.backward()
+    assert bad.grad[:, 0].abs().sum() == 0 and bad.grad[1, 1].abs().sum() > 0
+    with pytest.raises(ValueError, match="pairs of square crops"):
+        turn_consistency(offsets[:1], log_s[:1], fg[:1], coord_scale=SCALE)
+
+
 def test_shading_augmentations():
     from imageextract.segment.bpartis.train import illumination_field, shade_particles
 
@@ -454,6 +489,54 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
 
     (tmp_path / "hold.txt").write_text(f"# held out\n{rod}  # a rod\n\n{left_out}\n")
     assert read_stems(tmp_path / "hold.txt") == [rod, left_out]
+
+
+def test_turn_consistency_training_pairs_crops_and_resumes_exactly(tmp_path):
+    """With ``turn_consistency`` each batch is half crops, half the same crops
+    turned a quarter turn; the weights go in the recipe, the loss moves the
+    network differently from a plain run, resume is exact, and an odd batch or
+    a negative weight is refused before any work."""
+    from imageextract.errors import ImageExtractError
+    from imageextract.segment.bpartis.train import _BatchStream, export, train
+
+    items = [("s", np.tile(np.arange(32, dtype=np.uint8)[:, None, None], (1, 32, 3)),
+              np.pad(np.ones((6, 12), np.int32), ((4, 22), (8, 12))))]
+    aug = {"scale_range": (1.0, 1.0), "p_invert": 0.0}
+    imgs, targets = _BatchStream(items, [1.0], seed=0, batch_size=4, crop=32, aug=aug,
+                                 turned=True)[0]
+    assert imgs.shape == (4, 3, 32, 32) and len(targets) == 4
+    for i in (0, 1):
+        assert torch.equal(imgs[2 + i], torch.rot90(imgs[i], 1, (1, 2)))
+        fg, fg_turned = (targets[i]["lab_k"] >= 0).view(32, 32), \
+            (targets[2 + i]["lab_k"] >= 0).view(32, 32)
+        assert torch.equal(fg_turned, torch.rot90(fg, 1, (0, 1)))
+
+    data = _tiny_emps(tmp_path / "emps")
+    opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
+                device="cpu", model_config=TINY, pretrained=False, threads=None,
+                export_at_end=False)
+    turn = {**opts, "turn_consistency": (0.03, 0.1)}
+    train(data, tmp_path / "a", max_steps=2, **turn)
+    train(data, tmp_path / "a", resume=True, max_steps=3, **turn)
+    train(data, tmp_path / "b", max_steps=3, **turn)
+    train(data, tmp_path / "plain", max_steps=3, **opts)
+    a, b, plain = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False)
+                   for n in ("a", "b", "plain"))
+    assert a["recipe"]["turn_consistency"] == {"w_offset": 0.03, "w_sigma": 0.1}
+    assert "turn_consistency" not in plain["recipe"]
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    head = "head.weight"
+    assert not torch.allclose(a["model"][head], plain["model"][head])
+    assert "turn" in (tmp_path / "a" / "train.log").read_text()
+    export(tmp_path / "a", inference={"mc_samples": 2})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "x offsets and x sigma learn the turned y ones (weights 0.03 per px and 0.1" in card
+    with pytest.raises(ImageExtractError, match="batch size must be even"):
+        train(data, tmp_path / "c", max_steps=1, **{**turn, "batch_size": 3})
+    with pytest.raises(ImageExtractError, match="must be >= 0"):
+        train(data, tmp_path / "c", max_steps=1, **{**turn, "turn_consistency": (-1, 0)})
+    assert not (tmp_path / "c" / "checkpoint.pt").exists()
 
 
 def test_batches_do_not_depend_on_worker_processes(tmp_path):

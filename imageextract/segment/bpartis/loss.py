@@ -240,3 +240,65 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         parts["var"] += float(var_loss.detach())
         parts["seed"] += float(seed_l.detach())
     return total / b, {key: val / b for key, val in parts.items()}
+
+
+def turn_pairs(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch followed by its copies turned a quarter turn (counter-clockwise,
+    as :func:`numpy.rot90`): ``(2B, C, H, W)`` images and ``(2B, H, W)`` labels, in
+    the order :func:`turn_consistency` expects."""
+    return (torch.cat([images, torch.rot90(images, 1, (2, 3))]),
+            torch.cat([labels, torch.rot90(labels, 1, (1, 2))]))
+
+
+def turn_consistency(offsets: torch.Tensor, log_s: torch.Tensor, foreground: torch.Tensor, *,
+                     coord_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teach the x channels what the y channels do on the image turned 90 degrees.
+
+    The network's output channel 0 is always y and channel 1 always x, so
+    turning the training crops does not make the two axes alike: a network
+    can (and the 2026-12-02 weights do) collapse the x offsets less tightly
+    and learn a looser x sigma.  A network that behaves the same whichever
+    way the image lies satisfies, for ``J = rot90(I)``::
+
+        offsets_J[0] = -rot90(offsets_I[1])     offsets_J[1] = rot90(offsets_I[0])
+        log_s_J[0]   =  rot90(log_s_I[1])       log_s_J[1]   = rot90(log_s_I[0])
+
+    This returns the disagreement of each image's x channels with the turned
+    y channels of its partner, the y side detached (the y axis teaches):
+
+    * offsets: smooth L1 in pixels (``beta`` 1 px), per foreground pixel;
+    * log sigmas: squared difference, per foreground pixel.
+
+    Parameters
+    ----------
+    offsets, log_s : (2B, 2, H, W) tensors
+        Outputs on a batch made by :func:`turn_pairs` (``H == W``).
+    foreground : (2B, 1, H, W) or (2B, H, W) tensor
+        1 on particle pixels, 0 elsewhere (the labels of :func:`turn_pairs`
+        ``> 0``).
+    coord_scale : float
+        Pixels per embedding unit.
+
+    Returns
+    -------
+    (offset_loss, sigma_loss) : scalar tensors
+    """
+    n2 = offsets.shape[0]
+    if n2 % 2 or offsets.shape[-1] != offsets.shape[-2]:
+        raise ValueError(f"turn_consistency needs a batch of pairs of square crops, got "
+                         f"shape {tuple(offsets.shape)}")
+    b = n2 // 2
+    fg = foreground.reshape(n2, 1, *offsets.shape[-2:]).to(offsets.dtype)
+
+    def rot(t, k=1):
+        return torch.rot90(t, k, (2, 3))
+
+    oi, oj = offsets[:b], offsets[b:]
+    li, lj = log_s[:b], log_s[b:]
+    d_off = torch.cat([oi[:, 1:2] + rot(oj[:, 0:1], -1).detach(),
+                       oj[:, 1:2] - rot(oi[:, 0:1]).detach()]) * fg * coord_scale
+    d_ls = torch.cat([li[:, 1:2] - rot(lj[:, 0:1], -1).detach(),
+                      lj[:, 1:2] - rot(li[:, 0:1]).detach()]) * fg
+    n = fg.sum().clamp_min(1.0)
+    off_loss = F.smooth_l1_loss(d_off, torch.zeros_like(d_off), reduction="sum", beta=1.0) / n
+    return off_loss, (d_ls ** 2).sum() / n

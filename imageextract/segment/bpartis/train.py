@@ -36,7 +36,8 @@ from ...errors import ImageExtractError
 from . import UNCERTAINTY_TEXT
 from .inference import CANVAS_PX, filter_instances, segment_image
 from .install import dumps_config
-from .loss import instance_loss, prepare_targets
+from .loss import instance_loss, prepare_targets, turn_pairs
+from .loss import turn_consistency as turn_loss
 from .model import BPartISNet, ModelConfig, load_imagenet_encoder
 from .size import ZOOM_BELOW
 
@@ -249,10 +250,10 @@ class _BatchStream(torch.utils.data.Dataset):
     seeded with ``(seed, i)`` (see :func:`make_batch`)."""
 
     def __init__(self, items, bases, *, seed: int, batch_size: int, crop: int, aug: dict,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, turned: bool = False):
         self.items, self.bases, self.seed = items, bases, seed
         self.batch_size, self.crop, self.aug = batch_size, crop, aug
-        self.weights = weights
+        self.weights, self.turned = weights, turned
 
     def __len__(self) -> int:  # steps are unbounded; Subset picks the range
         return 2**62
@@ -260,10 +261,15 @@ class _BatchStream(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         """``(images, targets)``: targets are the loss's label bookkeeping
         (:func:`~.loss.prepare_targets`), made here so that workers do it
-        ahead of the step (the label maps themselves are not sent back)."""
+        ahead of the step (the label maps themselves are not sent back).
+        With ``turned`` the batch is ``batch_size // 2`` crops followed by
+        their copies turned a quarter turn (:func:`~.loss.turn_pairs`)."""
         rng = np.random.default_rng([self.seed, int(step)])
-        imgs, labs = make_batch(self.items, rng, self.batch_size, self.crop, bases=self.bases,
+        n = self.batch_size // 2 if self.turned else self.batch_size
+        imgs, labs = make_batch(self.items, rng, n, self.crop, bases=self.bases,
                                 weights=self.weights, **self.aug)
+        if self.turned:
+            imgs, labs = turn_pairs(imgs, labs)
         return imgs, [prepare_targets(lab.numpy()) for lab in labs]
 
 
@@ -472,7 +478,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           threads: int | None = 2, export_at_end: bool = True,
           init_weights: str | Path | None = None, workers: int = 0,
           hard_mining: float = 0.0, elongated_weight: float = 1.0,
-          exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+          exclude: list[str] | tuple[str, ...] = (),
+          turn_consistency: tuple[float, float] | None = None) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -523,6 +530,11 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
     exclude : list of str
         Stems left out of ``train-fit`` (e.g. images held out to judge the
         run on); stored in the recipe.
+    turn_consistency : (w_offset, w_sigma), optional
+        Train each crop beside its copy turned a quarter turn (half the batch
+        each) and add ``w_offset`` x the offset and ``w_sigma`` x the sigma
+        disagreement of :func:`~.loss.turn_consistency`: the x channels learn
+        to behave as the turned y channels do.  Stored in the recipe.
 
     Returns
     -------
@@ -547,7 +559,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
                       init_weights=init_weights, workers=workers, t_start=t_start,
                       hard_mining=hard_mining, elongated_weight=elongated_weight,
-                      exclude=exclude)
+                      exclude=exclude, turn_consistency=turn_consistency)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -557,7 +569,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
 def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, val_every,
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
-           t_start, hard_mining=0.0, elongated_weight=1.0, exclude=()) -> dict[str, Any]:
+           t_start, hard_mining=0.0, elongated_weight=1.0, exclude=(),
+           turn_consistency=None) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -597,6 +610,16 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 f"elongated weight must be > 0, got {elongated_weight!r}")
         recipe["elongated_weight"] = float(elongated_weight)
         recipe["exclude"] = sorted({str(s) for s in exclude})
+        if turn_consistency is not None:
+            w_off, w_sig = (float(v) for v in turn_consistency)
+            if not all(v >= 0 and math.isfinite(v) for v in (w_off, w_sig)):
+                raise ImageExtractError(f"turn-consistency weights must be >= 0, got "
+                                        f"{tuple(turn_consistency)!r}")
+            if recipe["batch_size"] % 2:
+                raise ImageExtractError(f"turn consistency pairs each crop with its turned "
+                                        f"copy: the batch size must be even, got "
+                                        f"{recipe['batch_size']}")
+            recipe["turn_consistency"] = {"w_offset": w_off, "w_sigma": w_sig}
         if init_weights is not None:
             from ...weights import sha256_file
 
@@ -738,9 +761,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 total, recipe["epochs"], steps_per_epoch, recipe["crop"], recipe["batch_size"],
                 recipe["lr"], dev)
     stopped_early = False
+    turn = recipe.get("turn_consistency")
     batches = _BatchStream(train_items, bases, seed=int(recipe["seed"]),
                            batch_size=recipe["batch_size"], crop=recipe["crop"], aug=aug,
-                           weights=sample_weights)
+                           weights=sample_weights, turned=turn is not None)
     if workers > 0:
         loader = iter(torch.utils.data.DataLoader(
             torch.utils.data.Subset(batches, range(step, stop_step)), batch_size=None,
@@ -760,6 +784,14 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         o = net(imgs)
         loss, parts = instance_loss(o["offsets"], o["log_s"], o["seed"], None,
                                     coord_scale=mcfg.coord_scale, targets=targets, **loss_cfg)
+        if turn is not None:
+            fg = torch.stack([t["lab_k"] >= 0 for t in targets]).view(imgs.shape[0], 1,
+                                                                       *imgs.shape[2:])
+            l_off, l_sig = turn_loss(o["offsets"], o["log_s"], fg.to(dev),
+                                     coord_scale=mcfg.coord_scale)
+            loss = loss + turn["w_offset"] * l_off + turn["w_sigma"] * l_sig
+            parts = {**parts, "turn_off": float(l_off.detach()),
+                     "turn_sig": float(l_sig.detach())}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -769,8 +801,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         n_loss += 1
         bar.update(1)
         if step % 25 == 0 and step % steps_per_epoch:
-            logger.info("step %d loss %.4f (inst %.3f var %.4f seed %.4f) %.2f s/step", step,
+            logger.info("step %d loss %.4f (inst %.3f var %.4f seed %.4f%s) %.2f s/step", step,
                         float(loss.detach()), parts["inst"], parts["var"], parts["seed"],
+                        "" if turn is None else
+                        f" turn {parts['turn_off']:.2f} px {parts['turn_sig']:.4f}",
                         (time.monotonic() - t_run) / max(1, step - step0))
         if step % steps_per_epoch == 0:
             logger.info("epoch %d step %d loss %.4f (inst %.3f var %.4f seed %.4f) lr %.2e",
@@ -926,6 +960,11 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f", particle shading (p {recipe['p_shade']})" if recipe.get("p_shade") else "")
         + (f", illumination field (p {recipe['p_illumination']})"
            if recipe.get("p_illumination") else ""),
+        *([f"- quarter-turn consistency: half of each batch is the other half turned 90°; the "
+           f"x offsets and x sigma learn the turned y ones (weights "
+           f"{recipe['turn_consistency']['w_offset']:g} per px and "
+           f"{recipe['turn_consistency']['w_sigma']:g}, `--turn-consistency`)"]
+          if recipe.get("turn_consistency") else []),
         f"- training time of this run: {_fmt_devices(ckpt)}",
         "",
         "## Inference",
@@ -1340,6 +1379,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", metavar="FILE",
                    help="text file of train-fit stems to leave out (one per line)")
     p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
+    p.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
+                   help="pair each crop with its quarter-turned copy and teach the x "
+                        "channels the turned y channels (loss weights; e.g. 0.03 0.1)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
@@ -1357,7 +1399,8 @@ def _main(argv: list[str] | None = None) -> int:
                 threads=a.threads, init_weights=a.init, workers=a.workers,
                 export_at_end=not a.no_finish, hard_mining=a.hard_mining,
                 elongated_weight=a.elongated_weight,
-                exclude=read_stems(a.exclude) if a.exclude else ())
+                exclude=read_stems(a.exclude) if a.exclude else (),
+                turn_consistency=a.turn_consistency)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
