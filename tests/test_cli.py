@@ -95,3 +95,26 @@ def test_train_exclude_list_errors_are_messages(tmp_path, capsys):
     assert "Traceback" not in err
     assert main(["train", "bpartis", "--data", str(tmp_path), "--out", "m",
                  "--elongated-weight", "0"]) == 2
+
+
+def test_train_turn_consistency_reaches_the_trainer(tmp_path, monkeypatch, capsys):
+    """``--turn-consistency W_OFFSET W_SIGMA`` is passed on as a pair; bad
+    weights are a message, not a traceback."""
+    pytest.importorskip("torch")
+    import importlib
+
+    bt = importlib.import_module("imageextract.segment.bpartis.train")
+
+    seen = {}
+    monkeypatch.setattr(bt, "train", lambda data, out, **kw: seen.update(kw))
+    assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--turn-consistency", "0.03", "0.1"]) == 0
+    assert seen["turn_consistency"] == (0.03, 0.1)
+    seen.clear()
+    assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
+    assert "turn_consistency" not in seen
+    monkeypatch.undo()
+    rc = main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m2"),
+               "--turn-consistency", "-1", "0"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "turn-consistency weights must be >= 0" in err and "Traceback" not in err
