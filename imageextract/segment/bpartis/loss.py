@@ -290,15 +290,14 @@ def turn_consistency(offsets: torch.Tensor, log_s: torch.Tensor, foreground: tor
     b = n2 // 2
     fg = foreground.reshape(n2, 1, *offsets.shape[-2:]).to(offsets.dtype)
 
-    def rot(t, k=1):
-        return torch.rot90(t, k, (2, 3))
+    def partner_y(t: torch.Tensor, sign: float) -> torch.Tensor:
+        """Each image's partner's y channel, turned into the image's frame (the
+        turned copies' turned back, times ``sign``), detached: the x targets."""
+        return torch.cat([sign * torch.rot90(t[b:, 0:1], -1, (2, 3)),
+                          torch.rot90(t[:b, 0:1], 1, (2, 3))]).detach()
 
-    oi, oj = offsets[:b], offsets[b:]
-    li, lj = log_s[:b], log_s[b:]
-    d_off = torch.cat([oi[:, 1:2] + rot(oj[:, 0:1], -1).detach(),
-                       oj[:, 1:2] - rot(oi[:, 0:1]).detach()]) * fg * coord_scale
-    d_ls = torch.cat([li[:, 1:2] - rot(lj[:, 0:1], -1).detach(),
-                      lj[:, 1:2] - rot(li[:, 0:1]).detach()]) * fg
+    d_off = (offsets[:, 1:2] - partner_y(offsets, -1.0)) * fg * coord_scale
+    d_ls = (log_s[:, 1:2] - partner_y(log_s, 1.0)) * fg
     n = fg.sum().clamp_min(1.0)
     off_loss = F.smooth_l1_loss(d_off, torch.zeros_like(d_off), reduction="sum", beta=1.0) / n
     return off_loss, (d_ls ** 2).sum() / n
