@@ -1224,3 +1224,93 @@ def test_scale_merge_in_the_backend(monkeypatch):
         cfg["inference"]["scale_merge"] = bad
         with pytest.raises(ValueError, match="scale_merge"):
             BPartIS.from_config(cfg)
+
+
+_VIEW_OF = {"flip_lr": lambda a: a[:, ::-1], "flip_tb": lambda a: a[::-1],
+            "transpose": lambda a: a.transpose(1, 0, 2)}
+
+
+@pytest.mark.parametrize("name", ["flip_lr", "flip_tb", "transpose"])
+def test_tta_view_is_equivariant(name):
+    """Averaging the plain view with view V gives, for the image seen in V,
+    the same maps seen in V: offsets and sigmas follow the view (a mirror
+    negates one offset axis, a transpose swaps y and x)."""
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(7).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    a = network_maps(b.net, rgb, tta=(name,), tile=128, canvas=0)
+    m = network_maps(b.net, np.ascontiguousarray(_VIEW_OF[name](rgb)), tta=(name,), tile=128,
+                     canvas=0)
+    plain = network_maps(b.net, rgb, tile=128, canvas=0)
+    assert not np.allclose(a["offsets"], plain["offsets"], atol=1e-4)  # the view adds something
+    if name == "transpose":
+        back = {k: np.swapaxes(m[k], -1, -2) for k in ("seed", "offsets", "log_s")}
+        back["offsets"], back["log_s"] = back["offsets"][[1, 0]], back["log_s"][[1, 0]]
+    else:
+        axis = -1 if name == "flip_lr" else -2
+        back = {k: np.flip(m[k], axis) for k in ("seed", "offsets", "log_s")}
+        back["offsets"] = back["offsets"].copy()
+        back["offsets"][1 if name == "flip_lr" else 0] *= -1
+    for k in ("seed", "offsets", "log_s"):
+        np.testing.assert_allclose(back[k], a[k], atol=1e-5, err_msg=k)
+
+
+def test_tta_keeps_the_plain_views_samples_and_mi():
+    """With MC samples kept (per-particle consistency), the extra views only
+    add point maps: the samples and the MI are the plain view's."""
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(8).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    kw = dict(samples=3, mc_maps="point", keep_samples=True, mc_seed=4, tile=128)
+    plain = network_maps(b.net, rgb, **kw)
+    both = network_maps(b.net, rgb, tta=("transpose", "flip_lr"), **kw)
+    np.testing.assert_array_equal(both["samples"], plain["samples"])
+    np.testing.assert_array_equal(both["mi"], plain["mi"])
+    assert not np.allclose(both["seed"], plain["seed"], atol=1e-5)
+
+
+def test_tta_refuses_unknown_views():
+    from imageextract.segment.bpartis.inference import network_maps
+
+    b = tiny_backend(mc_samples=1)
+    with pytest.raises(ValueError, match="rot45"):
+        network_maps(b.net, np.zeros((32, 32, 3), np.uint8), tta=("rot45",))
+
+
+@pytest.mark.parametrize("spec", [{"views": []}, {"views": ["spin"]}, {"views": "flip_lr"},
+                                  {"views": ["flip_lr", "flip_lr"]},
+                                  {"views": ["transpose"], "max_px": 0},
+                                  {"views": ["transpose"], "max_px": True},
+                                  {"views": ["transpose"], "extra": 1}, {"max_px": 5}, [1]])
+def test_config_tta_is_validated(spec):
+    with pytest.raises(ValueError, match="inference.tta"):
+        BPartIS.from_config({"model": TINY, "inference": {"tta": spec}})
+
+
+def test_tta_runs_only_at_scales_under_its_pixel_limit(monkeypatch):
+    """``max_px`` bounds the cost: the views run only where the working
+    image has at most that many pixels."""
+    from imageextract.segment.bpartis import inference
+
+    seen = []
+    real = inference.network_maps
+
+    def spy(net, rgb, **kw):
+        seen.append((rgb.shape[:2], kw["tta"]))
+        return real(net, rgb, **kw)
+
+    monkeypatch.setattr(inference, "network_maps", spy)
+    rgb = np.random.default_rng(9).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    cfg = {"model": TINY, "inference": {"tile_px": 64, "overlap_px": 16,
+                                        "tta": {"views": ["transpose"], "max_px": 1100}}}
+    torch.manual_seed(0)
+    b = BPartIS.from_config(cfg, mc_samples=1)
+    b.segment_rgb(rgb, scale=0.5)  # 32 x 32 (the least) = 1024 px: with the view
+    b.segment_rgb(rgb, scale=1.0)  # 2000 px: without
+    assert seen == [((32, 32), ("transpose",)), ((40, 50), ())]
+    cfg["inference"]["tta"]["max_px"] = None
+    torch.manual_seed(0)
+    BPartIS.from_config(cfg, mc_samples=1).segment_rgb(rgb, scale=1.0)
+    assert seen[-1] == ((40, 50), ("transpose",))

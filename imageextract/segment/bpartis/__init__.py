@@ -198,6 +198,7 @@ class BPartIS:
                              f"numbers, got {factors!r}")
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
+        self.tta = _tta(inf.get("tta"))
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -290,6 +291,8 @@ class BPartIS:
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
             scale_factors=self.scale_factors, merge=self.scale_merge,
             sparse_factors=self.sparse_factors,
+            tta=self.tta["views"] if self.tta else (),
+            tta_max_px=self.tta["max_px"] if self.tta else None,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,
             uncertainty=self.uncertainty_kind,
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
@@ -337,6 +340,31 @@ def _sparse_factors(spec) -> dict | None:
         raise ValueError("config inference.sparse_scale_factors must be null or an object "
                          "with factors (a non-empty list of positive numbers) and "
                          f"max_particles (a whole number >= 0), got {spec!r}")
+    return opts
+
+
+def _tta(spec) -> dict | None:
+    """Validated ``inference.tta`` of a config: None (off) or ``{"views":
+    (names of TTA_VIEWS), "max_px": int > 0 or None}``: the extra test-time
+    views, used at working scales where the image has at most ``max_px``
+    pixels (None: always)."""
+    from .inference import TTA_VIEWS
+
+    if spec is None:
+        return None
+    try:
+        opts = {"views": tuple(spec["views"]), "max_px": spec.get("max_px")}
+        unknown = set(spec) - set(opts)
+    except (KeyError, TypeError, AttributeError):
+        opts, unknown = None, set()
+    mp = None if opts is None else opts["max_px"]
+    if opts is None or unknown or not opts["views"] \
+            or any(v not in TTA_VIEWS for v in opts["views"]) \
+            or len(set(opts["views"])) != len(opts["views"]) \
+            or (mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp <= 0)):
+        raise ValueError("config inference.tta must be null or an object with views (a "
+                         f"non-empty list of distinct names among {list(TTA_VIEWS)}) and "
+                         f"max_px (a whole number > 0, or null), got {spec!r}")
     return opts
 
 

@@ -167,6 +167,33 @@ def _tile_maps(net: BPartISNet, t: torch.Tensor, samples: int,
 
 MC_MAPS = ("mean", "point")
 
+#: Test-time views of :func:`network_maps` besides the plain one.
+TTA_VIEWS = ("flip_lr", "flip_tb", "transpose")
+
+
+def _to_view(t: torch.Tensor, name: str) -> torch.Tensor:
+    """The ``(1, 3, h, w)`` tile ``t`` as seen in view ``name``."""
+    if name == "flip_lr":
+        return t.flip(3)
+    if name == "flip_tb":
+        return t.flip(2)
+    return t.transpose(2, 3)
+
+
+def _from_view(maps: tuple[torch.Tensor, ...], name: str) -> tuple[torch.Tensor, ...]:
+    """Offsets (2, h, w), log sigmas (2, h, w), seed (1, h, w) and MI of a
+    view's pass, mapped back to the plain tile's frame (channel 0 is y,
+    channel 1 x)."""
+    off, ls, seed, mi = maps
+    if name == "transpose":
+        back = [m.transpose(1, 2) for m in maps]
+        off, ls = back[0][[1, 0]], back[1][[1, 0]]
+        return off, ls, back[2], back[3]
+    dim, axis = (2, 1) if name == "flip_lr" else (1, 0)
+    off = off.flip(dim)
+    off[axis].neg_()
+    return off, ls.flip(dim), seed.flip(dim), mi.flip(dim)
+
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device):
@@ -183,7 +210,8 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
                  overlap: int = 96, mc_layers: tuple[str, ...] = ("head",),
                  mc_maps: str = "mean", flips: bool = False, keep_samples: bool = False,
                  device: str | torch.device = "cpu",
-                 mc_seed: int | None = None, canvas: int = CANVAS_PX) -> dict[str, np.ndarray]:
+                 mc_seed: int | None = None, canvas: int = CANVAS_PX,
+                 tta: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Run the network on ``rgb`` (M, N, 3) uint8 and return stitched maps.
 
     Parameters
@@ -205,6 +233,16 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     flips : bool
         Test-time augmentation: also run the left-right mirrored tile and
         average the (un-mirrored) maps; twice the network time.
+    tta : tuple of str
+        More test-time views (names of :data:`TTA_VIEWS`), each run on every
+        tile and mapped back (offsets and sigmas follow the view: a mirror
+        negates one offset axis, a transpose swaps the two); the offsets,
+        sigmas and seed clustered are the mean over the plain view and
+        these.  With ``mc_maps="point"`` or ``keep_samples`` the extra
+        views run deterministically (the point maps are all they add) and
+        the MI and the kept samples are the plain view's; otherwise each
+        runs ``samples`` samples and the MI is averaged too.  Each view
+        costs one more network pass.
     keep_samples : bool
         Also return every MC sample's maps (for
         :func:`~.cluster.instance_consistency`); float16, ``5 T`` values per
@@ -231,6 +269,13 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     keep_samples = bool(keep_samples) and samples > 1
     if keep_samples and flips:
         raise ValueError("keep_samples does not combine with flips")
+    tta = tuple(tta)
+    unknown = [v for v in tta if v not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"tta views must be among {TTA_VIEWS}, got {unknown}")
+    # extra views add point maps only when the clustered maps are the
+    # deterministic pass's (or the samples kept are the plain view's)
+    view_samples = 1 if (mc_maps == "point" or keep_samples) else samples
     net.eval()
     h, w = rgb.shape[:2]
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).to(device)
@@ -272,6 +317,22 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
                 ls = (ls + l2.flip(2)) / 2
                 seed = (seed + s2.flip(2)) / 2
                 mi = (mi + m2.flip(2)) / 2
+            if tta:
+                off, ls, seed = off.clone(), ls.clone(), seed.clone()
+                mi_n = 1
+                for k, name in enumerate(tta):
+                    with _seeded(mask_seed + 2 + k, img.device):
+                        maps = _tile_maps(net, _to_view(t, name), view_samples, mc_layers,
+                                          mc_maps, canvas=canvas)
+                    o2, l2, s2, m2 = _from_view(maps, name)
+                    off += o2
+                    ls += l2
+                    seed += s2
+                    if view_samples > 1:
+                        mi = mi + m2
+                        mi_n += 1
+                n = len(tta) + 1
+                off, ls, seed, mi = off / n, ls / n, seed / n, mi / mi_n
             _paste(full, torch.cat([off, ls, seed, mi], 0).float().cpu().numpy(), y0, x0,
                    by[i], bx[j])
     out = {"offsets": full[0:2], "log_s": full[2:4], "seed": full[4], "mi": full[5]}
@@ -563,7 +624,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
                   merge: dict | None = None, outline=None,
                   zoom_below: float | None = None,
-                  sparse_factors: dict | None = None) -> dict:
+                  sparse_factors: dict | None = None, tta: tuple[str, ...] = (),
+                  tta_max_px: int | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
 
@@ -599,6 +661,10 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     flips : bool
         Average the maps of the image and its mirror image (see
         :func:`network_maps`).
+    tta, tta_max_px : tuple of str, int
+        Test-time views (see :func:`network_maps`), used at the working
+        scales where the image has at most ``tta_max_px`` pixels (None:
+        at every scale).
     refine : bool
         When the working scale is below 1, trace the instances' outlines on
         the bilinearly upsampled seed map (:func:`upsample_labels`) instead
@@ -653,10 +719,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
 
     def run(s: float):
         shp = scaled_shape((h, w), s)
+        views = tta if tta_max_px is None or shp[0] * shp[1] <= tta_max_px else ()
         maps = network_maps(net, resize_rgb(rgb, shp), samples=samples, tile=tile,
                             overlap=overlap, mc_layers=mc_layers, mc_maps=mc_maps, flips=flips,
                             keep_samples=uncertainty == "consistency", device=device,
-                            mc_seed=mc_seed, canvas=canvas)
+                            mc_seed=mc_seed, canvas=canvas, tta=views)
         lab, sc, un = segment_maps(maps, coord_scale=coord_scale, uncertainty=uncertainty,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
