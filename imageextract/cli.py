@@ -174,7 +174,8 @@ def _cmd_analyze(args, progress: bool) -> int:
 
 
 def _summary(res) -> int:
-    print(f"{res.n_done} analysed, {res.n_skipped} already done, {res.n_failed} failed "
+    empty = f" ({len(res.empty)} with no particles)" if res.empty else ""
+    print(f"{res.n_done} analysed{empty}, {res.n_skipped} already done, {res.n_failed} failed "
           f"→ {res.out_dir}/report.html")
     for item, reason in res.failures[:20]:
         print(f"  failed: {reason if reason.startswith(item) else item + ': ' + reason}", file=sys.stderr)

@@ -46,6 +46,9 @@ class AnalyzeResult:
     n_skipped: int = 0
     n_failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: micrograph ids analysed in this run in which the backend kept no
+    #: particle (not failures: their rows are written, with zero particles)
+    empty: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -474,6 +477,11 @@ def _store_outcome(store: Store, res: dict, result: AnalyzeResult, run_id: int) 
     if res["ok"]:
         store.write_micrograph(res["record"], res["particles"])
         result.n_done += 1
+        rec = res["record"]
+        if not rec["n_particles"]:
+            result.empty.append(rec["micrograph_id"])
+            logger.warning("%s: no particles found by %s; see %s, or try another backend "
+                           "or a fixed scale", rec["path"], rec["backend"], rec["overlay_file"])
     else:
         store.record_failure(res["item"], stage=res["stage"], reason=res["reason"], run_id=run_id)
         result.n_failed += 1

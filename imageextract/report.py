@@ -191,6 +191,25 @@ def _models_html(micrographs: pd.DataFrame) -> str:
     return "<h2>Models</h2><ul>" + "".join(items) + "</ul>"
 
 
+def _empty_html(micrographs: pd.DataFrame, *, max_listed: int = 20) -> str:
+    """A notice naming the micrographs in which no particle was kept (empty
+    string when there are none): they are in the tables with zero particles,
+    which is easy to miss among many."""
+    if not len(micrographs) or "n_particles" not in micrographs:
+        return ""
+    n = pd.to_numeric(micrographs["n_particles"], errors="coerce").fillna(0)
+    empty = micrographs[n == 0]
+    if not len(empty):
+        return ""
+    names = [html.escape(str(m.get("path") or m["micrograph_id"])) for _, m in
+             empty.head(max_listed).iterrows()]
+    more = f" and {len(empty) - max_listed} more" if len(empty) > max_listed else ""
+    return (f"<p class='empty'><b>{len(empty)} micrograph(s) with no particles found:</b> "
+            f"{', '.join(names)}{more}. Their overlays below show what the backend saw; "
+            "another backend (<code>--backend</code>) or a fixed working scale "
+            "(<code>--backend-option scale=...</code>) may find them.</p>")
+
+
 def write_report(out_dir: str | Path, *, micrographs: pd.DataFrame, particles: pd.DataFrame,
                  failures: pd.DataFrame, title: str = "imageextract report",
                  max_overlays: int = 60) -> Path:
@@ -202,6 +221,7 @@ def write_report(out_dir: str | Path, *, micrographs: pd.DataFrame, particles: p
         f"<p>{n_mic} micrograph(s), {len(particles)} particle(s), {len(failures)} failure(s). "
         "Border-touching particles (yellow outlines) and uncertain particles (red) are "
         "left out of the distributions.</p>")
+    parts.append(_empty_html(micrographs))
     # Distributions, pooled over micrographs with the same unit
     measured = particles
     if len(measured):
@@ -237,7 +257,9 @@ def write_report(out_dir: str | Path, *, micrographs: pd.DataFrame, particles: p
             break
         f = m.get("overlay_file")
         if isinstance(f, str) and (out_dir / f).is_file():
-            cap = html.escape(f"{m['micrograph_id']} — {m.get('n_particles', 0)} particles")
+            n = m.get("n_particles", 0)
+            cap = html.escape(f"{m['micrograph_id']} — "
+                              + (f"{n} particles" if n else "no particles found"))
             parts.append(f"<figure><img src='{_file_to_data_uri(out_dir / f)}' alt='overlay'>"
                          f"<figcaption>{cap}</figcaption></figure>")
     parts.append("</div><h2>Failures</h2>")

@@ -22,6 +22,16 @@ def test_analyze_exit_codes(image_folder, tmp_path, capsys):
     assert "broken.png" in err and "Traceback" not in err
 
 
+def test_analyze_summary_counts_micrographs_without_particles(image_folder, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((120, 150), 90, np.uint8)).save(image_folder / "blank.png")
+    out = tmp_path / "out"
+    assert main(["-q", "analyze", str(image_folder), "--out", str(out), "--nm-per-px", "1.5"]) == 0
+    assert "4 analysed (1 with no particles), 0 already done, 0 failed" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [
     ["analyze", "x"],                                  # missing --out
     ["analyze", "x", "--out", "o", "--nm-per-px", "abc"],

@@ -193,3 +193,27 @@ def test_compound_figure_is_cut_into_micrograph_panels(tmp_path):
     assert (again.n_done, again.n_skipped) == (0, 1)
     no_split = analyze([folder], tmp_path / "whole", nm_per_px=2.0, split_panels=False, progress=False)
     assert no_split.n_done == 1
+
+
+def test_micrograph_without_particles_is_reported_not_failed(image_folder, tmp_path, caplog):
+    """A flat micrograph gives a row with zero particles (not a failure); the
+    run names it, the log warns, and the report says so above the tables."""
+    Image.fromarray(np.full((200, 240), 128, np.uint8)).save(image_folder / "flat.png")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="imageextract.pipeline"):
+        res = analyze([image_folder], out, nm_per_px=2.0, progress=False)
+    assert (res.n_done, res.n_failed, res.exit_code) == (4, 0, 0)
+    mics = pd.read_csv(out / "micrographs.csv")
+    flat = mics[mics.path.str.endswith("flat.png")]
+    assert len(flat) == 1 and int(flat.n_particles.iloc[0]) == 0
+    assert res.empty == [flat.micrograph_id.iloc[0]]
+    assert any("flat.png: no particles found by classical" in r.getMessage()
+               for r in caplog.records)
+    html = (out / "report.html").read_text()
+    assert "1 micrograph(s) with no particles found:" in html and "flat.png" in html
+    assert "no particles found</figcaption>" in html
+    # a run of micrographs that all have particles carries no notice
+    res2 = analyze([image_folder / "light.png"], tmp_path / "out2", nm_per_px=2.0,
+                   progress=False)
+    assert res2.empty == []
+    assert "with no particles" not in (tmp_path / "out2" / "report.html").read_text()
