@@ -350,7 +350,9 @@ def test_exact_resume(tmp_path):
     assert a["recipe"]["loss"]["var_scale"] == TINY.get("sigma_scale", 10.0)
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
-    assert (tmp_path / "a" / "train.log").is_file()
+    log = (tmp_path / "a" / "train.log").read_text().splitlines()
+    assert any("training:" in line for line in log)
+    assert len(set(log)) == len(log)  # each line once (timestamps differ between lines)
     # export -> a self-contained model folder that the backend loads and verifies
     from imageextract.segment.bpartis.train import export
 

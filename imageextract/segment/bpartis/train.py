@@ -545,8 +545,11 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    # the package logger, plus this module's when run as ``__main__``
-    targets = {logging.getLogger(__package__ or "imageextract.segment.bpartis"), logger}
+    # the package logger, plus this module's when run as ``__main__`` (when
+    # imported, its records reach the package logger anyway: a handler on
+    # both wrote every line twice)
+    pkg = logging.getLogger(__package__ or "imageextract.segment.bpartis")
+    targets = [pkg] if logger.name.startswith(pkg.name + ".") else [pkg, logger]
     for lg in targets:
         lg.addHandler(handler)
         if lg.level == logging.NOTSET or lg.level > logging.INFO:
