@@ -232,7 +232,9 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
         keeps its meaning only with ``"point"``.
     flips : bool
         Test-time augmentation: also run the left-right mirrored tile and
-        average the (un-mirrored) maps; twice the network time.
+        average the (un-mirrored) maps; twice the network time.  The mirror
+        runs ``samples`` samples and its MI is averaged in; with ``tta`` too,
+        every view weighs the same in the mean.
     tta : tuple of str
         More test-time views (names of :data:`TTA_VIEWS`), each run on every
         tile and mapped back (offsets and sigmas follow the view: a mirror
@@ -276,6 +278,10 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
     # extra views add point maps only when the clustered maps are the
     # deterministic pass's (or the samples kept are the plain view's)
     view_samples = 1 if (mc_maps == "point" or keep_samples) else samples
+    # (view, MC samples, dropout-mask seed offset): the mirror of ``flips``
+    # runs the plain view's samples, so its MI is averaged in too
+    views = ([("flip_lr", samples, 1)] if flips else []) \
+        + [(name, view_samples, 2 + k) for k, name in enumerate(tta)]
     net.eval()
     h, w = rgb.shape[:2]
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).to(device)
@@ -307,31 +313,21 @@ def network_maps(net: BPartISNet, rgb: np.ndarray, *, samples: int = 1, tile: in
                 if kept_all is None:
                     kept_all = np.empty((len(kept), 5, h, w), np.float16)
                 _paste(kept_all, kept, y0, x0, by[i], bx[j])
-            if flips:
-                with _seeded(mask_seed + 1, img.device):
-                    o2, l2, s2, m2 = _tile_maps(net, t.flip(3), samples, mc_layers, mc_maps,
-                                                canvas=canvas)
-                o2 = o2.flip(2)
-                o2[1].neg_()  # x offsets point the other way in the mirror
-                off = (off + o2) / 2
-                ls = (ls + l2.flip(2)) / 2
-                seed = (seed + s2.flip(2)) / 2
-                mi = (mi + m2.flip(2)) / 2
-            if tta:
+            if views:
                 off, ls, seed = off.clone(), ls.clone(), seed.clone()
                 mi_n = 1
-                for k, name in enumerate(tta):
-                    with _seeded(mask_seed + 2 + k, img.device):
-                        maps = _tile_maps(net, _to_view(t, name), view_samples, mc_layers,
+                for name, n_samples, seed_offset in views:
+                    with _seeded(mask_seed + seed_offset, img.device):
+                        maps = _tile_maps(net, _to_view(t, name), n_samples, mc_layers,
                                           mc_maps, canvas=canvas)
                     o2, l2, s2, m2 = _from_view(maps, name)
                     off += o2
                     ls += l2
                     seed += s2
-                    if view_samples > 1:
+                    if n_samples > 1:
                         mi = mi + m2
                         mi_n += 1
-                n = len(tta) + 1
+                n = len(views) + 1
                 off, ls, seed, mi = off / n, ls / n, seed / n, mi / mi_n
             _paste(full, torch.cat([off, ls, seed, mi], 0).float().cpu().numpy(), y0, x0,
                    by[i], bx[j])
