@@ -1316,3 +1316,72 @@ def test_tta_runs_only_at_scales_under_its_pixel_limit(monkeypatch):
     torch.manual_seed(0)
     BPartIS.from_config(cfg, mc_samples=1).segment_rgb(rgb, scale=1.0)
     assert seen[-1] == ((40, 50), ("transpose",))
+
+
+def _rods(shape, *, along_x: bool) -> np.ndarray:
+    """Labels of three 4 x 30 px rods lying along x (or along y)."""
+    lab = np.zeros(shape, np.int32)
+    for k, y in enumerate((6, 20, 34), start=1):
+        lab[y:y + 4, 8:38] = k
+    return lab if along_x else np.ascontiguousarray(lab.T)
+
+
+def test_particle_axes_follow_the_particles():
+    from imageextract.segment.bpartis.inference import particle_axes
+
+    flat = _rods((48, 48), along_x=True)
+    frac, elong = particle_axes(flat)
+    assert frac == 1.0 and elong == pytest.approx(np.sqrt((30 ** 2 - 1) / (4 ** 2 - 1)))
+    assert particle_axes(flat.T) == (0.0, pytest.approx(elong))
+    assert particle_axes(np.rot90(flat))[0] == 0.0
+    disc = (np.hypot(*np.mgrid[-20:21, -20:21]) < 15).astype(np.int32)
+    assert particle_axes(disc)[1] == pytest.approx(1.0, abs=0.01)
+    assert all(np.isnan(particle_axes(np.zeros((5, 5), np.int32))))
+
+
+def test_turn_rods_segments_rods_lying_along_x_upright(monkeypatch):
+    """With ``inference.turn_rods``, an image whose particles lie along x is
+    segmented again turned a quarter turn, and that result, turned back, is
+    kept; an image of upright rods or without the option runs once."""
+    from scipy import ndimage
+
+    from imageextract.segment.bpartis import inference
+
+    calls = []
+
+    def fake(net, rgb, **kw):  # finds the rods drawn in the image's red channel
+        calls.append(rgb.shape[:2])
+        lab = ndimage.label(rgb[..., 0] > 0)[0]
+        k = int(lab.max())
+        return {"labels": lab.astype(np.int32), "scores": np.full(k, 0.9),
+                "uncertainty": np.zeros(k), "mi": rgb[..., 1].astype(np.float32),
+                "seed": rgb[..., 2].astype(np.float32), "scale": 1.0, "passes": 2}
+
+    monkeypatch.setattr(inference, "segment_image", fake)
+    truth = _rods((48, 60), along_x=True)
+    rgb = np.zeros((48, 60, 3), np.uint8)
+    rgb[..., 0] = (truth > 0) * 200
+    rgb[..., 1] = np.arange(60)[None, :]  # maps that show which way they were turned
+    rgb[..., 2] = np.arange(48)[:, None]
+    cfg = {"model": TINY, "inference": {"turn_rods": {"min_along_x": 0.6,
+                                                      "min_elongation": 1.3}}}
+    b = BPartIS.from_config(cfg, mc_samples=1)
+    res = b.segment_rgb(rgb)
+    assert calls == [(48, 60), (60, 48)]
+    assert res["turned"] and res["passes"] == 4
+    assert res["labels"].shape == (48, 60) and np.array_equal(res["labels"] > 0, truth > 0)
+    assert np.array_equal(res["mi"], rgb[..., 1]) and np.array_equal(res["seed"], rgb[..., 2])
+    calls.clear()
+    upright = np.ascontiguousarray(rgb.transpose(1, 0, 2))
+    assert "turned" not in b.segment_rgb(upright) and calls == [(60, 48)]
+    calls.clear()
+    assert "turned" not in b.segment_rgb(rgb, turn_rods=None) and calls == [(48, 60)]
+
+
+@pytest.mark.parametrize("spec", [{"min_along_x": 1.5, "min_elongation": 2},
+                                  {"min_along_x": 0.6, "min_elongation": 0.5},
+                                  {"min_along_x": 0.6}, {"min_along_x": 0.6, "min_elongation": 2,
+                                                         "extra": 1}, [0.6, 2], "yes"])
+def test_config_turn_rods_is_validated(spec):
+    with pytest.raises(ValueError, match="inference.turn_rods"):
+        BPartIS.from_config({"model": TINY, "inference": {"turn_rods": spec}})

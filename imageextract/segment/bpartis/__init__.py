@@ -199,6 +199,7 @@ class BPartIS:
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
         self.tta = _tta(inf.get("tta"))
+        self.turn_rods = _turn_rods(inf.get("turn_rods"))
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -280,7 +281,7 @@ class BPartIS:
         this backend's settings; keyword ``overrides`` replace single ones
         (e.g. ``uncertainty_threshold=None, rescorer=None`` for the raw
         proposals).  Returns its full result dict."""
-        from .inference import segment_image
+        from .inference import particle_axes, segment_image, turned_back
 
         kw = dict(
             coord_scale=self.model_config.coord_scale,
@@ -298,8 +299,19 @@ class BPartIS:
             uncertainty_threshold=self.uncertainty_threshold if self.mc_samples > 1 else None,
             cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed,
             outline=self.outline)
+        turn = overrides.pop("turn_rods", self.turn_rods)
         kw.update(overrides)
-        return segment_image(self.net, rgb, **kw)
+        res = segment_image(self.net, rgb, **kw)
+        if turn is not None:
+            frac, elong = particle_axes(res["labels"])
+            if frac >= turn["min_along_x"] and elong >= turn["min_elongation"]:
+                # the network separates particles lying along y better than
+                # along x (the model card's x/y asymmetry): turn rods upright
+                upright = np.ascontiguousarray(np.rot90(rgb))
+                turned = turned_back(segment_image(self.net, upright, **kw))
+                turned["passes"] += res["passes"]
+                res = turned
+        return res
 
 
 def _scale_merge(spec) -> dict | None:
@@ -365,6 +377,28 @@ def _tta(spec) -> dict | None:
         raise ValueError("config inference.tta must be null or an object with views (a "
                          f"non-empty list of distinct names among {list(TTA_VIEWS)}) and "
                          f"max_px (a whole number > 0, or null), got {spec!r}")
+    return opts
+
+
+def _turn_rods(spec) -> dict | None:
+    """Validated ``inference.turn_rods`` of a config: None (off) or
+    ``{"min_along_x": float in [0, 1], "min_elongation": float >= 1}``: when
+    that share of the particles found (by area) lie along x and their median
+    elongation is at least that, the image is segmented again turned a
+    quarter turn, and that result is kept."""
+    if spec is None:
+        return None
+    try:
+        opts = {"min_along_x": float(spec["min_along_x"]),
+                "min_elongation": float(spec["min_elongation"])}
+        unknown = set(spec) - set(opts)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        opts, unknown = None, set()
+    if opts is None or unknown or not 0.0 <= opts["min_along_x"] <= 1.0 \
+            or not opts["min_elongation"] >= 1.0:
+        raise ValueError("config inference.turn_rods must be null or an object with numbers "
+                         "min_along_x (0 to 1) and min_elongation (>= 1), "
+                         f"got {spec!r}")
     return opts
 
 

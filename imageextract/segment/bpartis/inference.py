@@ -744,9 +744,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
 
             zoom = ZOOM_BELOW if zoom_below is None else float(zoom_below)
 
-            def estimate(sc: float) -> float:
+            def size_estimate(sc: float) -> float:
                 return estimate_diameter(net, size_model, rgb, scale=sc, zoom_below=zoom,
                                          device=device)
+
+            estimate = size_estimate
 
         s, res, passes = find_scale(run, (h, w), target_diameter=target_diameter,
                                     estimate=estimate, probe_px=probe_px,
@@ -886,3 +888,50 @@ def scale_confidence(result: dict) -> float:
         return -1.0
     un = np.asarray(result["uncertainty"], dtype=np.float64)
     return float(np.mean(sc * (1.0 - un)))
+
+
+def particle_axes(labels: np.ndarray) -> tuple[float, float]:
+    """How the particles of ``labels`` lie: the area-weighted fraction of
+    them whose long axis is nearer the x axis than the y axis, and their
+    median elongation (long over short axis of the pixels' covariance
+    ellipse).  ``(nan, nan)`` without particles.
+
+    >>> lab = np.zeros((40, 60), np.int32)
+    >>> lab[5:9, 5:45] = 1; lab[20:24, 5:45] = 2; lab[10:30, 50:54] = 3  # 160, 160, 80 px
+    >>> frac, elong = particle_axes(lab)
+    >>> round(frac, 3), round(elong, 1)
+    (0.8, 10.3)
+    """
+    ids = np.asarray(labels).ravel()
+    n = int(ids.max()) if ids.size else 0
+    if n <= 0:
+        return float("nan"), float("nan")
+    fg = ids > 0
+    i = ids[fg]
+    y, x = np.divmod(np.flatnonzero(fg), labels.shape[1])
+    area = np.bincount(i, minlength=n + 1)[1:].astype(np.float64)
+    seen = area > 0
+
+    def mean(v):
+        return np.bincount(i, v.astype(np.float64), minlength=n + 1)[1:][seen] / area[seen]
+
+    my, mx = mean(y), mean(x)
+    vy, vx = mean(y * y) - my ** 2, mean(x * x) - mx ** 2
+    cxy = mean(x * y) - mx * my
+    a = area[seen]
+    half = (vx + vy) / 2.0
+    root = np.sqrt(np.maximum(half ** 2 - (vx * vy - cxy ** 2), 0.0))
+    elong = np.sqrt((half + root) / np.maximum(half - root, 1.0 / 12.0))  # a pixel's own
+    return float((a * (vx > vy)).sum() / a.sum()), float(np.median(elong))
+
+
+def turned_back(result: dict) -> dict:
+    """A :func:`segment_image` result of the image turned a quarter turn
+    (``np.rot90(rgb)``), in the frame of the image as given: its maps turned
+    back, ``turned`` True."""
+    out = dict(result)
+    for key in ("labels", "mi", "seed"):
+        if key in out:
+            out[key] = np.ascontiguousarray(np.rot90(out[key], -1))
+    out["turned"] = True
+    return out

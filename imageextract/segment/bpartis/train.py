@@ -971,7 +971,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         f"- training time of this run: {_fmt_devices(ckpt)}",
         "",
         "## Inference",
-        f"- working scale per image: size model (ridge regression on pooled encoder features"
+        "- working scale per image: size model (ridge regression on pooled encoder features"
         + (f" read at {', '.join(f'{p:g}' for p in size_stats['probes'])} x the probe scale"
            if len(size_stats.get("probes", [1])) > 1 else "")
         + f", val: {size_stats.get('val_within_50pct', float('nan')):.0%} of estimates within "
