@@ -39,6 +39,16 @@ def test_shape_groups_split_rods_from_discs(compare, tmp_path):
     assert compare.shape_groups(data, ["rods"], threshold=20.0) == {"rods": "compact"}
 
 
+def test_select_stems_by_shape(compare, tmp_path):
+    data = _disc_and_rods(tmp_path)
+    assert compare.select_stems(data, ["rods", "discs"]) == ["rods", "discs"]
+    assert compare.select_stems(data, ["rods", "discs"], shape="compact") == ["discs"]
+    assert compare.select_stems(data, ["rods", "discs"], shape="elongated") == ["rods"]
+    assert compare.select_stems(data, ["rods", "discs"], limit=1) == ["rods"]
+    with pytest.raises(ValueError, match="shape"):
+        compare.select_stems(data, ["rods"], shape="round")
+
+
 def test_by_shape_means_each_method_on_its_own_images(compare):
     metrics = dict.fromkeys(compare.METRICS, 0.0)
     ours = {"method": "ours", "status": "ok", "per_image": [
@@ -69,6 +79,9 @@ def test_markdown_has_the_shape_tables(compare, tmp_path):
     assert "## By particle shape" in text
     assert "**elongated** (1 image)" in text
     assert text.count("| ours | 1 |") == 2
+    assert "particles only" not in text
+    compare.write_markdown({**report, "shape": "elongated"}, tmp_path / "e.md")
+    assert "(elongated particles only)" in (tmp_path / "e.md").read_text().splitlines()[0]
 
 
 @pytest.fixture(scope="module")
