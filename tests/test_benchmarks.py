@@ -154,3 +154,16 @@ def test_axis_spread_tells_the_axes_apart(embedding_axes):
     t = embedding_axes.axis_spread(turned, np.rot90(lab), coord_scale=16.0, min_area=100)
     assert t[0, 0] == pytest.approx(0.0, abs=1e-6) and t[0, 1] == pytest.approx(0.5, abs=0.06)
     assert embedding_axes.axis_spread(off, np.zeros_like(lab), coord_scale=16.0).shape == (0, 2)
+
+
+def test_turn_rods_rules_take_the_turned_score_only_where_they_turn(load_script):
+    bench = load_script("benchmarks/bench_turn_rods.py")
+    rows = [{"plain": 0.5, "turned": 0.9, "along_x": 0.9, "elongation": 3.0},  # flat rods
+            {"plain": 0.8, "turned": 0.6, "along_x": 0.2, "elongation": 3.0},  # upright rods
+            {"plain": 0.9, "turned": 0.7, "along_x": 1.0, "elongation": 1.1},  # flat discs
+            {"plain": 0.0, "turned": 0.0, "along_x": float("nan"),
+             "elongation": float("nan")}]  # nothing found
+    out = bench.score_rules({"s": rows}, [(0.6, 1.3), (0.6, 1.0), (1.0, 1.0)])
+    assert out[0]["s"] == {"score": pytest.approx((0.9 + 0.8 + 0.9 + 0.0) / 4), "turned": 1}
+    assert out[1]["s"] == {"score": pytest.approx((0.9 + 0.8 + 0.7 + 0.0) / 4), "turned": 2}
+    assert out[2]["s"]["turned"] == 1  # along x 0.9 < 1.0; the discs lie along x whole
