@@ -129,11 +129,15 @@ def shape_groups(data: Path, stems: list[str], *,
             for stem in stems}
 
 
+#: The particle shapes ``--shape`` selects (see :func:`shape_groups`).
+SHAPES = ("all", "compact", "elongated")
+
+
 def select_stems(data: Path, stems: list[str], *, shape: str = "all",
                  limit: int | None = None) -> list[str]:
     """The first ``limit`` of ``stems`` whose particles have ``shape``
     ("all", "compact" or "elongated"; see :func:`shape_groups`)."""
-    if shape not in ("all", "compact", "elongated"):
+    if shape not in SHAPES:
         raise ValueError(f"shape must be all, compact or elongated, got {shape!r}")
     if shape != "all":
         groups = shape_groups(data, stems)
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="EMPS folder (default ../shared/data/emps)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="first N images (default: all)")
-    parser.add_argument("--shape", choices=("all", "compact", "elongated"), default="all",
+    parser.add_argument("--shape", choices=SHAPES, default="all",
                         help="only the images of this particle shape (see by_shape)")
     parser.add_argument("--peer-limit", type=int, default=None,
                         help="the peer on only the first N of those (it takes minutes per image)")
