@@ -1385,3 +1385,99 @@ def test_turn_rods_segments_rods_lying_along_x_upright(monkeypatch):
 def test_config_turn_rods_is_validated(spec):
     with pytest.raises(ValueError, match="inference.turn_rods"):
         BPartIS.from_config({"model": TINY, "inference": {"turn_rods": spec}})
+
+
+def _tiny_model_dir(folder, inference=None):
+    """A model folder (config.json with its sha256, weights.pt) of random tiny weights."""
+    from imageextract.segment.bpartis.model import BPartISNet, ModelConfig
+    from imageextract.weights import sha256_file
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(BPartISNet(ModelConfig.from_dict(TINY)).state_dict(), folder / "weights.pt")
+    cfg = {"backend": "bpartis", "version": "tiny", "weights": "weights.pt",
+           "sha256": sha256_file(folder / "weights.pt"), "model": TINY,
+           "inference": inference or {}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_specialist_segments_sparse_images_again_and_keeps_the_surer_result(
+        monkeypatch, tmp_path):
+    """With ``inference.specialist``, an image on which the main network keeps
+    at most ``max_particles`` particles (or elongated ones) is segmented by the
+    specialist too; its result is kept only when its particles are surer, and
+    it carries the specialist's weights tag; dense images run once."""
+    from imageextract.segment.bpartis import inference
+
+    calls = []
+    sure = {}
+
+    def fake(net, rgb, **kw):  # as many particles as bright pixels in row 0; own scores
+        calls.append(id(net))
+        lab = np.zeros(rgb.shape[:2], np.int32)
+        k = int((rgb[0, :, 0] > 0).sum())
+        for i in range(k):
+            lab[8 * i:8 * i + 6, :6] = i + 1
+        s = sure.get(id(net), 0.5)
+        return {"labels": lab, "scores": np.full(k, s), "uncertainty": np.zeros(k),
+                "mi": np.zeros(rgb.shape[:2], np.float32), "scale": 1.0, "passes": 2}
+
+    monkeypatch.setattr(inference, "segment_image", fake)
+    folder = _tiny_model_dir(tmp_path / "rods", {"mc_samples": 1})
+    cfg = {"model": TINY, "inference": {"specialist": {"model": str(folder),
+                                                       "max_particles": 2}}}
+    b = BPartIS.from_config(cfg, mc_samples=1, tag="main")
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[0, :2] = 200  # two particles: sparse
+    res = b.segment_rgb(rgb)  # the specialist is built on first use
+    other = b._specialist_backend[1]
+    assert calls == [id(b.net), id(other.net)] and res["passes"] == 4
+    assert "weights" not in res  # equally sure: the main result stays
+    assert res["specialist_confidence"] == {"main": 0.5, "specialist": 0.5}
+    sure[id(other.net)] = 0.9
+    seg = b.predict(rgb[..., 0])
+    assert seg.weights == other.weights != "main" and seg.scores.tolist() == [0.9, 0.9]
+    sure[id(other.net)] = 0.2
+    assert b.predict(rgb[..., 0]).weights == "main"
+    calls.clear()
+    rgb[0, :5] = 200  # five compact particles: the main network's alone
+    assert "specialist_confidence" not in b.segment_rgb(rgb) and calls == [id(b.net)]
+    calls.clear()
+    rgb[0, 1:] = 0
+    assert "specialist_confidence" not in b.segment_rgb(rgb, specialist=None)
+    assert "specialist_confidence" not in b.segment_rgb(rgb, scale=0.5)  # the user's scale
+    assert calls == [id(b.net)] * 2
+
+
+def test_specialist_called_for_elongated_particles():
+    from imageextract.segment.bpartis import _calls_specialist
+
+    spec = {"model": "m", "max_particles": 0, "min_elongation": 2.0}
+    rods = _rods((48, 60), along_x=True)
+    k = int(rods.max())
+    assert _calls_specialist({"labels": rods, "scores": np.ones(k)}, spec)
+    disc = (np.hypot(*np.mgrid[-20:21, -20:21]) < 15).astype(np.int32)
+    assert not _calls_specialist({"labels": disc, "scores": np.ones(1)}, spec)
+    assert _calls_specialist({"labels": disc, "scores": np.ones(1)},
+                             dict(spec, max_particles=1))
+    assert _calls_specialist({"labels": disc * 0, "scores": np.ones(0)}, spec)
+
+
+@pytest.mark.parametrize("spec", [{"max_particles": 3}, {"model": "", "max_particles": 3},
+                                  {"model": "m", "max_particles": -1},
+                                  {"model": "m", "max_particles": 2.5},
+                                  {"model": "m", "max_particles": True},
+                                  {"model": "m", "min_elongation": 0.5},
+                                  {"model": "m", "extra": 1}, ["m", 3], "m"])
+def test_config_specialist_is_validated(spec):
+    with pytest.raises(ValueError, match="inference.specialist"):
+        BPartIS.from_config({"model": TINY, "inference": {"specialist": spec}})
+
+
+def test_config_specialist_must_be_installed(tmp_path):
+    cfg = {"model": TINY, "inference": {"specialist": {"model": str(tmp_path / "none"),
+                                                       "max_particles": 50}}}
+    b = BPartIS.from_config(cfg, mc_samples=1)
+    with pytest.raises(WeightsError, match="not installed"):
+        b.segment_rgb(np.zeros((40, 40, 3), np.uint8))

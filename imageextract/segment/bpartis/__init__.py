@@ -200,6 +200,8 @@ class BPartIS:
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
+        self.specialist = _specialist(inf.get("specialist"))
+        self._specialist_backend = None
         if scale is not None and not float(scale) > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = None if scale is None else float(scale)
@@ -270,11 +272,14 @@ class BPartIS:
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ValueError(f"image is empty: shape {np.shape(image)}")
         res = self.segment_rgb(rgb)
+        if "weights" in res:
+            logger.debug("bpartis: the specialist network %s was surer", res["weights"])
         logger.debug("bpartis: working scale %.3f after %d pass(es), %d particles",
                      res["scale"], res["passes"], res["scores"].size)
         return Segmentation(labels=res["labels"], scores=res["scores"],
                             uncertainty=res["uncertainty"], backend=self.name,
-                            weights=self.weights, pixel_uncertainty=res["mi"])
+                            weights=res.get("weights", self.weights),
+                            pixel_uncertainty=res["mi"])
 
     def segment_rgb(self, rgb: np.ndarray, **overrides) -> dict:
         """:func:`~.inference.segment_image` of ``rgb`` (M, N, 3) uint8 with
@@ -300,6 +305,7 @@ class BPartIS:
             cluster_options=self.cluster_options, rescorer=self.rescorer, mc_seed=self.mc_seed,
             outline=self.outline)
         turn = overrides.pop("turn_rods", self.turn_rods)
+        spec = overrides.pop("specialist", self.specialist)
         kw.update(overrides)
         res = segment_image(self.net, rgb, **kw)
         if turn is not None:
@@ -311,6 +317,29 @@ class BPartIS:
                 turned = turned_back(segment_image(self.net, upright, **kw))
                 turned["passes"] += res["passes"]
                 res = turned
+        if spec is not None and kw["scale"] is None and _calls_specialist(res, spec):
+            # a fixed working scale is the user's: the specialist would find its own
+            res = self._ask_specialist(rgb, res, spec)
+        return res
+
+    def _ask_specialist(self, rgb: np.ndarray, res: dict, spec: dict) -> dict:
+        """Segment ``rgb`` with the specialist network of ``spec`` too and
+        keep its result when its particles are surer
+        (:func:`~.inference.scale_confidence`)."""
+        from .inference import scale_confidence
+
+        if self._specialist_backend is None or self._specialist_backend[0] != spec["model"]:
+            other = BPartIS(model=spec["model"], device=str(self.device),
+                            mc_samples=self.mc_samples)
+            self._specialist_backend = (spec["model"], other)
+        other = self._specialist_backend[1]
+        alt = other.segment_rgb(rgb, specialist=None)
+        passes = res["passes"] + alt["passes"]
+        mine, theirs = scale_confidence(res), scale_confidence(alt)
+        if theirs > mine:
+            res = dict(alt, weights=other.weights)
+        res["passes"] = passes
+        res["specialist_confidence"] = {"main": mine, "specialist": theirs}
         return res
 
 
@@ -400,6 +429,45 @@ def _turn_rods(spec) -> dict | None:
                          "min_along_x (0 to 1) and min_elongation (>= 1), "
                          f"got {spec!r}")
     return opts
+
+
+def _specialist(spec) -> dict | None:
+    """Validated ``inference.specialist`` of a config: None (off) or
+    ``{"model": str, "max_particles": int >= 0, "min_elongation": float >= 1
+    or None}``: on an image whose result keeps at most ``max_particles``
+    particles, or whose particles' median elongation is at least
+    ``min_elongation``, the model named there (a folder under ``models/``,
+    e.g. a network trained with rods drawn more often) segments it too, and
+    the result whose particles are surer is kept."""
+    if spec is None:
+        return None
+    try:
+        me = spec.get("min_elongation")
+        opts = {"model": spec["model"], "max_particles": spec.get("max_particles", 0),
+                "min_elongation": None if me is None else float(me)}
+        unknown = set(spec) - set(opts)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        opts, unknown = None, set()
+    mp = None if opts is None else opts["max_particles"]
+    if opts is None or unknown or not isinstance(opts["model"], str) or not opts["model"] \
+            or isinstance(mp, bool) or not isinstance(mp, int) or mp < 0 \
+            or (opts["min_elongation"] is not None and not opts["min_elongation"] >= 1.0):
+        raise ValueError("config inference.specialist must be null or an object with model "
+                         "(a model name or folder), max_particles (a whole number >= 0) and "
+                         f"min_elongation (a number >= 1, or null), got {spec!r}")
+    return opts
+
+
+def _calls_specialist(res: dict, spec: dict) -> bool:
+    """Does result ``res`` call for the specialist of ``spec``
+    (:func:`_specialist`)?"""
+    from .inference import particle_axes
+
+    n = int(np.asarray(res["scores"]).size)
+    if n <= spec["max_particles"]:
+        return True
+    return spec["min_elongation"] is not None and \
+        particle_axes(res["labels"])[1] >= spec["min_elongation"]
 
 
 __all__ = ["BPartIS", "UNCERTAINTY_TEXT"]
