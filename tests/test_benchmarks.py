@@ -167,3 +167,30 @@ def test_turn_rods_rules_take_the_turned_score_only_where_they_turn(load_script)
     assert out[0]["s"] == {"score": pytest.approx((0.9 + 0.8 + 0.9 + 0.0) / 4), "turned": 1}
     assert out[1]["s"] == {"score": pytest.approx((0.9 + 0.8 + 0.7 + 0.0) / 4), "turned": 2}
     assert out[2]["s"]["turned"] == 1  # along x 0.9 < 1.0; the discs lie along x whole
+
+
+def test_specialist_rules_take_the_surer_specialist_only_where_they_ask(load_script):
+    bench = load_script("benchmarks/bench_specialist.py")
+
+    def net(ap50, conf, n=1, elong=1.0):
+        return {"ap": ap50, "ap50": ap50, "ap75": ap50, "mean_iou": ap50, "aji_plus": ap50,
+                "confidence": conf, "n": n, "elongation": elong}
+
+    rows = [  # a sparse image the specialist gets right, a dense rods image, a dense compact one
+        {"stem": "a", "view": "plain", "main": net(0.0, 0.5, n=1), "specialist": net(1.0, 0.9)},
+        {"stem": "b", "view": "plain", "main": net(0.5, 0.5, n=30, elong=4.0),
+         "specialist": net(0.7, 0.6, n=30)},
+        {"stem": "c", "view": "plain", "main": net(0.9, 0.5, n=40), "specialist": net(0.1, 0.8)},
+    ]
+    rules = {(r["max_particles"], r["min_elongation"]): r for r in bench.score_rules(rows)}
+    assert set(rules) == {(m, e) for m in bench.MAX_PARTICLES for e in bench.MIN_ELONGATION}
+    assert rules[(0, None)]["taken"] == 0 and rules[(0, None)]["difference"] == 0.0
+    assert rules[(1, None)]["taken"] == 1
+    assert rules[(1, None)]["mean"]["score"] == pytest.approx((1.0 + 0.5 + 0.9) / 3)
+    assert rules[(1, 3.0)]["taken"] == 2
+    assert rules[(1, 3.0)]["difference"] == pytest.approx((1.0 + 0.2) / 3)
+    assert rules[(20, None)]["taken"] == 1  # the dense images are not asked
+    # an unsure specialist is never taken, whatever the rule
+    rows[0]["specialist"]["confidence"] = 0.4
+    assert bench.score_rules(rows)[0]["taken"] == 0
+    assert max(r["taken"] for r in bench.score_rules(rows)) == 1

@@ -1,0 +1,179 @@
+"""A second, specialised network for the images the main one finds few particles in.
+
+    python benchmarks/bench_specialist.py --specialist models/bpartis-emps-rods
+    python benchmarks/bench_specialist.py --specialist DIR --split train-fit \\
+        --stems held_out.txt --out benchmarks/results/specialist_held_out.json
+    python benchmarks/bench_specialist.py --specialist DIR --split test --views plain
+
+Why: the shipped network misses single rods and wires (test AP50 0.47 on
+rods against 0.97 on compact particles), and a network trained with rods
+drawn five times as often finds them but loses on compact particles.
+``inference.specialist`` lets both work: where the main network keeps at
+most ``max_particles`` particles (or elongated ones), the specialist
+segments the image too, and the result whose particles are surer
+(:func:`~imageextract.segment.bpartis.inference.scale_confidence`: mean
+score times one minus uncertainty) is kept.
+
+Every image (in each of ``--views``, as in ``bench_val_views.py``) is
+segmented by both networks, each with its own size model, rescorer and
+outline refiner and with the specialist option off; both are scored
+(mean of AP50 and AJI+, the model-selection score).  Then each rule of a
+grid (``max_particles`` x ``min_elongation``) is scored offline: it takes
+the specialist's result where it would ask the specialist and that result
+is surer.  A rule is compared with the main network alone per image (mean
+over views), with the paired bootstrap win rate.
+
+Writes ``benchmarks/results/specialist.json``: per view, both networks'
+metrics, confidences, particle counts and elongations; per rule, the means
+of AP, AP50, AJI+ and the score, how many results it took from the
+specialist, and the paired comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_val_views import VIEWS, view  # noqa: E402
+
+METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus")
+#: The rules scored: ``max_particles`` and ``min_elongation`` (None: off).
+MAX_PARTICLES = (0, 1, 2, 3, 5, 10, 20)
+MIN_ELONGATION = (None, 2.0, 3.0)
+
+
+def score(m: dict) -> float:
+    """The model-selection score: mean of AP50 and AJI+."""
+    return (m["ap50"] + m["aji_plus"]) / 2
+
+
+def takes_specialist(row: dict, max_particles: int, min_elongation: float | None) -> bool:
+    """Would the rule ``(max_particles, min_elongation)`` keep the
+    specialist's result for ``row`` (one image view: the main network's
+    particle count ``n``, median elongation ``elongation`` and both
+    confidences)?  The same test as ``inference.specialist`` applies.
+
+    >>> row = {"main": {"n": 2, "elongation": 1.1, "confidence": 0.6},
+    ...        "specialist": {"confidence": 0.8}}
+    >>> takes_specialist(row, 3, None), takes_specialist(row, 1, None)
+    (True, False)
+    >>> unsure = dict(row, specialist={"confidence": 0.5})
+    >>> takes_specialist(row, 1, 1.05), takes_specialist(unsure, 3, None)
+    (True, False)
+    """
+    m = row["main"]
+    asks = m["n"] <= max_particles or (
+        min_elongation is not None and m["n"] > 0 and m["elongation"] >= min_elongation)
+    return bool(asks and row["specialist"]["confidence"] > m["confidence"])
+
+
+def score_rules(rows: list[dict]) -> list[dict]:
+    """Every rule of the grid on ``rows`` (see :func:`takes_specialist`)."""
+    from imageextract.segment.bpartis.train import paired_win_rate
+
+    stems = list(dict.fromkeys(r["stem"] for r in rows))
+    base = [float(np.mean([score(r["main"]) for r in rows if r["stem"] == s])) for s in stems]
+    out = []
+    for mp in MAX_PARTICLES:
+        for me in MIN_ELONGATION:
+            picked = [r["specialist"] if takes_specialist(r, mp, me) else r["main"] for r in rows]
+            per = [float(np.mean([score(p) for p, r in zip(picked, rows) if r["stem"] == s]))
+                   for s in stems]
+            d = np.subtract(per, base)
+            out.append({"max_particles": mp, "min_elongation": me,
+                        "taken": int(sum(p is r["specialist"] for p, r in zip(picked, rows))),
+                        "mean": {k: float(np.mean([p[k] for p in picked])) for k in METRICS}
+                        | {"score": float(np.mean([score(p) for p in picked]))},
+                        "difference": float(d.mean()),
+                        "standard_error": float(d.std(ddof=1) / np.sqrt(d.size))
+                        if d.size > 1 else float("nan"),
+                        "win_rate": paired_win_rate(per, base)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--main", default="bpartis-emps",
+                    help="installed model name or model folder (default: the shipped one)")
+    ap.add_argument("--specialist", required=True, help="model name or folder")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--views", default=",".join(VIEWS),
+                    help=f"comma-separated, among {','.join(VIEWS)} (default: all five)")
+    ap.add_argument("--stems", help="file of stems (one per line) to keep from the split")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "emps"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "specialist.json"))
+    args = ap.parse_args(argv)
+    if not (Path(args.data) / "train.csv").is_file():
+        print(f"EMPS data not found at {args.data}", file=sys.stderr)
+        return 2
+    views = tuple(v for v in args.views.split(",") if v)
+    if not views or any(v not in VIEWS for v in views):
+        print(f"--views must name some of {','.join(VIEWS)}, got {args.views!r}",
+              file=sys.stderr)
+        return 2
+    from tqdm.auto import tqdm
+
+    from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.metrics import all_metrics
+    from imageextract.segment.bpartis import BPartIS
+    from imageextract.segment.bpartis.inference import particle_axes, scale_confidence
+    from imageextract.segment.bpartis.train import read_stems
+
+    nets = {"main": BPartIS(model=args.main, threads=args.threads),
+            "specialist": BPartIS(model=args.specialist, threads=args.threads)}
+    stems = split_stems(args.data, args.split)
+    if args.stems:
+        keep = set(read_stems(args.stems))
+        stems = [s for s in stems if s in keep]
+    rows = []
+    t0 = time.time()
+    for stem in tqdm(stems, desc="images"):
+        rgb, truth = load_item(args.data, stem)
+        for v in views:
+            x, gt = view(v, rgb, truth)
+            row = {"stem": stem, "view": v}
+            for name, net in nets.items():
+                res = net.segment_rgb(x, specialist=None)
+                m = all_metrics(gt, res["labels"])
+                elong = particle_axes(res["labels"])[1]
+                row[name] = {k: float(m[k]) for k in METRICS} | {
+                    "confidence": scale_confidence(res), "n": int(res["scores"].size),
+                    "elongation": None if np.isnan(elong) else float(elong)}
+            rows.append(row)
+    rules = score_rules(rows)
+    res = {"split": args.split, "n_images": len(stems), "views": list(views),
+           "main": {"model": args.main, "weights": nets["main"].weights},
+           "specialist": {"model": args.specialist, "weights": nets["specialist"].weights},
+           "networks_alone": {n: {k: float(np.mean([r[n][k] for r in rows])) for k in METRICS}
+                              | {"score": float(np.mean([score(r[n]) for r in rows]))}
+                              for n in nets},
+           "rules": rules, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    for n, m in res["networks_alone"].items():
+        print(f"{n:10s} alone: AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
+              f"score {m['score']:.4f}")
+    for r in rules:
+        m = r["mean"]
+        print(f"max_particles {r['max_particles']:2d} min_elongation {r['min_elongation']!s:4s}: "
+              f"AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
+              f"score {m['score']:.4f} ({r['difference']:+.4f}, s.e. "
+              f"{r['standard_error']:.4f}, wins {r['win_rate']:.0%}; {r['taken']} taken)")
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
