@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, items in image_sets(args.data, args.split).items():
         rows = []
         for stem, rgb, truth in tqdm(items, desc=name):
-            plain = bp.segment_rgb(rgb, turn_rods=None)
+            plain = bp.segment_rgb(rgb, turn_rods=None, specialist=None)
             turned = turned_back(bp.segment_rgb(np.ascontiguousarray(np.rot90(rgb)),
-                                                turn_rods=None))
+                                                turn_rods=None, specialist=None))
             frac, elong = particle_axes(plain["labels"])
             rows.append({"stem": stem, "plain": score(truth, plain["labels"]),
                          "turned": score(truth, turned["labels"]),

@@ -378,6 +378,14 @@ def test_exact_resume(tmp_path):
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "then also at" not in card
     assert "keeps at most 20 particles, also at 0.64 x, and adding the particles" in card
+    assert "specialist" not in card
+    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
+                                      "specialist": {"model": "bpartis-emps-rods",
+                                                     "max_particles": 5,
+                                                     "min_elongation": None}})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert ("- specialist: on an image where the result keeps at most 5 particles, the "
+            "network `bpartis-emps-rods`") in card
     # ... and the outline refinement (the sentence only needs the band)
     export(tmp_path / "a", inference={"outline": {"kind": "mlp", "band": 4.0}})
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()

@@ -48,7 +48,7 @@ def segment_items(backend, items, *, progress: bool = True) -> list[dict[str, An
     and the working scale."""
     out = []
     for stem, rgb, truth in tqdm(items, desc="segment", disable=not progress, leave=False):
-        r = backend.segment_rgb(rgb, outline=None)
+        r = backend.segment_rgb(rgb, outline=None, specialist=None)
         out.append({"stem": stem, "rgb": rgb, "truth": truth, "labels": r["labels"],
                     "seed": r["seed"], "scale": float(r["scale"])})
     return out

@@ -55,7 +55,7 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
         r = backend.segment_rgb(rgb, uncertainty_threshold=None, cluster_options=opts,
                                 rescorer=None, scale_factors=(1.0,), sparse_factors=None,
-                                outline=None)
+                                outline=None, specialist=None)
         k = r["scores"].size
         feats = instance_features(rgb, r["labels"], scores=r["scores"],
                                   uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],

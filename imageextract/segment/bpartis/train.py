@@ -1009,6 +1009,15 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
             "- outlines: the pixels within "
             f"{float(inf['outline'].get('band', 4.0)):g} working-scale px of each particle's "
             "outline are re-decided by the learned outline refiner (see Outline refinement)")
+    if inf.get("specialist"):
+        sp = inf["specialist"]
+        lines.append(
+            f"- specialist: on an image where the result keeps at most {sp['max_particles']} "
+            "particles"
+            + (f" or their median elongation is at least {sp['min_elongation']:g}"
+               if sp.get("min_elongation") is not None else "")
+            + f", the network `{sp['model']}` (its own size model, rescorer and outline "
+            "refiner) segments it too, and the result whose particles are surer is kept")
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
