@@ -79,6 +79,16 @@ class BPartIS:
     threads : int, optional
         torch intra-op threads (left alone when None).
 
+    Notes
+    -----
+    A model's ``config.json`` may name a specialist (``inference.specialist``,
+    see :func:`_specialist`): a second model folder, such as the shipped
+    ``bpartis-emps-rods``, that segments the images on which this network
+    finds no particle or finds rods, and whose result is kept when its
+    particles are surer.  ``segment_rgb(rgb, specialist=None)`` turns it
+    off for one call; a fixed ``scale`` never asks it.  A particle's
+    ``Segmentation.weights`` names the network that found it.
+
     Examples
     --------
     >>> seg = BPartIS.from_config({"model": {"width": 0.25, "depth": 0.34,
