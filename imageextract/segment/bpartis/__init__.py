@@ -86,8 +86,8 @@ class BPartIS:
     ``bpartis-emps-rods``, that segments the images on which this network
     finds no particle or finds rods, and whose result is kept when its
     particles are surer.  ``segment_rgb(rgb, specialist=None)`` turns it
-    off for one call; a fixed ``scale`` never asks it.  A particle's
-    ``Segmentation.weights`` names the network that found it.
+    off for one call; a fixed ``scale`` never asks it.  The result's
+    ``Segmentation.weights`` names the network whose particles were kept.
 
     Examples
     --------
