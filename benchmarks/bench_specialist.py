@@ -43,24 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_val_views import VIEWS, view  # noqa: E402
+from bench_val_views import METRICS, VIEWS, score, summarise, view  # noqa: E402
 
-METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus")
 #: The rules scored: ``max_particles`` and ``min_elongation`` (None: off).
 MAX_PARTICLES = (0, 1, 2, 3, 5, 10, 20)
 MIN_ELONGATION = (None, 2.0, 3.0)
-
-
-def score(m: dict) -> float:
-    """The model-selection score: mean of AP50 and AJI+."""
-    return (m["ap50"] + m["aji_plus"]) / 2
 
 
 def takes_specialist(row: dict, max_particles: int, min_elongation: float | None) -> bool:
     """Would the rule ``(max_particles, min_elongation)`` keep the
     specialist's result for ``row`` (one image view: the main network's
     particle count ``n``, median elongation ``elongation`` and both
-    confidences)?  The same test as ``inference.specialist`` applies.
+    confidences)?  The backend's own test decides whether it asks
+    (:func:`~imageextract.segment.bpartis.asks_specialist`).
 
     >>> row = {"main": {"n": 2, "elongation": 1.1, "confidence": 0.6},
     ...        "specialist": {"confidence": 0.8}}
@@ -70,10 +65,12 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
     >>> takes_specialist(row, 1, 1.05), takes_specialist(unsure, 3, None)
     (True, False)
     """
+    from imageextract.segment.bpartis import asks_specialist
+
     m = row["main"]
-    asks = m["n"] <= max_particles or (
-        min_elongation is not None and m["n"] > 0 and m["elongation"] >= min_elongation)
-    return bool(asks and row["specialist"]["confidence"] > m["confidence"])
+    rule = {"max_particles": max_particles, "min_elongation": min_elongation}
+    return (asks_specialist(m["n"], m["elongation"], rule)
+            and row["specialist"]["confidence"] > m["confidence"])
 
 
 def score_rules(rows: list[dict]) -> list[dict]:
@@ -155,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"split": args.split, "n_images": len(stems), "views": list(views),
            "main": {"model": args.main, "weights": nets["main"].weights},
            "specialist": {"model": args.specialist, "weights": nets["specialist"].weights},
-           "networks_alone": {n: {k: float(np.mean([r[n][k] for r in rows])) for k in METRICS}
-                              | {"score": float(np.mean([score(r[n]) for r in rows]))}
-                              for n in nets},
+           "networks_alone": summarise(rows, tuple(nets))["all_views"],
            "rules": rules, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,11 @@ VIEWS = ("plain", "mirror_lr", "mirror_tb", "rot90", "jpeg95")
 METRICS = ("ap", "ap50", "ap75", "mean_iou", "aji_plus")
 
 
+def score(m: dict) -> float:
+    """The model-selection score: mean of AP50 and AJI+."""
+    return (m["ap50"] + m["aji_plus"]) / 2
+
+
 def view(name: str, rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The image and its ground truth as seen in view ``name`` (one of
     :data:`VIEWS`).  Geometric views move the labels with the pixels; JPEG 95
@@ -60,9 +65,6 @@ def summarise(rows: list[dict], names: tuple[str, str]) -> dict:
     """Means per view and over all views, and the paired comparison of each
     image's mean score over its views (``names``: baseline, candidate)."""
     from imageextract.segment.bpartis.train import paired_win_rate
-
-    def score(m: dict) -> float:
-        return (m["ap50"] + m["aji_plus"]) / 2
 
     out: dict = {"views": {}}
     for v in sorted({r["view"] for r in rows}, key=VIEWS.index):

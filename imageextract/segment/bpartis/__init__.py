@@ -468,16 +468,30 @@ def _specialist(spec) -> dict | None:
     return opts
 
 
+def asks_specialist(n: int, elongation: float | None, spec: dict) -> bool:
+    """Does a result of ``n`` particles whose median elongation is
+    ``elongation`` (None or NaN without particles) call for the specialist
+    of ``spec`` (:func:`_specialist`)?
+
+    >>> spec = {"max_particles": 1, "min_elongation": 3.0}
+    >>> asks_specialist(0, None, spec), asks_specialist(4, 3.5, spec), asks_specialist(4, 2.0, spec)
+    (True, True, False)
+    """
+    if n <= spec["max_particles"]:
+        return True
+    me = spec["min_elongation"]
+    return me is not None and elongation is not None and elongation >= me
+
+
 def _calls_specialist(res: dict, spec: dict) -> bool:
-    """Does result ``res`` call for the specialist of ``spec``
-    (:func:`_specialist`)?"""
+    """:func:`asks_specialist` for the result ``res`` of a pass (its
+    particles' elongation measured only when the rule needs it)."""
     from .inference import particle_axes
 
     n = int(np.asarray(res["scores"]).size)
-    if n <= spec["max_particles"]:
-        return True
-    return spec["min_elongation"] is not None and \
-        particle_axes(res["labels"])[1] >= spec["min_elongation"]
+    elong = (particle_axes(res["labels"])[1]
+             if n > spec["max_particles"] and spec["min_elongation"] is not None else None)
+    return asks_specialist(n, elong, spec)
 
 
-__all__ = ["BPartIS", "UNCERTAINTY_TEXT"]
+__all__ = ["BPartIS", "UNCERTAINTY_TEXT", "asks_specialist"]
