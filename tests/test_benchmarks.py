@@ -194,3 +194,36 @@ def test_specialist_rules_take_the_surer_specialist_only_where_they_ask(load_scr
     rows[0]["specialist"]["confidence"] = 0.4
     assert bench.score_rules(rows)[0]["taken"] == 0
     assert max(r["taken"] for r in bench.score_rules(rows)) == 1
+
+
+def test_sparse_scale_rules_play_the_backend_choice(load_script):
+    bench = load_script("benchmarks/bench_sparse_scales.py")
+    # the larger factors are tried only on images sparse enough for the rule
+    assert bench.tried_factors(((2.0, 3.2), 5), 5)[-2:] == [2.0, 3.2]
+    assert 2.0 not in bench.tried_factors(((2.0, 3.2), 5), 6)
+    assert bench.tried_factors(bench.RULES["shipped"], 0) == [0.8, 1.0, 1.25, 0.64]
+    # the scale found wins ties; a later factor must be strictly surer
+    conf = {1.0: 0.9, 0.8: 0.9, 1.25: 0.95, 0.64: 0.97, 2.0: 0.97}
+    assert bench.choose(conf, [0.8, 1.0, 1.25]) == 1.25
+    assert bench.choose(conf, [0.8, 1.0, 1.25, 0.64, 2.0]) == 0.64
+    assert bench.choose({1.0: -1.0, 0.8: -1.0}, [0.8, 1.0]) == 1.0
+
+    def rules(**changed):  # every rule scores 0.5 at the scale found, except those named
+        out = {n: {k: 0.5 for k in bench.METRICS} | {"factor": 1.0, "seconds": 1.0}
+               for n in bench.RULES}
+        for n, v in changed.items():
+            out[n] = {k: v for k in bench.METRICS} | {"factor": 2.0, "seconds": 2.0}
+        return out
+
+    rows = [{"stem": "a", "rules": rules(**{"+2 @20": 1.0})},   # fixed by the closer look
+            {"stem": "a", "rules": rules(**{"+2 @20": 0.9})},   # a second view of it
+            {"stem": "b", "rules": rules(**{"+2 @20": 0.25})},  # spoiled by it
+            {"stem": "c", "rules": rules()}]
+    out = bench.summarise_rules(rows)
+    assert out["shipped"]["difference"] == 0.0 and out["shipped"]["views_changed"] == 0
+    got = out["+2 @20"]
+    # per image, the mean over its views: a +0.45, b -0.25, c 0
+    assert got["difference"] == pytest.approx((0.45 - 0.25) / 3)
+    assert (got["images_better"], got["images_worse"], got["views_changed"]) == (1, 1, 3)
+    assert got["ap50"] == pytest.approx((1.0 + 0.9 + 0.25 + 0.5) / 4)
+    assert got["median_seconds"] == 2.0

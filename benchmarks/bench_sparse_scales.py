@@ -1,0 +1,355 @@
+"""Larger working scales for sparse images: does looking closer help when the
+size model reads the particles too large?
+
+    python benchmarks/bench_sparse_scales.py --split train-fit --oof-folds 5 \\
+        --out benchmarks/results/sparse_scales_train_fit.json
+    python benchmarks/bench_sparse_scales.py --split val \\
+        --out benchmarks/results/sparse_scales_val.json
+    python benchmarks/bench_sparse_scales.py --split test --views plain \\
+        --out benchmarks/results/sparse_scales_test.json
+
+Why: the ``bpartis`` backend works at the scale where the size model says
+the particles are 48 px across, and also tries 0.8 and 1.25 times that scale
+(0.64 as well where it keeps at most 20 particles); the result whose
+particles it is surest of is kept (``scale_confidence``).  When the size model
+reads particles five times too large (EMPS test fc2851e6d3: 345 px read for
+101 px particles), none of those scales is near the right one, and a whole
+image of small particles comes back as one or two blobs.  Such images are
+sparse at the scale found, and a closer look is cheap there: the image was
+shrunk.  This benchmark scores rules that add larger factors (1.6-3.2) for
+sparse images.
+
+The size model was fitted on ``train-fit`` and ``val``, so on those images
+it is far more accurate than on new ones (test: 11 of 99 estimates off by
+more than 1.8x).  With ``--oof-folds K`` the size model is refitted K times
+(the shipped recipe: ridge on pooled encoder features of every image at
+three random scales, the shipped alpha), each time without one fold of
+``train-fit`` images, and each image is read by the model that did not see
+it: an honest stand-in for new images on which to choose a rule.
+
+Every image (view) is segmented once at each factor of :data:`FACTORS`
+with the shipped rescorer and without the outline refiner and the
+specialist: 0.64 only where the scale found keeps at most
+:data:`SPARSE_MAX` particles (as the shipped rule), the larger ones only
+there and where the image at the scale found is at most :data:`SMALL_PX`
+long, and never beyond native resolution (where a closer look is cheap;
+the rules are played with the same limits); each rule of :data:`RULES` is then
+played offline exactly as :func:`~imageextract.segment.bpartis.inference.segment_image`
+plays it (surest scale, scale merge, outline refiner) and scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_val_views import METRICS, VIEWS, score, view  # noqa: E402
+
+#: Factors of the scale found that are run on every image.
+BASE = (0.64, 0.8, 1.0, 1.25)
+#: Larger factors, run where the scale found keeps at most SPARSE_MAX particles.
+LARGE = (2.0, 3.2)
+FACTORS = BASE + LARGE
+SPARSE_MAX = 20
+#: The larger factors are run only where the image at the scale found is at
+#: most this long (px: it was shrunk well below the canvas the network
+#: works on), and never beyond native resolution.
+SMALL_PX = 256
+#: The shipped rule: these factors everywhere, SHIPPED_SPARSE where the scale
+#: found keeps at most 20 particles.
+SHIPPED_BASE = (0.8, 1.0, 1.25)
+SHIPPED_SPARSE = ((0.64,), 20)
+#: Rules: name -> (larger factors, tried where the scale found keeps at most
+#: this many particles); on top of the shipped rule.
+RULES = {
+    "shipped": ((), 0),
+    "+2 @20": ((2.0,), 20),
+    "+2,3.2 @20": ((2.0, 3.2), 20),
+    "+2 @5": ((2.0,), 5),
+    "+2,3.2 @5": ((2.0, 3.2), 5),
+    "+2,3.2 @2": ((2.0, 3.2), 2),
+}
+
+
+def tried_factors(rule: tuple, n_found: int) -> list[float]:
+    """The factors ``segment_image`` tries under ``rule`` (see :data:`RULES`)
+    when the scale found keeps ``n_found`` particles, in the order it tries
+    them (``sparse_scale_factors`` is one list: the shipped 0.64, then the
+    larger factors, tried where ``n_found`` is at most the smaller limit).
+
+    >>> tried_factors(((2.0,), 5), 3)
+    [0.8, 1.0, 1.25, 0.64, 2.0]
+    >>> tried_factors(((2.0,), 5), 6)
+    [0.8, 1.0, 1.25, 0.64]
+    >>> tried_factors(((2.0,), 5), 21)
+    [0.8, 1.0, 1.25]
+    """
+    large, max_n = rule
+    out = list(SHIPPED_BASE)
+    if n_found <= SHIPPED_SPARSE[1]:
+        out += [f for f in SHIPPED_SPARSE[0] if f not in out]
+    if n_found <= max_n:
+        out += [f for f in large if f not in out]
+    return out
+
+
+def choose(conf: dict[float, float], order: list[float]) -> float:
+    """The factor ``segment_image`` keeps: the scale found (1.0) unless a
+    later factor's confidence is strictly higher than the best so far.
+
+    >>> choose({1.0: 0.5, 0.8: 0.7, 1.25: 0.7}, [0.8, 1.0, 1.25])
+    0.8
+    """
+    best, kept = conf[1.0], 1.0
+    for f in order:
+        if f != 1.0 and conf[f] > best:
+            best, kept = conf[f], f
+    return kept
+
+
+def fold_of(stem: str, k: int) -> int:
+    """A fixed fold in ``range(k)`` from the stem's hash."""
+    return int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) % k
+
+
+def size_features(net, items, *, seed: int = 0, per_image: int = 3,
+                  spread: tuple[float, float] = (0.2, 3.0), probe_px: int = 512,
+                  max_px: int = 1024, progress: bool = True):
+    """Features and log diameters as :func:`~imageextract.segment.bpartis.size.fit_size_model`
+    samples them, with the stem of each sample."""
+    from tqdm.auto import tqdm
+
+    from imageextract.segment.bpartis.inference import median_diameter
+    from imageextract.segment.bpartis.size import probe_features
+
+    rng = np.random.default_rng(seed)
+    xs, ys, stems = [], [], []
+    for stem, rgb, lab in tqdm(items, desc="size features", disable=not progress):
+        d = median_diameter(lab)
+        if not np.isfinite(d):
+            continue
+        h, w = lab.shape
+        s0 = min(1.0, probe_px / max(h, w))
+        for _ in range(per_image):
+            s = s0 * math.exp(rng.uniform(math.log(spread[0]), math.log(spread[1])))
+            s = min(s, max_px / max(h, w))
+            if min(h, w) * s < 32 or d * s < 3:
+                continue
+            xs.append(probe_features(net, rgb, scale=s, device="cpu"))
+            ys.append(math.log(d * s))
+            stems.append(stem)
+    return np.array(xs), np.array(ys), stems
+
+
+def run_image(bp, rgb, gt, size_model) -> dict:
+    """Segment one image at every factor and play every rule."""
+    from imageextract.evaluation.metrics import all_metrics
+    from imageextract.segment.bpartis.inference import (median_diameter, merge_scales,
+                                                        scale_confidence)
+    from imageextract.segment.bpartis.size import ZOOM_BELOW, estimate_diameter
+
+    h, w = rgb.shape[:2]
+    s0 = min(1.0, 512 / max(h, w))
+    d = estimate_diameter(bp.net, size_model, rgb, scale=s0, zoom_below=ZOOM_BELOW,
+                          device=bp.device)
+    lo, hi = bp.scale_limits
+    s = float(np.clip(s0 * bp.target_diameter / d, lo, hi))
+    d_true = median_diameter(gt)
+    row = {"scale_found": s, "scale_true": s0 * bp.target_diameter / d_true
+           if np.isfinite(d_true) else None, "shape": [h, w]}
+    results, seconds = {}, {}
+
+    def at(f: float):
+        sf = float(np.clip(s * f, lo, hi))
+        key = round(sf, 4)
+        if key not in results:
+            t = time.perf_counter()
+            results[key] = bp.segment_rgb(rgb, scale=sf, outline=None, specialist=None,
+                                          turn_rods=None)
+            seconds[key] = time.perf_counter() - t
+        return results[key]
+
+    row["side_px"] = side = max(h, w) * s
+    large = [f for f in LARGE if s * f <= 1.0]
+    if side > SMALL_PX or not large:
+        row["skipped"] = True  # every rule plays the shipped one here
+        return row
+    n_found = int(at(1.0)["scores"].size)
+    row["n_found"] = n_found
+    if n_found > SPARSE_MAX:
+        row["skipped"] = True
+        return row
+    run_f = [*SHIPPED_BASE, *(f for f in BASE if f not in SHIPPED_BASE), *large]
+    conf = {f: scale_confidence(at(f)) for f in run_f}
+    row["confidence"] = {str(f): conf[f] for f in run_f}
+    row["n"] = {str(f): int(at(f)["scores"].size) for f in run_f}
+    # median particle diameter (native px) and the share of the image covered
+    row["diameter"] = {str(f): float(median_diameter(at(f)["labels"])) for f in run_f}
+    row["coverage"] = {str(f): float(np.mean(at(f)["labels"] > 0)) for f in run_f}
+    row["seconds"] = {str(f): seconds[round(float(np.clip(s * f, lo, hi)), 4)] for f in run_f}
+    row["alone"] = {}
+    for f in run_f:  # each scale alone, before the outline refiner
+        m = all_metrics(gt, at(f)["labels"])
+        row["alone"][str(f)] = {k: float(m[k]) for k in ("ap50", "aji_plus")}
+    row["rules"] = {}
+    finals: dict[tuple, dict] = {}
+    for name, rule in RULES.items():
+        order = [f for f in tried_factors(rule, n_found) if f in run_f]
+        # factors clipped onto the scale found are not run again
+        order = [f for f in order if f == 1.0 or round(float(np.clip(s * f, lo, hi)), 4)
+                 != round(s, 4)]
+        kept = choose(conf, order)
+        key = (kept, tuple(sorted(set(order))))
+        if key not in finals:
+            chosen = at(kept)
+            others = [at(f) for f in dict.fromkeys(order) if at(f) is not chosen]
+            out = chosen
+            if bp.scale_merge is not None:
+                out = merge_scales(chosen, [o for o in others if o is not chosen],
+                                   **bp.scale_merge)
+            lab = out["labels"]
+            if bp.outline is not None:
+                lab = bp.outline.refine(rgb, lab, out["seed"], scale=out["scale"])
+            m = all_metrics(gt, lab)
+            finals[key] = {k: float(m[k]) for k in METRICS}
+        row["rules"][name] = dict(finals[key], factor=kept,
+                                  seconds=sum(row["seconds"][str(f)] for f in
+                                              dict.fromkeys([1.0, *order])))
+    return row
+
+
+def summarise_rules(rows: list[dict]) -> dict:
+    """Mean metrics of each rule, and each rule against ``shipped`` per image
+    (mean over its views), with the paired bootstrap win rate, over the
+    views where some rule could differ (``skipped`` rows, where every rule
+    plays the shipped one, are left out)."""
+    from imageextract.segment.bpartis.train import paired_win_rate
+
+    rows = [r for r in rows if not r.get("skipped")]
+    if not rows:
+        return {}
+    stems = list(dict.fromkeys(r["stem"] for r in rows))
+    per = {n: np.array([np.mean([score(r["rules"][n]) for r in rows if r["stem"] == s])
+                        for s in stems]) for n in RULES}
+    out = {}
+    for n in RULES:
+        diff = per[n] - per["shipped"]
+        out[n] = {k: float(np.mean([r["rules"][n][k] for r in rows])) for k in METRICS}
+        out[n]["score"] = float(np.mean([score(r["rules"][n]) for r in rows]))
+        out[n]["median_seconds"] = float(np.median([r["rules"][n]["seconds"] for r in rows]))
+        out[n]["views_changed"] = int(sum(r["rules"][n]["factor"] != r["rules"]["shipped"]
+                                          ["factor"] for r in rows))
+        out[n]["difference"] = float(diff.mean())
+        out[n]["standard_error"] = float(diff.std(ddof=1) / np.sqrt(diff.size)) \
+            if diff.size > 1 else float("nan")
+        out[n]["win_rate"] = paired_win_rate(per[n], per["shipped"]) if diff.size else None
+        out[n]["images_better"] = int((diff > 1e-9).sum())
+        out[n]["images_worse"] = int((diff < -1e-9).sum())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bpartis-emps")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    ap.add_argument("--oof-folds", type=int, default=0,
+                    help="read each image with a size model refitted without its fold")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "emps"))
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
+                                         "sparse_scales.json"))
+    args = ap.parse_args(argv)
+    if not (Path(args.data) / "train.csv").is_file():
+        print(f"EMPS data not found at {args.data}", file=sys.stderr)
+        return 2
+    from tqdm.auto import tqdm
+
+    from imageextract.datasets import load_item, split_stems
+    from imageextract.segment.bpartis import BPartIS
+    from imageextract.segment.bpartis.size import SizeModel
+
+    bp = BPartIS(model=args.model, threads=args.threads)
+    if bp.max_passes or bp.max_halvings:
+        print("this benchmark plays the scale search of max_passes = max_halvings = 0 only",
+              file=sys.stderr)
+        return 2
+    stems = split_stems(args.data, args.split)[:args.limit]
+    t0 = time.time()
+    models = {}
+    if args.oof_folds:
+        items = [(s, *load_item(args.data, s)) for s in stems]
+        val = [(s, *load_item(args.data, s)) for s in split_stems(args.data, "val")]
+        x, y, st = size_features(bp.net, items, seed=0)
+        xv, yv, _ = size_features(bp.net, val, seed=1)
+        folds = np.array([fold_of(s, args.oof_folds) for s in st])
+        for k in range(args.oof_folds):
+            keep = folds != k
+            models[k] = SizeModel.fit(np.concatenate([x[keep], xv]),
+                                      np.concatenate([y[keep], yv]),
+                                      alpha=bp.size_model.alpha, probes=bp.size_model.probes)
+        del items, val
+    rows = []
+
+    def save(partial: bool) -> dict:
+        res = {"split": args.split, "n_images": len(stems), "views": args.views,
+               "model": args.model, "weights": bp.weights, "oof_folds": args.oof_folds,
+               "rules": {n: {"larger_factors": r[0], "max_particles": r[1]}
+                         for n, r in RULES.items()},
+               "small_px": SMALL_PX, "partial": partial,
+               "summary": summarise_rules(rows), "rows": rows,
+               "total_wall_seconds": round(time.time() - t0, 1)}
+        played = [r for r in rows if not r.get("skipped")]
+        for n, m in res["summary"].items():  # the other views are unchanged
+            m["difference_all_views"] = float(sum(score(r["rules"][n]) -
+                                                  score(r["rules"]["shipped"])
+                                                  for r in played) / max(len(rows), 1))
+        res["views_played"] = len(played)
+        errs = [abs(math.log(r["scale_found"] / r["scale_true"])) for r in rows
+                if r["scale_true"]]
+        res["scale_error"] = {"n": len(errs),
+                              "off_by_more_than_1.8x": int(sum(e > math.log(1.8)
+                                                               for e in errs)),
+                              "median_abs_log": float(np.median(errs)) if errs else None}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        return res
+
+    for i, stem in enumerate(tqdm(stems, desc="images")):
+        if i and i % 20 == 0:
+            save(partial=True)
+        rgb, truth = load_item(args.data, stem)
+        size_model = models[fold_of(stem, args.oof_folds)] if models else bp.size_model
+        for v in args.views:
+            x_img, gt = view(v, rgb, truth)
+            row = {"stem": stem, "view": v, **run_image(bp, x_img, gt, size_model)}
+            rows.append(row)
+    res = save(partial=False)
+    print(f"scale found vs truth: {res['scale_error']}; rules played on "
+          f"{res['views_played']} of {len(rows)} views")
+    for n, m in res["summary"].items():
+        print(f"{n:24s} AP {m['ap']:.3f} AP50 {m['ap50']:.3f} AJI+ {m['aji_plus']:.3f} "
+              f"score {m['score']:.4f} diff {m['difference']:+.4f} (s.e. "
+              f"{m['standard_error']:.4f}, wins {m['win_rate']:.0%}) "
+              f"+{m['images_better']}/-{m['images_worse']} changed {m['views_changed']} "
+              f"over all views {m['difference_all_views']:+.4f} "
+              f"median {m['median_seconds']:.2f} s")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
