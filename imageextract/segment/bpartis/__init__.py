@@ -84,8 +84,8 @@ class BPartIS:
     A model's ``config.json`` may name a specialist (``inference.specialist``,
     see :func:`_specialist`): a second model folder, such as the shipped
     ``bpartis-emps-rods``, that segments the images on which this network
-    finds no particle or finds rods, and whose result is kept when its
-    particles are surer.  ``segment_rgb(rgb, specialist=None)`` turns it
+    finds few particles (at most ``max_particles``) or finds rods, and whose
+    result is kept when its particles are surer.  ``segment_rgb(rgb, specialist=None)`` turns it
     off for one call; a fixed ``scale`` never asks it.  The result's
     ``Segmentation.weights`` names the network whose particles were kept.
 
