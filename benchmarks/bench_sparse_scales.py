@@ -123,35 +123,6 @@ def fold_of(stem: str, k: int) -> int:
     return int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) % k
 
 
-def size_features(net, items, *, seed: int = 0, per_image: int = 3,
-                  spread: tuple[float, float] = (0.2, 3.0), probe_px: int = 512,
-                  max_px: int = 1024, progress: bool = True):
-    """Features and log diameters as :func:`~imageextract.segment.bpartis.size.fit_size_model`
-    samples them, with the stem of each sample."""
-    from tqdm.auto import tqdm
-
-    from imageextract.segment.bpartis.inference import median_diameter
-    from imageextract.segment.bpartis.size import probe_features
-
-    rng = np.random.default_rng(seed)
-    xs, ys, stems = [], [], []
-    for stem, rgb, lab in tqdm(items, desc="size features", disable=not progress):
-        d = median_diameter(lab)
-        if not np.isfinite(d):
-            continue
-        h, w = lab.shape
-        s0 = min(1.0, probe_px / max(h, w))
-        for _ in range(per_image):
-            s = s0 * math.exp(rng.uniform(math.log(spread[0]), math.log(spread[1])))
-            s = min(s, max_px / max(h, w))
-            if min(h, w) * s < 32 or d * s < 3:
-                continue
-            xs.append(probe_features(net, rgb, scale=s, device="cpu"))
-            ys.append(math.log(d * s))
-            stems.append(stem)
-    return np.array(xs), np.array(ys), stems
-
-
 def run_image(bp, rgb, gt, size_model) -> dict:
     """Segment one image at every factor and play every rule."""
     from imageextract.evaluation.metrics import all_metrics
@@ -170,15 +141,16 @@ def run_image(bp, rgb, gt, size_model) -> dict:
            if np.isfinite(d_true) else None, "shape": [h, w]}
     results, seconds = {}, {}
 
+    def key(f: float) -> float:  # the working scale of factor f, as segment_image rounds it
+        return round(float(np.clip(s * f, lo, hi)), 4)
+
     def at(f: float):
-        sf = float(np.clip(s * f, lo, hi))
-        key = round(sf, 4)
-        if key not in results:
+        if key(f) not in results:
             t = time.perf_counter()
-            results[key] = bp.segment_rgb(rgb, scale=sf, outline=None, specialist=None,
-                                          turn_rods=None)
-            seconds[key] = time.perf_counter() - t
-        return results[key]
+            results[key(f)] = bp.segment_rgb(rgb, scale=float(np.clip(s * f, lo, hi)),
+                                             outline=None, specialist=None, turn_rods=None)
+            seconds[key(f)] = time.perf_counter() - t
+        return results[key(f)]
 
     row["side_px"] = side = max(h, w) * s
     large = [f for f in LARGE if s * f <= 1.0]
@@ -197,7 +169,7 @@ def run_image(bp, rgb, gt, size_model) -> dict:
     # median particle diameter (native px) and the share of the image covered
     row["diameter"] = {str(f): float(median_diameter(at(f)["labels"])) for f in run_f}
     row["coverage"] = {str(f): float(np.mean(at(f)["labels"] > 0)) for f in run_f}
-    row["seconds"] = {str(f): seconds[round(float(np.clip(s * f, lo, hi)), 4)] for f in run_f}
+    row["seconds"] = {str(f): seconds[key(f)] for f in run_f}
     row["alone"] = {}
     for f in run_f:  # each scale alone, before the outline refiner
         m = all_metrics(gt, at(f)["labels"])
@@ -207,23 +179,20 @@ def run_image(bp, rgb, gt, size_model) -> dict:
     for name, rule in RULES.items():
         order = [f for f in tried_factors(rule, n_found) if f in run_f]
         # factors clipped onto the scale found are not run again
-        order = [f for f in order if f == 1.0 or round(float(np.clip(s * f, lo, hi)), 4)
-                 != round(s, 4)]
+        order = [f for f in order if f == 1.0 or key(f) != round(s, 4)]
         kept = choose(conf, order)
-        key = (kept, tuple(sorted(set(order))))
-        if key not in finals:
-            chosen = at(kept)
-            others = [at(f) for f in dict.fromkeys(order) if at(f) is not chosen]
-            out = chosen
+        played = (kept, tuple(sorted(set(order))))
+        if played not in finals:
+            chosen = out = at(kept)
             if bp.scale_merge is not None:
-                out = merge_scales(chosen, [o for o in others if o is not chosen],
-                                   **bp.scale_merge)
+                others = [at(f) for f in dict.fromkeys(order) if at(f) is not chosen]
+                out = merge_scales(chosen, others, **bp.scale_merge)
             lab = out["labels"]
             if bp.outline is not None:
                 lab = bp.outline.refine(rgb, lab, out["seed"], scale=out["scale"])
             m = all_metrics(gt, lab)
-            finals[key] = {k: float(m[k]) for k in METRICS}
-        row["rules"][name] = dict(finals[key], factor=kept,
+            finals[played] = {k: float(m[k]) for k in METRICS}
+        row["rules"][name] = dict(finals[played], factor=kept,
                                   seconds=sum(row["seconds"][str(f)] for f in
                                               dict.fromkeys([1.0, *order])))
     return row
@@ -280,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from imageextract.datasets import load_item, split_stems
     from imageextract.segment.bpartis import BPartIS
-    from imageextract.segment.bpartis.size import SizeModel
+    from imageextract.segment.bpartis.size import SizeModel, size_samples
 
     bp = BPartIS(model=args.model, threads=args.threads)
     if bp.max_passes or bp.max_halvings:
@@ -293,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.oof_folds:
         items = [(s, *load_item(args.data, s)) for s in stems]
         val = [(s, *load_item(args.data, s)) for s in split_stems(args.data, "val")]
-        x, y, st = size_features(bp.net, items, seed=0)
-        xv, yv, _ = size_features(bp.net, val, seed=1)
+        probes = bp.size_model.probes
+        x, y, st = size_samples(bp.net, items, np.random.default_rng(0), probes=probes)
+        xv, yv, _ = size_samples(bp.net, val, np.random.default_rng(1), probes=probes)
         folds = np.array([fold_of(s, args.oof_folds) for s in st])
         for k in range(args.oof_folds):
             keep = folds != k

@@ -194,11 +194,18 @@ def estimate_diameter(net: BPartISNet, model: SizeModel, rgb: np.ndarray, *, sca
     return d_native * scale
 
 
-def _samples(net, items, rng, *, per_image: int, spread: tuple[float, float],
-             probe_px: int, max_px: int, probes: tuple[float, ...], device, progress: bool,
-             desc: str):
-    xs, ys = [], []
-    for _, rgb, lab in tqdm(items, desc=desc, disable=not progress, leave=False):
+def size_samples(net: BPartISNet, items: list[tuple], rng: np.random.Generator, *,
+                 per_image: int = 3, spread: tuple[float, float] = (0.2, 3.0),
+                 probe_px: int = 512, max_px: int = 1024, probes: tuple[float, ...] = (1.0,),
+                 device: str | torch.device = "cpu", progress: bool = True,
+                 desc: str = "size model") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The size model's training samples: each image of ``items``
+    ``[(stem, rgb, labels)]`` shown at ``per_image`` random scales (log-uniform
+    in ``spread`` x the probe scale, at most ``max_px`` long), read by
+    :func:`probe_features`.  Returns the features ``(N, F)``, the log median
+    diameters ``(N,)`` at those scales and the stem of each sample."""
+    xs, ys, stems = [], [], []
+    for stem, rgb, lab in tqdm(items, desc=desc, disable=not progress, leave=False):
         d = median_diameter(lab)
         if not np.isfinite(d):
             continue
@@ -211,7 +218,8 @@ def _samples(net, items, rng, *, per_image: int, spread: tuple[float, float],
                 continue
             xs.append(probe_features(net, rgb, scale=s, probes=probes, device=device))
             ys.append(math.log(d * s))
-    return np.array(xs), np.array(ys)
+            stems.append(stem)
+    return np.array(xs), np.array(ys), stems
 
 
 def fit_size_model(net: BPartISNet, train_items: list[tuple], val_items: list[tuple], *,
@@ -238,8 +246,8 @@ def fit_size_model(net: BPartISNet, train_items: list[tuple], val_items: list[tu
         raise ValueError(f"probes must be positive scale multiples, got {probes!r}")
     common = dict(per_image=per_image, spread=spread, probe_px=probe_px, max_px=max_px,
                   probes=probes, device=device, progress=progress)
-    xt, yt = _samples(net, train_items, rng, desc="size model: train", **common)
-    xv, yv = _samples(net, val_items, rng, desc="size model: val", **common)
+    xt, yt, _ = size_samples(net, train_items, rng, desc="size model: train", **common)
+    xv, yv, _ = size_samples(net, val_items, rng, desc="size model: val", **common)
     rmse = {}
     for a in alphas:
         m = SizeModel.fit(xt, yt, alpha=a, probes=probes)
