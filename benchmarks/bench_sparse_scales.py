@@ -55,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_val_views import METRICS, VIEWS, score, view  # noqa: E402
+from bench_val_views import (METRICS, VIEWS, paired_difference, per_image, score,  # noqa: E402
+                             view)
 
 #: The shipped rule: these factors of the scale found everywhere, and
 #: SHIPPED_SPARSE's where the scale found keeps at most its number of particles.
@@ -203,26 +204,23 @@ def summarise_rules(rows: list[dict]) -> dict:
     (mean over its views), with the paired bootstrap win rate, over the
     views where some rule could differ (``skipped`` rows, where every rule
     plays the shipped one, are left out)."""
-    from imageextract.segment.bpartis.train import paired_win_rate
-
     rows = [r for r in rows if not r.get("skipped")]
     if not rows:
         return {}
-    stems = list(dict.fromkeys(r["stem"] for r in rows))
-    per = {n: np.array([np.mean([score(r["rules"][n]) for r in rows if r["stem"] == s])
-                        for s in stems]) for n in RULES}
+    stems = [r["stem"] for r in rows]
+    per = {n: per_image(stems, [score(r["rules"][n]) for r in rows]) for n in RULES}
     out = {}
     for n in RULES:
-        diff = per[n] - per["shipped"]
+        diff = np.subtract(per[n], per["shipped"])
+        paired = paired_difference(per["shipped"], per[n])
         out[n] = {k: float(np.mean([r["rules"][n][k] for r in rows])) for k in METRICS}
         out[n]["score"] = float(np.mean([score(r["rules"][n]) for r in rows]))
         out[n]["median_seconds"] = float(np.median([r["rules"][n]["seconds"] for r in rows]))
         out[n]["views_changed"] = int(sum(r["rules"][n]["factor"] != r["rules"]["shipped"]
                                           ["factor"] for r in rows))
-        out[n]["difference"] = float(diff.mean())
-        out[n]["standard_error"] = float(diff.std(ddof=1) / np.sqrt(diff.size)) \
-            if diff.size > 1 else float("nan")
-        out[n]["win_rate"] = paired_win_rate(per[n], per["shipped"]) if diff.size else None
+        out[n]["difference"] = paired["mean"]
+        out[n]["standard_error"] = paired["standard_error"]
+        out[n]["win_rate"] = paired["candidate_win_rate"]
         out[n]["images_better"] = int((diff > 1e-9).sum())
         out[n]["images_worse"] = int((diff < -1e-9).sum())
     return out

@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_val_views import METRICS, VIEWS, score, summarise, view  # noqa: E402
+from bench_val_views import (METRICS, VIEWS, paired_difference, per_image, score,  # noqa: E402
+                             summarise, view)
 
 #: The rules scored: ``max_particles`` and ``min_elongation`` (None: off).
 MAX_PARTICLES = (0, 1, 2, 3, 5, 10, 20)
@@ -75,25 +76,19 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
 
 def score_rules(rows: list[dict]) -> list[dict]:
     """Every rule of the grid on ``rows`` (see :func:`takes_specialist`)."""
-    from imageextract.segment.bpartis.train import paired_win_rate
-
-    stems = list(dict.fromkeys(r["stem"] for r in rows))
-    base = [float(np.mean([score(r["main"]) for r in rows if r["stem"] == s])) for s in stems]
+    stems = [r["stem"] for r in rows]
+    base = per_image(stems, [score(r["main"]) for r in rows])
     out = []
     for mp in MAX_PARTICLES:
         for me in MIN_ELONGATION:
             picked = [r["specialist"] if takes_specialist(r, mp, me) else r["main"] for r in rows]
-            per = [float(np.mean([score(p) for p, r in zip(picked, rows) if r["stem"] == s]))
-                   for s in stems]
-            d = np.subtract(per, base)
+            d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
             out.append({"max_particles": mp, "min_elongation": me,
                         "taken": int(sum(p is r["specialist"] for p, r in zip(picked, rows))),
                         "mean": {k: float(np.mean([p[k] for p in picked])) for k in METRICS}
                         | {"score": float(np.mean([score(p) for p in picked]))},
-                        "difference": float(d.mean()),
-                        "standard_error": float(d.std(ddof=1) / np.sqrt(d.size))
-                        if d.size > 1 else float("nan"),
-                        "win_rate": paired_win_rate(per, base)})
+                        "difference": d["mean"], "standard_error": d["standard_error"],
+                        "win_rate": d["candidate_win_rate"]})
     return out
 
 

@@ -61,11 +61,33 @@ def view(name: str, rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return (np.ascontiguousarray(moves[name](rgb)), np.ascontiguousarray(moves[name](labels)))
 
 
+def per_image(stems: list[str], values: list[float]) -> list[float]:
+    """The mean of ``values`` over each image's views (``stems`` gives the
+    image of each value), images in the order they first appear.
+
+    >>> per_image(["a", "b", "a"], [1.0, 0.0, 0.0])
+    [0.5, 0.0]
+    """
+    order = list(dict.fromkeys(stems))
+    return [float(np.mean([v for st, v in zip(stems, values) if st == s])) for s in order]
+
+
+def paired_difference(baseline: list[float], candidate: list[float]) -> dict:
+    """Candidate minus baseline over paired per-image scores: the mean, its
+    standard error and the paired bootstrap win rate of the candidate."""
+    from imageextract.segment.bpartis.train import paired_win_rate
+
+    diff = np.subtract(candidate, baseline)
+    return {"mean": float(diff.mean()) if diff.size else float("nan"),
+            "standard_error": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1
+            else float("nan"),
+            "candidate_win_rate": paired_win_rate(candidate, baseline) if diff.size
+            else float("nan")}
+
+
 def summarise(rows: list[dict], names: tuple[str, str]) -> dict:
     """Means per view and over all views, and the paired comparison of each
     image's mean score over its views (``names``: baseline, candidate)."""
-    from imageextract.segment.bpartis.train import paired_win_rate
-
     out: dict = {"views": {}}
     for v in sorted({r["view"] for r in rows}, key=VIEWS.index):
         rr = [r for r in rows if r["view"] == v]
@@ -75,17 +97,10 @@ def summarise(rows: list[dict], names: tuple[str, str]) -> dict:
     out["all_views"] = {n: {k: float(np.mean([r[n][k] for r in rows])) for k in METRICS}
                         | {"score": float(np.mean([score(r[n]) for r in rows]))}
                         for n in names}
-    stems = list(dict.fromkeys(r["stem"] for r in rows))
-    per = {n: [float(np.mean([score(r[n]) for r in rows if r["stem"] == s])) for s in stems]
-           for n in names}
-    diff = np.subtract(per[names[1]], per[names[0]])
+    stems = [r["stem"] for r in rows]
+    per = {n: per_image(stems, [score(r[n]) for r in rows]) for n in names}
     out["per_image_mean_score"] = per
-    out["difference"] = {
-        "mean": float(diff.mean()) if diff.size else float("nan"),
-        "standard_error": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1
-        else float("nan"),
-        "candidate_win_rate": paired_win_rate(per[names[1]], per[names[0]]) if diff.size
-        else float("nan")}
+    out["difference"] = paired_difference(per[names[0]], per[names[1]])
     return out
 
 
