@@ -58,8 +58,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_val_views import (METRICS, VIEWS, paired_difference, per_image, score,  # noqa: E402
                              view)
 
-#: The shipped rule: these factors of the scale found everywhere, and
-#: SHIPPED_SPARSE's where the scale found keeps at most its number of particles.
+#: The rule shipped before the closer look ("+2,3.2 @5", shipped 2026-12-03):
+#: these factors of the scale found everywhere, and SHIPPED_SPARSE's where the
+#: scale found keeps at most its number of particles.
 SHIPPED_BASE = (0.8, 1.0, 1.25)
 SHIPPED_SPARSE = ((0.64,), 20)
 #: The larger factors the rules add.
@@ -86,8 +87,8 @@ assert all(r[1] <= SHIPPED_SPARSE[1] for r in RULES.values())
 def tried_factors(rule: tuple, n_found: int) -> list[float]:
     """The factors ``segment_image`` tries under ``rule`` (see :data:`RULES`)
     when the scale found keeps ``n_found`` particles, in the order it tries
-    them (``sparse_scale_factors`` is one list: the shipped 0.64, then the
-    larger factors, tried where ``n_found`` is at most the smaller limit).
+    them (:func:`~imageextract.segment.bpartis.inference.sparse_scale_factors`
+    with two rules: the shipped 0.64, then the larger factors).
 
     >>> tried_factors(((2.0,), 5), 3)
     [0.8, 1.0, 1.25, 0.64, 2.0]
@@ -96,13 +97,15 @@ def tried_factors(rule: tuple, n_found: int) -> list[float]:
     >>> tried_factors(((2.0,), 5), 21)
     [0.8, 1.0, 1.25]
     """
+    from imageextract.segment.bpartis.inference import sparse_scale_factors
+
     large, max_n = rule
-    out = list(SHIPPED_BASE)
-    if n_found <= SHIPPED_SPARSE[1]:
-        out += [f for f in SHIPPED_SPARSE[0] if f not in out]
-    if n_found <= max_n:
-        out += [f for f in large if f not in out]
-    return out
+    rules = [{"factors": SHIPPED_SPARSE[0], "max_particles": SHIPPED_SPARSE[1]}]
+    if large:
+        rules.append({"factors": large, "max_particles": max_n})
+    # the side and native-resolution limits are applied by run_image
+    return [*SHIPPED_BASE, *sparse_scale_factors(rules, n_found=n_found, scale=0.0,
+                                                 side_px=0.0, exclude=SHIPPED_BASE)]
 
 
 def choose(conf: dict[float, float], order: list[float]) -> float:

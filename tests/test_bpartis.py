@@ -1137,16 +1137,42 @@ def test_sparse_factors_only_where_few_particles_are_found(monkeypatch):
     assert res["scale"] == 0.5 and res["passes"] == 1
     with pytest.raises(ValueError, match="sparse_factors"):
         b.segment_rgb(rgb, sparse_factors={"factors": (-1.0,), "max_particles": 3}, **kw)
+    with pytest.raises(ValueError, match="sparse_factors"):
+        b.segment_rgb(rgb, sparse_factors=[{"factors": (2.0,), "max_particles": 3,
+                                            "max_scale": -1}], **kw)
+    # a closer look: larger factors only where the image at the scale found is
+    # short enough, and never beyond max_scale (the scale found here is s)
+    monkeypatch.setattr(inference, "scale_confidence", lambda r: r["scale"])
+    side = max(rgb.shape[:2]) * s
+    close = {"factors": (2.0, 3.2), "max_particles": 3, "max_side_px": side + 1,
+             "max_scale": 2.5 * s}
+    res = b.segment_rgb(rgb, sparse_factors=[{"factors": (0.64,), "max_particles": 3}, close],
+                        scale_factors=(1.0,), **kw)
+    assert sorted(res["scale_confidence"]) == [0.64, 1.0, 2.0]  # 3.2 s is beyond max_scale
+    assert res["scale"] == pytest.approx(2.0 * s) and res["passes"] == 3
+    res = b.segment_rgb(rgb, sparse_factors=[dict(close, max_side_px=side - 1)], **kw)
+    assert res["passes"] == 1 and res["scale"] == pytest.approx(s)
+    res = b.segment_rgb(rgb, sparse_factors=[dict(close, max_particles=2)], **kw)
+    assert res["passes"] == 1
     # the backend reads them from its config, and refuses a malformed entry
     assert b.sparse_factors is None
     b2 = BPartIS.from_config({"model": TINY, "inference": {
         "sparse_scale_factors": {"factors": [0.64], "max_particles": 20}}})
-    assert b2.sparse_factors == {"factors": (0.64,), "max_particles": 20}
+    assert b2.sparse_factors == ({"factors": (0.64,), "max_particles": 20},)
+    rules = [{"factors": [0.64], "max_particles": 20},
+             {"factors": [2, 3.2], "max_particles": 5, "max_side_px": 256, "max_scale": 1.0}]
+    b3 = BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": rules}})
+    assert b3.sparse_factors == ({"factors": (0.64,), "max_particles": 20},
+                                 {"factors": (2.0, 3.2), "max_particles": 5,
+                                  "max_side_px": 256, "max_scale": 1.0})
     for bad in ({"factors": [], "max_particles": 2}, {"factors": [0], "max_particles": 2},
                 {"factors": [0.64], "max_particles": -1}, {"factors": [0.64]},
                 {"factors": [0.64], "max_particles": 2.5},
                 {"factors": [0.64], "max_particles": True},
-                {"factors": [0.64], "max_particles": 2, "min_particles": 1}, [0.64]):
+                {"factors": [0.64], "max_particles": 2, "min_particles": 1}, [0.64], [],
+                [{"factors": [2], "max_particles": 5, "max_side_px": -1}],
+                [{"factors": [2], "max_particles": 5, "max_scale": 0}],
+                [{"factors": [2], "max_particles": 5, "max_scale": "1"}]):
         with pytest.raises(ValueError, match="sparse_scale_factors"):
             BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": bad}})
 

@@ -237,7 +237,7 @@ def test_proposals_come_from_the_scale_found(monkeypatch):
     props = collect_proposals(b, [("s", np.dstack([img] * 3), lab)], progress=False)
     assert len(props) == 1 and seen == [((1.0,), None)]
     b.segment_rgb(np.dstack([img] * 3))  # the backend itself still tries them all
-    assert seen[-1] == ((0.8, 1.0, 1.25), {"factors": (0.64,), "max_particles": 10**6})
+    assert seen[-1] == ((0.8, 1.0, 1.25), ({"factors": (0.64,), "max_particles": 10**6},))
 
 
 def test_proposals_are_not_outline_refined():

@@ -10,6 +10,7 @@ are clustered once on the whole image and particles on a seam stay whole.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -675,13 +676,19 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         these multiples of the scale found and keep the result with the
         highest :func:`scale_confidence` (ties keep the scale found); each
         factor other than 1 costs one more pass.
-    sparse_factors : dict, optional
-        ``{"factors": (f, ...), "max_particles": n}``: when the working
-        scale is searched and the result at the scale found keeps at most
-        ``n`` particles, these factors are tried as well, like
-        ``scale_factors``.  An image of a few large particles (single rods,
-        a handful of crystals) is where the size model's guess is furthest
-        too large; a dense image, where a pass costs most, skips them.
+    sparse_factors : dict or sequence of dict, optional
+        Rules ``{"factors": (f, ...), "max_particles": n}``, each optionally
+        with ``"max_side_px"`` and ``"max_scale"``: when the working scale
+        is searched and the result at the scale found keeps at most ``n``
+        particles, these factors are tried as well, like ``scale_factors``
+        (see :func:`sparse_scale_factors`).  An image of a few large
+        particles (single rods, a handful of crystals) is where the size
+        model's guess is furthest too large; a dense image, where a pass
+        costs most, skips them.  Larger factors look closer where the size
+        model read small particles as a few large ones; ``max_side_px``
+        keeps them to images the scale found shrank (cheap passes), and
+        ``max_scale`` to working scales at most that (1: never beyond
+        native resolution).
     merge : dict, optional
         With ``scale_factors``: keyword arguments of :func:`merge_scales`
         (``min_score``, ``max_overlap``); the particles that only the other
@@ -726,11 +733,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
 
     if any(not f > 0 for f in scale_factors):
         raise ValueError(f"scale_factors must be positive, got {scale_factors}")
-    if sparse_factors is not None:
-        if any(not f > 0 for f in sparse_factors.get("factors", ())) \
-                or not sparse_factors.get("max_particles", -1) >= 0:
-            raise ValueError("sparse_factors must hold positive factors and max_particles "
-                             f">= 0, got {sparse_factors}")
+    sparse_rules = _sparse_rules(sparse_factors)
     searched = scale is None and bool(target_diameter)
     if not searched:
         s = float(scale) if scale is not None else 1.0
@@ -786,9 +789,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         return out
 
     out = finish(s, res)
-    if searched and sparse_factors and out["scores"].size <= sparse_factors["max_particles"]:
-        scale_factors = (*scale_factors, *(f for f in sparse_factors["factors"]
-                                          if f not in scale_factors))
+    if searched and sparse_rules:
+        scale_factors = (*scale_factors,
+                         *sparse_scale_factors(sparse_rules, n_found=out["scores"].size,
+                                               scale=s, side_px=max(h, w) * s,
+                                               exclude=scale_factors))
     if searched and any(f != 1.0 for f in scale_factors):
         # the size model's guess is often off by 20-30 %: look at a few
         # multiples of it and keep the one whose particles the network is surest of
@@ -812,6 +817,56 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         out["labels"] = outline.refine(rgb, out["labels"], out["seed"], scale=out["scale"])
         out["refined"] = True
     out["passes"] = passes
+    return out
+
+
+def _sparse_rules(spec) -> tuple[dict, ...]:
+    """``sparse_factors`` of :func:`segment_image` as a tuple of checked
+    rules (one dict or a sequence of dicts; None: no rule)."""
+    if spec is None:
+        return ()
+    rules = (spec,) if isinstance(spec, dict) else tuple(spec)
+    for r in rules:
+        ok = isinstance(r, dict) and set(r) >= {"factors", "max_particles"} \
+            and set(r) <= {"factors", "max_particles", "max_side_px", "max_scale"}
+        if ok:
+            limits = [r["max_particles"], r.get("max_side_px", 0), r.get("max_scale", 1)]
+            ok = all(isinstance(f, (int, float)) and f > 0 for f in r["factors"]) \
+                and all(isinstance(v, (int, float)) and v >= 0 for v in limits) \
+                and r.get("max_scale", 1) > 0
+        if not ok:
+            raise ValueError("sparse_factors must be rules with positive factors, "
+                             "max_particles >= 0 and optionally max_side_px >= 0 and "
+                             f"max_scale > 0, got {spec!r}")
+    return rules
+
+
+def sparse_scale_factors(rules, *, n_found: int, scale: float, side_px: float,
+                         exclude: tuple[float, ...] = ()) -> list[float]:
+    """The factors of the ``sparse_factors`` ``rules`` (see
+    :func:`segment_image`) to try on an image whose result at the scale
+    found (``scale``, where the image is ``side_px`` long) keeps
+    ``n_found`` particles: those of every rule whose limits the image is
+    within, in rule order, each once and none of ``exclude``.
+
+    >>> rules = [{"factors": [0.64], "max_particles": 20},
+    ...          {"factors": [2.0, 3.2], "max_particles": 5, "max_side_px": 256,
+    ...           "max_scale": 1.0}]
+    >>> sparse_scale_factors(rules, n_found=3, scale=0.25, side_px=200)
+    [0.64, 2.0, 3.2]
+    >>> sparse_scale_factors(rules, n_found=3, scale=0.4, side_px=200)  # 3.2 x 0.4 > 1
+    [0.64, 2.0]
+    >>> sparse_scale_factors(rules, n_found=3, scale=0.25, side_px=300)
+    [0.64]
+    >>> sparse_scale_factors(rules, n_found=6, scale=0.25, side_px=200)
+    [0.64]
+    """
+    out: list[float] = []
+    for r in _sparse_rules(rules):
+        if n_found > r["max_particles"] or side_px > r.get("max_side_px", math.inf):
+            continue
+        out += [float(f) for f in r["factors"] if scale * f <= r.get("max_scale", math.inf)
+                and f not in exclude and f not in out]
     return out
 
 

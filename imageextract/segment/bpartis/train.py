@@ -848,6 +848,33 @@ def _device_name(dev: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def sparse_rules_text(spec) -> str:
+    """The model card's words for ``inference.sparse_scale_factors`` (one
+    rule, a list of rules or None).
+
+    >>> sparse_rules_text({"factors": [0.64], "max_particles": 20})
+    '; on an image where that scale keeps at most 20 particles, also at 0.64 x'
+    >>> sparse_rules_text([{"factors": [2, 3.2], "max_particles": 5, "max_side_px": 256,
+    ...                     "max_scale": 1}])  # doctest: +NORMALIZE_WHITESPACE
+    '; on an image where that scale keeps at most 5 particles and shows the image at most
+    256 px long, also at 2, 3.2 x (up to 1 x native resolution)'
+    """
+    if not spec:
+        return ""
+    rules = [spec] if isinstance(spec, dict) else list(spec)
+    parts = []
+    for r in rules:
+        where = f"keeps at most {r['max_particles']} particles"
+        if r.get("max_side_px") is not None:
+            where += f" and shows the image at most {r['max_side_px']:g} px long"
+        text = (f"on an image where that scale {where}, also at "
+                f"{', '.join(f'{f:g}' for f in r['factors'])} x")
+        if r.get("max_scale") is not None:
+            text += f" (up to {r['max_scale']:g} x native resolution)"
+        parts.append(text)
+    return "; " + "; ".join(parts)
+
+
 def _fmt_devices(ckpt: dict) -> str:
     """``"1.20 h (1.20 h on CPU (2 threads))"``; runs before the per-device
     record only give the total."""
@@ -986,9 +1013,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
            "(1 - uncertainty))" if extra_factors else "")
-        + (f"; on an image where that scale keeps at most {sparse['max_particles']} "
-           f"particles, also at {', '.join(f'{f:g}' for f in sparse['factors'])} x"
-           if sparse else "")
+        + sparse_rules_text(sparse)
         + (f", and adding the particles only the other scales found (score >= "
            f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
            f"{inf['scale_merge'].get('max_overlap', 0.05):.0%} of their pixels already taken)"
