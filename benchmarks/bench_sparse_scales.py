@@ -70,7 +70,9 @@ LARGE = (2.0, 3.2)
 #: works on), and never beyond native resolution.
 SMALL_PX = 256
 #: Rules: name -> (larger factors, tried where the scale found keeps at most
-#: this many particles); on top of the shipped rule.
+#: this many particles[, growth limit of the larger factors, see
+#: :func:`~imageextract.segment.bpartis.inference.grown_factor`]); on top of
+#: the shipped rule.
 RULES = {
     "shipped": ((), 0),
     "+2 @20": ((2.0,), 20),
@@ -78,6 +80,8 @@ RULES = {
     "+2 @5": ((2.0,), 5),
     "+2,3.2 @5": ((2.0, 3.2), 5),
     "+2,3.2 @2": ((2.0, 3.2), 2),
+    "+2,3.2 @5 grow 6/4x": ((2.0, 3.2), 5, {"min_particles": 6, "min_ratio": 4}),
+    "+2,3.2 @5 grow 4/3x": ((2.0, 3.2), 5, {"min_particles": 4, "min_ratio": 3}),
 }
 
 
@@ -99,7 +103,7 @@ def tried_factors(rule: tuple, n_found: int) -> list[float]:
     """
     from imageextract.segment.bpartis.inference import sparse_scale_factors
 
-    large, max_n = rule
+    large, max_n = rule[:2]
     rules = [{"factors": SHIPPED_SPARSE[0], "max_particles": SHIPPED_SPARSE[1]}]
     if large:
         rules.append({"factors": large, "max_particles": max_n})
@@ -130,8 +134,8 @@ def fold_of(stem: str, k: int) -> int:
 def run_image(bp, rgb, gt, size_model) -> dict:
     """Segment one image at every factor and play every rule."""
     from imageextract.evaluation.metrics import all_metrics
-    from imageextract.segment.bpartis.inference import (median_diameter, merge_scales,
-                                                        scale_confidence)
+    from imageextract.segment.bpartis.inference import (grown_factor, median_diameter,
+                                                        merge_scales, scale_confidence)
     from imageextract.segment.bpartis.size import ZOOM_BELOW, estimate_diameter
 
     h, w = rgb.shape[:2]
@@ -185,6 +189,10 @@ def run_image(bp, rgb, gt, size_model) -> dict:
         # factors clipped onto the scale found are not run again
         order = [f for f in order if f == 1.0 or key(f) != round(s, 4)]
         kept = choose(conf, order)
+        if len(rule) > 2:  # a growth limit on the larger factors
+            grown = grown_factor({f: row["n"][str(f)] for f in [1.0, *order]},
+                                 {f: rule[2] for f in rule[0]})
+            kept = kept if grown is None else grown
         played = (kept, tuple(sorted(set(order))))
         if played not in finals:
             chosen = out = at(kept)
@@ -278,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     def save(partial: bool) -> dict:
         res = {"split": args.split, "n_images": len(stems), "views": args.views,
                "model": args.model, "weights": bp.weights, "oof_folds": args.oof_folds,
-               "rules": {n: {"larger_factors": r[0], "max_particles": r[1]}
+               "rules": {n: {"larger_factors": r[0], "max_particles": r[1],
+                             **({"growth": r[2]} if len(r) > 2 else {})}
                          for n, r in RULES.items()},
                "small_px": SMALL_PX, "partial": partial,
                "summary": summarise_rules(rows), "rows": rows,

@@ -1177,6 +1177,57 @@ def test_sparse_factors_only_where_few_particles_are_found(monkeypatch):
             BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": bad}})
 
 
+def test_growth_rule_keeps_the_scale_where_a_blob_breaks_into_many_particles(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    def count_grows(maps, **kw):  # one blob at small scales, a grid of dots when zoomed
+        h, w = maps["seed"].shape
+        lab = np.zeros((h, w), np.int32)
+        if w < 120:
+            lab[2:h - 2, 2:w - 2] = 1
+            return lab, np.full(1, 0.99), np.zeros(1)
+        k = 0
+        for y in range(4, h - 8, 12):
+            for x in range(4, w - 8, 12):
+                k += 1
+                lab[y:y + 6, x:x + 6] = k
+        return lab, np.full(k, 0.9), np.zeros(k)
+
+    monkeypatch.setattr(inference, "segment_maps", count_grows)
+    s = 0.2  # the scale "found" (as if the size model read the dots as one blob)
+    monkeypatch.setattr(inference, "find_scale", lambda run, *a, **k: (s, run(s), 1))
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(6).integers(0, 255, (200, 240, 3), dtype=np.uint8)
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0, scale_factors=(1.0,),
+              refine=False)  # blocky labels: the random network's seed map would drop them
+    assert b.segment_rgb(rgb, **kw)["scale"] == s
+    assert 240 * 2 * s < 120 <= 240 * 3.2 * s  # one blob up to 2 x, dots at 3.2 x
+    rule = {"factors": (2.0, 3.2), "max_particles": 5, "max_side_px": 1000, "max_scale": 5}
+    # by confidence the blob (0.99) wins
+    res = b.segment_rgb(rgb, sparse_factors=[rule], **kw)
+    assert res["scale"] == pytest.approx(s) and res["scores"].size == 1 and "grown" not in res
+    # with a growth limit the scale whose particles multiply wins
+    grow = dict(rule, growth={"min_particles": 6, "min_ratio": 4})
+    res = b.segment_rgb(rgb, sparse_factors=[grow], **kw)
+    assert res["grown"] == 3.2 and res["scale"] == pytest.approx(3.2 * s)
+    assert res["scores"].size >= 6 and np.unique(res["labels"]).size == res["scores"].size + 1
+    # not when the count stays below min_particles
+    res = b.segment_rgb(rgb, sparse_factors=[dict(rule, growth={"min_particles": 10**6,
+                                                                 "min_ratio": 1})], **kw)
+    assert "grown" not in res and res["scores"].size == 1
+    with pytest.raises(ValueError, match="sparse_factors"):
+        b.segment_rgb(rgb, sparse_factors=[dict(rule, growth={"min_particles": 6})], **kw)
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": [
+        dict(grow, factors=[2, 3.2])]}})
+    assert b2.sparse_factors[0]["growth"] == {"min_particles": 6, "min_ratio": 4}
+    for bad in ({"min_particles": 0, "min_ratio": 4}, {"min_particles": 6, "min_ratio": 0},
+                {"min_particles": 6, "min_ratio": 4, "x": 1}, {"min_particles": 2.5,
+                                                                "min_ratio": 4}):
+        with pytest.raises(ValueError, match="sparse_scale_factors"):
+            BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": [
+                dict(rule, factors=[2], growth=bad)]}})
+
+
 def test_merge_scales_adds_only_particles_the_chosen_scale_missed():
     from imageextract.segment.bpartis.inference import merge_scales
 

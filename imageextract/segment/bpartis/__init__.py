@@ -375,44 +375,20 @@ def _sparse_factors(spec) -> tuple[dict, ...] | None:
     """Validated ``inference.sparse_scale_factors`` of a config: None (off),
     or one rule or a list of rules ``{"factors": (positive floats),
     "max_particles": int >= 0}``, each optionally with ``max_side_px``
-    (number >= 0) and ``max_scale`` (number > 0): the scale factors also
-    tried on images whose result at the scale found keeps at most
-    ``max_particles`` particles (see
-    :func:`~.inference.sparse_scale_factors`).  Returns a tuple of rules."""
+    (number >= 0), ``max_scale`` (number > 0) and ``growth``
+    (``{"min_particles": int >= 1, "min_ratio": number > 0}``, see
+    :func:`~.inference.grown_factor`): the scale factors also tried on
+    images whose result at the scale found keeps at most ``max_particles``
+    particles (see :func:`~.inference.sparse_scale_factors`).  Returns a
+    tuple of rules."""
+    from .inference import _sparse_rules
+
     if spec is None:
         return None
-    keys = {"factors", "max_particles", "max_side_px", "max_scale"}
-    rules = [spec] if isinstance(spec, dict) else spec
-    out = []
     try:
-        for r in rules:
-            rule = {"factors": tuple(float(f) for f in r["factors"]),
-                    "max_particles": r["max_particles"]}
-            for k in ("max_side_px", "max_scale"):
-                if k in r:
-                    rule[k] = r[k]
-            out.append(rule)
-            if set(r) - keys:
-                out = None
-                break
-    except (KeyError, TypeError, ValueError):
-        out = None
-
-    def number(v, whole=False):
-        return not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
-
-    if not out or any(
-            not r["factors"] or any(not f > 0 for f in r["factors"])
-            or not number(r["max_particles"], whole=True) or r["max_particles"] < 0
-            or not number(r.get("max_side_px", 0)) or r.get("max_side_px", 0) < 0
-            or not number(r.get("max_scale", 1)) or not r.get("max_scale", 1) > 0
-            for r in out):
-        raise ValueError("config inference.sparse_scale_factors must be null, or an object "
-                         "or a non-empty list of objects with factors (a non-empty list of "
-                         "positive numbers), max_particles (a whole number >= 0) and "
-                         "optionally max_side_px (a number >= 0) and max_scale (a number "
-                         f"> 0), got {spec!r}")
-    return tuple(out)
+        return _sparse_rules(spec)
+    except ValueError as err:
+        raise ValueError(f"config inference.sparse_scale_factors: {err}") from None
 
 
 def _tta(spec) -> dict | None:

@@ -688,7 +688,9 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         model read small particles as a few large ones; ``max_side_px``
         keeps them to images the scale found shrank (cheap passes), and
         ``max_scale`` to working scales at most that (1: never beyond
-        native resolution).
+        native resolution).  A rule's ``"growth"`` (``{"min_particles": n,
+        "min_ratio": r}``) lets its factors win on particle count rather
+        than confidence (see :func:`grown_factor`).
     merge : dict, optional
         With ``scale_factors``: keyword arguments of :func:`merge_scales`
         (``min_score``, ``max_overlap``); the particles that only the other
@@ -710,7 +712,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     ``passes`` (network passes run); with a rescorer also ``seed_scores``
     (K,), the mean seed of the kept particles; with ``scale_factors``,
     ``scale_confidence`` (factor -> :func:`scale_confidence`); with
-    ``merge``, ``merged`` (particles added from the other scales); with
+    ``merge``, ``merged`` (particles added from the other scales); where a
+    sparse rule's ``growth`` chose the scale, ``grown`` (its factor); with
     ``outline``, ``refined`` (True).
     """
     h, w = rgb.shape[:2]
@@ -789,17 +792,22 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         return out
 
     out = finish(s, res)
+    growth: dict[float, dict] = {}
     if searched and sparse_rules:
         scale_factors = (*scale_factors,
                          *sparse_scale_factors(sparse_rules, n_found=out["scores"].size,
                                                scale=s, side_px=max(h, w) * s,
                                                exclude=scale_factors))
+        for r in sparse_rules:
+            for f in r["factors"] if "growth" in r else ():
+                growth.setdefault(float(f), r["growth"])
     if searched and any(f != 1.0 for f in scale_factors):
         # the size model's guess is often off by 20-30 %: look at a few
         # multiples of it and keep the one whose particles the network is surest of
         best = scale_confidence(out)
         confidence = {1.0: best}
         results = [out]
+        by_factor = {1.0: out}
         for f in scale_factors:
             sf = float(np.clip(s * f, *scale_limits))
             if f == 1.0 or round(sf, 4) == round(s, 4):
@@ -807,12 +815,18 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
             cand = finish(sf, run(sf))
             passes += 1
             results.append(cand)
+            by_factor[float(f)] = cand
             confidence[float(f)] = c = scale_confidence(cand)
             if c > best:
                 out, best = cand, c
+        grown = grown_factor({f: r["scores"].size for f, r in by_factor.items()}, growth)
+        if grown is not None:
+            out = by_factor[grown]
         if merge is not None:
             out = merge_scales(out, [r for r in results if r is not out], **merge)
         out["scale_confidence"] = confidence
+        if grown is not None:
+            out["grown"] = grown
     if outline is not None:
         out["labels"] = outline.refine(rgb, out["labels"], out["seed"], scale=out["scale"])
         out["refined"] = True
@@ -822,23 +836,71 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
 
 def _sparse_rules(spec) -> tuple[dict, ...]:
     """``sparse_factors`` of :func:`segment_image` as a tuple of checked
-    rules (one dict or a sequence of dicts; None: no rule)."""
+    rules (one dict or a sequence of dicts; None: no rule), factors as
+    floats."""
     if spec is None:
         return ()
-    rules = (spec,) if isinstance(spec, dict) else tuple(spec)
-    for r in rules:
-        ok = isinstance(r, dict) and set(r) >= {"factors", "max_particles"} \
-            and set(r) <= {"factors", "max_particles", "max_side_px", "max_scale"}
-        if ok:
-            limits = [r["max_particles"], r.get("max_side_px", 0), r.get("max_scale", 1)]
-            ok = all(isinstance(f, (int, float)) and f > 0 for f in r["factors"]) \
-                and all(isinstance(v, (int, float)) and v >= 0 for v in limits) \
-                and r.get("max_scale", 1) > 0
-        if not ok:
-            raise ValueError("sparse_factors must be rules with positive factors, "
-                             "max_particles >= 0 and optionally max_side_px >= 0 and "
-                             f"max_scale > 0, got {spec!r}")
-    return rules
+
+    def number(v, whole=False):
+        return not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
+
+    keys = {"factors", "max_particles", "max_side_px", "max_scale", "growth"}
+    rules = [spec] if isinstance(spec, dict) else spec
+    out = []
+    try:
+        for r in rules:
+            g = r.get("growth", {"min_particles": 1, "min_ratio": 1})
+            ok = set(r) <= keys and number(r["max_particles"], whole=True) \
+                and r["max_particles"] >= 0 \
+                and number(r.get("max_side_px", 0)) and r.get("max_side_px", 0) >= 0 \
+                and number(r.get("max_scale", 1)) and r.get("max_scale", 1) > 0 \
+                and isinstance(g, dict) and set(g) == {"min_particles", "min_ratio"} \
+                and number(g["min_particles"], whole=True) and g["min_particles"] >= 1 \
+                and number(g["min_ratio"]) and g["min_ratio"] > 0 \
+                and len(r["factors"]) > 0 \
+                and all(number(f) and f > 0 for f in r["factors"])
+            out.append(dict(r, factors=tuple(float(f) for f in r["factors"])) if ok else None)
+    except (AttributeError, KeyError, TypeError):
+        out = []
+    if not out or None in out:
+        raise ValueError("sparse_factors must be a rule or a non-empty list of rules with "
+                         "factors (a non-empty list of positive numbers), max_particles (a "
+                         "whole number >= 0) and optionally max_side_px (a number >= 0), "
+                         "max_scale (a number > 0) and growth (min_particles, a whole number "
+                         f">= 1, and min_ratio, a number > 0), got {spec!r}")
+    return tuple(out)
+
+
+def grown_factor(counts: dict[float, int], growth: dict[float, dict]) -> float | None:
+    """The factor whose particles the image really holds when the count
+    grows with zoom, or None.
+
+    ``counts`` maps each factor tried to the particles kept there;
+    ``growth`` maps factors of sparse rules with a ``growth`` limit to it
+    (``{"min_particles": n, "min_ratio": r}``).  Among those factors, the
+    one keeping most particles (ties: the larger factor) is returned when it
+    keeps at least ``n`` and ``r`` times as many as any factor without such
+    a limit.  Where the size model read many small particles as one blob,
+    the blob can be what the network is surest of, but a closer look
+    breaks it into many particles; a large particle breaks into a few
+    fragments at most.
+
+    >>> g = {2.0: {"min_particles": 6, "min_ratio": 4}, 3.2: {"min_particles": 6,
+    ...                                                        "min_ratio": 4}}
+    >>> grown_factor({1.0: 1, 0.8: 1, 2.0: 9, 3.2: 26}, g)
+    3.2
+    >>> grown_factor({1.0: 2, 0.8: 1, 2.0: 5, 3.2: 7}, g) is None  # 7 < 4 x 2
+    True
+    """
+    mine = [f for f in counts if f in growth]
+    rest = [counts[f] for f in counts if f not in growth]
+    if not mine or not rest:
+        return None
+    top = max(mine, key=lambda f: (counts[f], f))
+    lim = growth[top]
+    if counts[top] >= max(lim["min_particles"], lim["min_ratio"] * max(rest)):
+        return top
+    return None
 
 
 def sparse_scale_factors(rules, *, n_found: int, scale: float, side_px: float,

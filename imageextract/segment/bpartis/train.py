@@ -871,6 +871,11 @@ def sparse_rules_text(spec) -> str:
                 f"{', '.join(f'{f:g}' for f in r['factors'])} x")
         if r.get("max_scale") is not None:
             text += f" (up to {r['max_scale']:g} x native resolution)"
+        if r.get("growth"):
+            g = r["growth"]
+            text += (f", chosen over the surest scale where one of them keeps at least "
+                     f"{g['min_particles']} particles and {g['min_ratio']:g} x as many as "
+                     "any other scale")
         parts.append(text)
     return "; " + "; ".join(parts)
 
