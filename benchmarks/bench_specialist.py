@@ -46,16 +46,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_val_views import (METRICS, VIEWS, paired_difference, per_image, score,  # noqa: E402
                              summarise, view)
 
-#: The rules scored: ``max_particles`` and ``min_elongation`` (None: off).
+#: The rules scored: ``max_particles`` and ``min_elongation`` (None: off),
+#: and ``max_confidence`` (None: asked whatever the main network's confidence).
 MAX_PARTICLES = (0, 1, 2, 3, 5, 10, 20)
 MIN_ELONGATION = (None, 2.0, 3.0)
+MAX_CONFIDENCE = (None, 0.99, 0.97, 0.95, 0.93, 0.9)
 
 
-def takes_specialist(row: dict, max_particles: int, min_elongation: float | None) -> bool:
-    """Would the rule ``(max_particles, min_elongation)`` keep the
-    specialist's result for ``row`` (one image view: the main network's
-    particle count ``n``, median elongation ``elongation`` and both
-    confidences)?  The backend's own test decides whether it asks
+def takes_specialist(row: dict, max_particles: int, min_elongation: float | None,
+                     max_confidence: float | None = None) -> bool:
+    """Would the rule ``(max_particles, min_elongation, max_confidence)``
+    keep the specialist's result for ``row`` (one image view: the main
+    network's particle count ``n``, median elongation ``elongation`` and
+    both confidences)?  The backend's own test decides whether it asks
     (:func:`~imageextract.segment.bpartis.asks_specialist`).
 
     >>> row = {"main": {"n": 2, "elongation": 1.1, "confidence": 0.6},
@@ -65,13 +68,27 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
     >>> unsure = dict(row, specialist={"confidence": 0.5})
     >>> takes_specialist(row, 1, 1.05), takes_specialist(unsure, 3, None)
     (True, False)
+    >>> takes_specialist(row, 3, None, 0.6), takes_specialist(row, 3, None, 0.7)
+    (False, True)
     """
     from imageextract.segment.bpartis import asks_specialist
 
     m = row["main"]
-    rule = {"max_particles": max_particles, "min_elongation": min_elongation}
-    return (asks_specialist(m["n"], m["elongation"], rule)
+    rule = {"max_particles": max_particles, "min_elongation": min_elongation,
+            "max_confidence": max_confidence}
+    return (asks_specialist(m["n"], m["elongation"], rule, m["confidence"])
             and row["specialist"]["confidence"] > m["confidence"])
+
+
+def asked(rows: list[dict], max_particles: int, min_elongation: float | None,
+          max_confidence: float | None = None) -> int:
+    """How many of ``rows`` the rule asks the specialist on (its cost)."""
+    from imageextract.segment.bpartis import asks_specialist
+
+    rule = {"max_particles": max_particles, "min_elongation": min_elongation,
+            "max_confidence": max_confidence}
+    return int(sum(asks_specialist(r["main"]["n"], r["main"]["elongation"], rule,
+                                   r["main"]["confidence"]) for r in rows))
 
 
 def score_rules(rows: list[dict]) -> list[dict]:
@@ -81,14 +98,19 @@ def score_rules(rows: list[dict]) -> list[dict]:
     out = []
     for mp in MAX_PARTICLES:
         for me in MIN_ELONGATION:
-            picked = [r["specialist"] if takes_specialist(r, mp, me) else r["main"] for r in rows]
-            d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
-            out.append({"max_particles": mp, "min_elongation": me,
-                        "taken": int(sum(p is r["specialist"] for p, r in zip(picked, rows))),
-                        "mean": {k: float(np.mean([p[k] for p in picked])) for k in METRICS}
-                        | {"score": float(np.mean([score(p) for p in picked]))},
-                        "difference": d["mean"], "standard_error": d["standard_error"],
-                        "win_rate": d["candidate_win_rate"]})
+            for mc in MAX_CONFIDENCE:
+                picked = [r["specialist"] if takes_specialist(r, mp, me, mc) else r["main"]
+                          for r in rows]
+                d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
+                out.append({"max_particles": mp, "min_elongation": me, "max_confidence": mc,
+                            "asked": asked(rows, mp, me, mc),
+                            "taken": int(sum(p is r["specialist"]
+                                             for p, r in zip(picked, rows))),
+                            "mean": {k: float(np.mean([p[k] for p in picked]))
+                                     for k in METRICS}
+                            | {"score": float(np.mean([score(p) for p in picked]))},
+                            "difference": d["mean"], "standard_error": d["standard_error"],
+                            "win_rate": d["candidate_win_rate"]})
     return out
 
 
@@ -157,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
               f"score {m['score']:.4f}")
     for r in rules:
         m = r["mean"]
-        print(f"max_particles {r['max_particles']:2d} min_elongation {r['min_elongation']!s:4s}: "
+        print(f"max_particles {r['max_particles']:2d} min_elongation {r['min_elongation']!s:4s} "
+              f"max_confidence {r['max_confidence']!s:4s}: asked {r['asked']}, "
               f"AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
               f"score {m['score']:.4f} ({r['difference']:+.4f}, s.e. "
               f"{r['standard_error']:.4f}, wins {r['win_rate']:.0%}; {r['taken']} taken)")

@@ -1547,6 +1547,13 @@ def test_specialist_called_for_elongated_particles():
     assert _calls_specialist({"labels": disc, "scores": np.ones(1)},
                              dict(spec, max_particles=1))
     assert _calls_specialist({"labels": disc * 0, "scores": np.ones(0)}, spec)
+    # with max_confidence, only where the main network is less sure than that
+    gate = dict(spec, max_confidence=0.95)
+    sure = {"labels": rods, "scores": np.full(k, 0.99), "uncertainty": np.zeros(k)}
+    assert not _calls_specialist(sure, gate) and _calls_specialist(sure, spec)
+    assert _calls_specialist(dict(sure, scores=np.full(k, 0.9)), gate)
+    assert _calls_specialist({"labels": disc * 0, "scores": np.ones(0),
+                              "uncertainty": np.zeros(0)}, gate)  # none found: -1
 
 
 @pytest.mark.parametrize("spec", [{"max_particles": 3}, {"model": "", "max_particles": 3},
@@ -1554,7 +1561,9 @@ def test_specialist_called_for_elongated_particles():
                                   {"model": "m", "max_particles": 2.5},
                                   {"model": "m", "max_particles": True},
                                   {"model": "m", "min_elongation": 0.5},
-                                  {"model": "m", "extra": 1}, ["m", 3], "m"])
+                                  {"model": "m", "extra": 1}, ["m", 3], "m",
+                                  {"model": "m", "max_confidence": "sure"},
+                                  {"model": "m", "max_confidence": float("nan")}])
 def test_config_specialist_is_validated(spec):
     with pytest.raises(ValueError, match="inference.specialist"):
         BPartIS.from_config({"model": TINY, "inference": {"specialist": spec}})

@@ -441,39 +441,53 @@ def _turn_rods(spec) -> dict | None:
 def _specialist(spec) -> dict | None:
     """Validated ``inference.specialist`` of a config: None (off) or
     ``{"model": str, "max_particles": int >= 0, "min_elongation": float >= 1
-    or None}``: on an image whose result keeps at most ``max_particles``
-    particles, or whose particles' median elongation is at least
-    ``min_elongation``, the model named there (a folder under ``models/``,
-    e.g. a network trained with rods drawn more often) segments it too, and
-    the result whose particles are surer is kept."""
+    or None, "max_confidence": float or None}``: on an image whose result
+    keeps at most ``max_particles`` particles, or whose particles' median
+    elongation is at least ``min_elongation``, and whose particles the main
+    network is less sure of than ``max_confidence``
+    (:func:`~.inference.scale_confidence`; None: whatever its confidence),
+    the model named there (a folder under ``models/``, e.g. a network
+    trained with rods drawn more often) segments it too, and the result
+    whose particles are surer is kept."""
     if spec is None:
         return None
     try:
-        me = spec.get("min_elongation")
+        me, mc = spec.get("min_elongation"), spec.get("max_confidence")
         opts = {"model": spec["model"], "max_particles": spec.get("max_particles", 0),
-                "min_elongation": None if me is None else float(me)}
+                "min_elongation": None if me is None else float(me),
+                "max_confidence": None if mc is None else float(mc)}
         unknown = set(spec) - set(opts)
     except (KeyError, TypeError, ValueError, AttributeError):
         opts, unknown = None, set()
     mp = None if opts is None else opts["max_particles"]
     if opts is None or unknown or not isinstance(opts["model"], str) or not opts["model"] \
             or isinstance(mp, bool) or not isinstance(mp, int) or mp < 0 \
-            or (opts["min_elongation"] is not None and not opts["min_elongation"] >= 1.0):
+            or (opts["min_elongation"] is not None and not opts["min_elongation"] >= 1.0) \
+            or (opts["max_confidence"] is not None and not np.isfinite(opts["max_confidence"])):
         raise ValueError("config inference.specialist must be null or an object with model "
-                         "(a model name or folder), max_particles (a whole number >= 0) and "
-                         f"min_elongation (a number >= 1, or null), got {spec!r}")
+                         "(a model name or folder), max_particles (a whole number >= 0), "
+                         "min_elongation (a number >= 1, or null) and optionally "
+                         f"max_confidence (a number, or null), got {spec!r}")
     return opts
 
 
-def asks_specialist(n: int, elongation: float | None, spec: dict) -> bool:
+def asks_specialist(n: int, elongation: float | None, spec: dict,
+                    confidence: float | None = None) -> bool:
     """Does a result of ``n`` particles whose median elongation is
-    ``elongation`` (None or NaN without particles) call for the specialist
-    of ``spec`` (:func:`_specialist`)?
+    ``elongation`` (None or NaN without particles) and whose
+    :func:`~.inference.scale_confidence` is ``confidence`` call for the
+    specialist of ``spec`` (:func:`_specialist`)?
 
     >>> spec = {"max_particles": 1, "min_elongation": 3.0}
     >>> asks_specialist(0, None, spec), asks_specialist(4, 3.5, spec), asks_specialist(4, 2.0, spec)
     (True, True, False)
+    >>> sure = dict(spec, max_confidence=0.95)
+    >>> asks_specialist(0, None, sure, 0.97), asks_specialist(0, None, sure, 0.9)
+    (False, True)
     """
+    mc = spec.get("max_confidence")
+    if mc is not None and confidence is not None and confidence >= mc:
+        return False
     if n <= spec["max_particles"]:
         return True
     me = spec["min_elongation"]
@@ -483,12 +497,13 @@ def asks_specialist(n: int, elongation: float | None, spec: dict) -> bool:
 def _calls_specialist(res: dict, spec: dict) -> bool:
     """:func:`asks_specialist` for the result ``res`` of a pass (its
     particles' elongation measured only when the rule needs it)."""
-    from .inference import particle_axes
+    from .inference import particle_axes, scale_confidence
 
     n = int(np.asarray(res["scores"]).size)
     elong = (particle_axes(res["labels"])[1]
              if n > spec["max_particles"] and spec["min_elongation"] is not None else None)
-    return asks_specialist(n, elong, spec)
+    conf = scale_confidence(res) if spec.get("max_confidence") is not None else None
+    return asks_specialist(n, elong, spec, conf)
 
 
 __all__ = ["BPartIS", "UNCERTAINTY_TEXT", "asks_specialist"]
