@@ -386,6 +386,17 @@ def test_exact_resume(tmp_path):
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert ("- specialist: on an image where the result keeps at most 5 particles, the "
             "network `bpartis-emps-rods`") in card
+    export(tmp_path / "a", inference={"mc_samples": 2, "specialist": {
+        "model": "bpartis-emps-rods", "max_particles": 5, "min_elongation": 3.0,
+        "max_confidence": 0.95}, "sparse_scale_factors": [
+        {"factors": [2, 3.2], "max_particles": 5, "max_side_px": 256, "max_scale": 1,
+         "growth": {"min_particles": 6, "min_ratio": 4}}]})
+    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert ("median elongation is at least 3, unless it is already sure of them (confidence "
+            "at least 0.95), the network") in card
+    assert ("keeps at most 5 particles and shows the image at most 256 px long, also at 2, "
+            "3.2 x (up to 1 x native resolution), chosen over the surest scale where one of "
+            "them keeps at least 6 particles and 4 x as many as any other scale") in card
     # ... and the outline refinement (the sentence only needs the band)
     export(tmp_path / "a", inference={"outline": {"kind": "mlp", "band": 4.0}})
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()

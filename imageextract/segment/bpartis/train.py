@@ -1046,6 +1046,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
             "particles"
             + (f" or their median elongation is at least {sp['min_elongation']:g}"
                if sp.get("min_elongation") is not None else "")
+            + (f", unless it is already sure of them (confidence at least "
+               f"{sp['max_confidence']:g})" if sp.get("max_confidence") is not None else "")
             + f", the network `{sp['model']}` (its own size model, rescorer and outline "
             "refiner) segments it too, and the result whose particles are surer is kept")
     lines += [
