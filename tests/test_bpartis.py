@@ -1188,6 +1188,38 @@ def test_sparse_factors_only_where_few_particles_are_found(monkeypatch):
             BPartIS.from_config({"model": TINY, "inference": {"sparse_scale_factors": bad}})
 
 
+def test_sure_confidence_skips_the_other_scale_factors_but_not_the_sparse_rules(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    def two_particles(maps, **kw):
+        lab = np.zeros(maps["seed"].shape, np.int32)
+        lab[2:8, 2:8], lab[2:8, 12:18] = 1, 2
+        return lab, np.full(2, 0.9), np.zeros(2)
+
+    monkeypatch.setattr(inference, "segment_maps", two_particles)
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(7).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0, scale_factors=(0.8, 1.0, 1.25))
+    assert b.segment_rgb(rgb, **kw)["passes"] == 3
+    # confidence 0.9 >= 0.85: the scale found alone ...
+    res = b.segment_rgb(rgb, sure_confidence=0.85, **kw)
+    assert res["passes"] == 1 and "scale_confidence" not in res
+    assert b.segment_rgb(rgb, sure_confidence=0.95, **kw)["passes"] == 3  # 0.9 < 0.95
+    # ... but a sparse rule still looks at its factors
+    res = b.segment_rgb(rgb, sure_confidence=0.85, sparse_factors={"factors": (0.64,),
+                                                                   "max_particles": 5}, **kw)
+    assert res["passes"] == 2 and sorted(res["scale_confidence"]) == [0.64, 1.0]
+    # a fixed scale runs once anyway
+    assert b.segment_rgb(rgb, scale=0.5, sure_confidence=0.0)["passes"] == 1
+    # the backend reads it from its config
+    assert b.sure_confidence is None
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": 0.97}})
+    assert b2.sure_confidence == 0.97
+    for bad in ("high", True, float("nan")):
+        with pytest.raises(ValueError, match="sure_confidence"):
+            BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": bad}})
+
+
 def test_growth_rule_keeps_the_scale_where_a_blob_breaks_into_many_particles(monkeypatch):
     from imageextract.segment.bpartis import inference
 

@@ -208,6 +208,13 @@ class BPartIS:
                              f"numbers, got {factors!r}")
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
+        sure = inf.get("sure_confidence")
+        if sure is not None and (isinstance(sure, bool) or not isinstance(sure, (int, float))
+                                 or not np.isfinite(sure)):
+            raise ValueError("config inference.sure_confidence must be null or a number "
+                             f"(the confidence above which scale_factors are skipped), "
+                             f"got {sure!r}")
+        self.sure_confidence = None if sure is None else float(sure)
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
         self.specialist = _specialist(inf.get("specialist"))
@@ -306,7 +313,7 @@ class BPartIS:
             size_model=self.size_model,
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
             scale_factors=self.scale_factors, merge=self.scale_merge,
-            sparse_factors=self.sparse_factors,
+            sparse_factors=self.sparse_factors, sure_confidence=self.sure_confidence,
             tta=self.tta["views"] if self.tta else (),
             tta_max_px=self.tta["max_px"] if self.tta else None,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,

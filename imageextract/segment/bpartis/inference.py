@@ -621,7 +621,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   canvas: int = CANVAS_PX, scale_factors: tuple[float, ...] = (1.0,),
                   merge: dict | None = None, outline=None,
                   zoom_below: float | None = None,
-                  sparse_factors: dict | None = None, tta: tuple[str, ...] = (),
+                  sparse_factors: dict | None = None, sure_confidence: float | None = None,
+                  tta: tuple[str, ...] = (),
                   tta_max_px: int | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
     network was trained on, then map the instances back to full resolution.
@@ -691,6 +692,10 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         native resolution).  A rule's ``"growth"`` (``{"min_particles": n,
         "min_ratio": r}``) lets its factors win on particle count rather
         than confidence (see :func:`grown_factor`).
+    sure_confidence : float, optional
+        When the result at the scale found has a :func:`scale_confidence`
+        of at least this, ``scale_factors`` are not tried (the sparse
+        rules still are: a blob read at too small a scale can be sure).
     merge : dict, optional
         With ``scale_factors``: keyword arguments of :func:`merge_scales`
         (``min_score``, ``max_overlap``); the particles that only the other
@@ -792,6 +797,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         return out
 
     out = finish(s, res)
+    if searched and sure_confidence is not None and scale_confidence(out) >= sure_confidence:
+        scale_factors = (1.0,)
     growth: dict[float, dict] = {}
     if searched and sparse_rules:
         scale_factors = (*scale_factors,
