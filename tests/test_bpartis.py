@@ -366,7 +366,11 @@ def test_exact_resume(tmp_path):
                                       "scale_factors": [0.8, 1, 1.25],
                                       "scale_merge": {"min_score": 0.95, "max_overlap": 0.05}})
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    assert "then also at 0.8, 1.25 x that scale" in card
+    assert "then also at 0.8, 1.25 x that scale" in card and "already that sure" not in card
+    export(tmp_path / "a", inference={"mc_samples": 2, "scale_factors": [0.8, 1, 1.25],
+                                      "sure_confidence": 0.97})
+    assert ("(1 - uncertainty)), unless the particles at that scale are already that sure "
+            "(at least 0.97)") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
     assert "outline refiner" not in card
     # sparse factors alone (their passes are merged too)

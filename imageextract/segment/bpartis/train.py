@@ -1018,6 +1018,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
            "(1 - uncertainty))" if extra_factors else "")
+        + (f", unless the particles at that scale are already that sure (at least "
+           f"{inf['sure_confidence']:g})"
+           if extra_factors and inf.get("sure_confidence") is not None else "")
         + sparse_rules_text(sparse)
         + (f", and adding the particles only the other scales found (score >= "
            f"{inf['scale_merge'].get('min_score', 0.9):g}, at most "
