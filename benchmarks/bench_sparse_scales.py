@@ -131,6 +131,22 @@ def fold_of(stem: str, k: int) -> int:
     return int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) % k
 
 
+def oof_size_models(bp, items: list[tuple], val: list[tuple], k: int) -> dict:
+    """The backend ``bp``'s size model refitted ``k`` times (its probes and
+    alpha), each time on the samples of ``items`` ``[(stem, rgb, labels)]``
+    outside one fold (:func:`fold_of`) plus all of ``val``: fold -> model.
+    Each image is then read by the model that did not see it."""
+    from imageextract.segment.bpartis.size import SizeModel, size_samples
+
+    probes = bp.size_model.probes
+    x, y, st = size_samples(bp.net, items, np.random.default_rng(0), probes=probes)
+    xv, yv, _ = size_samples(bp.net, val, np.random.default_rng(1), probes=probes)
+    folds = np.array([fold_of(s, k) for s in st])
+    return {i: SizeModel.fit(np.concatenate([x[folds != i], xv]),
+                             np.concatenate([y[folds != i], yv]),
+                             alpha=bp.size_model.alpha, probes=probes) for i in range(k)}
+
+
 def run_image(bp, rgb, gt, size_model) -> dict:
     """Segment one image at every factor and play every rule."""
     from imageextract.evaluation.metrics import all_metrics
@@ -258,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from imageextract.datasets import load_item, split_stems
     from imageextract.segment.bpartis import BPartIS
-    from imageextract.segment.bpartis.size import SizeModel, size_samples
 
     bp = BPartIS(model=args.model, threads=args.threads)
     if bp.max_passes or bp.max_halvings:
@@ -271,15 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.oof_folds:
         items = [(s, *load_item(args.data, s)) for s in stems]
         val = [(s, *load_item(args.data, s)) for s in split_stems(args.data, "val")]
-        probes = bp.size_model.probes
-        x, y, st = size_samples(bp.net, items, np.random.default_rng(0), probes=probes)
-        xv, yv, _ = size_samples(bp.net, val, np.random.default_rng(1), probes=probes)
-        folds = np.array([fold_of(s, args.oof_folds) for s in st])
-        for k in range(args.oof_folds):
-            keep = folds != k
-            models[k] = SizeModel.fit(np.concatenate([x[keep], xv]),
-                                      np.concatenate([y[keep], yv]),
-                                      alpha=bp.size_model.alpha, probes=bp.size_model.probes)
+        models = oof_size_models(bp, items, val, args.oof_folds)
         del items, val
     rows = []
 

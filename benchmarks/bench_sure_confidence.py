@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_sparse_scales import fold_of  # noqa: E402
+from bench_sparse_scales import fold_of, oof_size_models  # noqa: E402
 from bench_val_views import paired_difference, score  # noqa: E402
 
 #: The thresholds played, and the lowest of them (the gated run's).
@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     from imageextract.datasets import load_item, split_stems
     from imageextract.evaluation.metrics import all_metrics
     from imageextract.segment.bpartis import BPartIS
-    from imageextract.segment.bpartis.size import SizeModel, size_samples
 
     bp = BPartIS(model=args.model)
     stems = split_stems(args.data, args.split)[:args.limit]
@@ -91,14 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     if args.oof_folds:
         val = [(s, *load_item(args.data, s)) for s in split_stems(args.data, "val")]
-        probes = bp.size_model.probes
-        x, y, st = size_samples(bp.net, items, np.random.default_rng(0), probes=probes)
-        xv, yv, _ = size_samples(bp.net, val, np.random.default_rng(1), probes=probes)
-        folds = np.array([fold_of(s, args.oof_folds) for s in st])
-        for k in range(args.oof_folds):
-            models[k] = SizeModel.fit(np.concatenate([x[folds != k], xv]),
-                                      np.concatenate([y[folds != k], yv]),
-                                      alpha=bp.size_model.alpha, probes=probes)
+        models = oof_size_models(bp, items, val, args.oof_folds)
     shipped = bp.size_model
     rows, t0 = [], time.time()
     for stem, rgb, gt in tqdm(items, desc="images"):
