@@ -104,6 +104,45 @@ def summarise(rows: list[dict], names: tuple[str, str]) -> dict:
     return out
 
 
+def settings_id(model: str) -> str:
+    """A fingerprint of ``model``'s ``inference`` settings (sha256 of its
+    canonical JSON, 12 hex digits): two result files whose sides carry the
+    same weights and fingerprint ran the same backend."""
+    import hashlib
+
+    from imageextract.weights import load_spec
+
+    text = json.dumps(load_spec(model).config.get("inference", {}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stored_rows(spec: str, weights: str, *, split: str, settings: str) -> dict:
+    """The metrics of one side of an earlier result file, by (stem, view).
+
+    ``spec`` is ``FILE:SIDE`` (SIDE ``baseline`` or ``candidate``).  The
+    file's split and that side's weights must be ``split`` and ``weights``,
+    and its settings fingerprint (:func:`settings_id`) ``settings`` where the
+    file records one (files written before 2026-12-03 do not), so rows of
+    another model are not taken for this one's.
+    """
+    path, _, side = spec.rpartition(":")
+    if side not in ("baseline", "candidate") or not path:
+        raise ValueError(f"--baseline-rows must be FILE:baseline or FILE:candidate, "
+                         f"got {spec!r}")
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--baseline-rows: cannot read {path}: {err}") from None
+    info = old.get(side, {})
+    if (old.get("split") != split or info.get("weights") != weights
+            or info.get("settings", settings) != settings):
+        raise ValueError(f"--baseline-rows: {path} holds split {old.get('split')!r}, "
+                         f"{side} weights {info.get('weights')!r}, settings "
+                         f"{info.get('settings')!r}; wanted split {split!r}, weights "
+                         f"{weights!r}, settings {settings!r}")
+    return {(r["stem"], r["view"]): r[side] for r in old["rows"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "val_views.json"))
+    ap.add_argument("--baseline-rows", metavar="FILE:SIDE",
+                    help="take the baseline's metrics from the rows of an earlier result file "
+                         "(SIDE: its baseline or candidate) instead of segmenting again; the "
+                         "model and weights there must be --baseline's")
     args = ap.parse_args(argv)
     if not (Path(args.data) / "train.csv").is_file():
         print(f"EMPS data not found at {args.data}", file=sys.stderr)
@@ -129,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     models = dict(zip(names, (BPartIS(model=args.baseline, threads=args.threads),
                               BPartIS(model=args.candidate, threads=args.threads))))
     stems = split_stems(args.data, args.split)[:args.limit]
+    stored = None
+    if args.baseline_rows:
+        try:
+            stored = stored_rows(args.baseline_rows, models["baseline"].weights,
+                                 split=args.split, settings=settings_id(args.baseline))
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
     rows = []
     t0 = time.time()
     for stem in tqdm(stems, desc="images"):
@@ -137,12 +188,22 @@ def main(argv: list[str] | None = None) -> int:
             x, gt = view(v, rgb, truth)
             row = {"stem": stem, "view": v}
             for n, bp in models.items():
+                if n == "baseline" and stored is not None:
+                    if (stem, v) not in stored:
+                        print(f"{args.baseline_rows} has no row for {stem} {v}",
+                              file=sys.stderr)
+                        return 2
+                    row[n] = stored[stem, v]
+                    continue
                 m = all_metrics(gt, bp.segment_rgb(x)["labels"])
                 row[n] = {k: float(m[k]) for k in METRICS}
             rows.append(row)
     res = {"split": args.split, "n_images": len(stems), "views": list(VIEWS),
-           "baseline": {"model": args.baseline, "weights": models["baseline"].weights},
-           "candidate": {"model": args.candidate, "weights": models["candidate"].weights},
+           "baseline": {"model": args.baseline, "weights": models["baseline"].weights,
+                        "settings": settings_id(args.baseline),
+                        "rows_from": args.baseline_rows},
+           "candidate": {"model": args.candidate, "weights": models["candidate"].weights,
+                         "settings": settings_id(args.candidate)},
            "summary": summarise(rows, names), "rows": rows,
            "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out)

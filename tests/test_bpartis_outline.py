@@ -221,6 +221,35 @@ def test_fitted_refiner_moves_outlines_to_the_edges():
         back.predict_proba(X[:, :3])
 
 
+def test_more_passes_move_an_outline_further_than_the_band():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    ref = _fit(rng, hidden=16, epochs=15, gate=None)
+    rgb, truth, off, seed = scene(rng, grow=-7)  # outlines 7 px inside, the band is 4
+    ious = {}
+    for passes in (1, 2, 4):
+        ref.passes = passes
+        new = ref.refine(rgb, off, seed, scale=1.0)
+        ious[passes] = min(iou(new == i, truth == i) for i in (1, 2, 3))
+    assert min(iou(off == i, truth == i) for i in (1, 2, 3)) < 0.55
+    assert ious[1] < 0.85 < 0.93 < ious[4], ious
+    assert ious[1] < ious[2] <= ious[4] + 1e-9, ious
+    # a pass that changes nothing ends the loop: outlines already at the
+    # edges stay where one pass leaves them
+    rgb, truth, off, seed = scene(rng, grow=0)
+    ref.passes = 1
+    once = ref.refine(rgb, off, seed, scale=1.0)
+    ref.passes = 6
+    assert min(iou(ref.refine(rgb, off, seed, scale=1.0) == i, truth == i)
+               for i in (1, 2, 3)) >= min(iou(once == i, truth == i) for i in (1, 2, 3)) - 0.02
+    d = ref.to_dict()
+    assert OutlineRefiner.from_dict(d).passes == 6
+    assert OutlineRefiner.from_dict({k: v for k, v in d.items() if k != "passes"}).passes == 1
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="passes"):
+            OutlineRefiner.from_dict({**d, "passes": bad})
+
+
 def test_fit_needs_both_classes():
     from imageextract.segment.bpartis.outline import fit_outline_refiner
 
@@ -289,6 +318,41 @@ def test_outline_fit_scores_and_installs(tmp_path):
     assert card.count("## Outline refinement") == 1
     assert card.index("## Outline refinement") < card.index("## Weights")
     assert f"AJI+ {before['aji_plus']:.3f} -> {after['aji_plus']:.3f}" in card
+
+
+def test_outline_fit_chooses_the_passes_on_the_check_split(tmp_path):
+    pytest.importorskip("torch")
+    from imageextract.segment.bpartis.outline_fit import choose_passes, install
+
+    rng = np.random.default_rng(5)
+    ref = _fit(rng, hidden=16, epochs=15, gate=None)
+    far = []
+    for _ in range(2):  # outlines further inside than the band reaches
+        rgb, truth, off, seed = scene(rng, grow=-7)
+        far.append({"rgb": rgb, "truth": truth, "labels": off, "seed": seed, "scale": 1.0})
+    table = choose_passes(far, ref, passes=(1, 2, 3))
+    assert list(table) == ["1", "2", "3"] and ref.passes > 1
+    assert table["1"]["aji_plus"] < table[str(ref.passes)]["aji_plus"] - 0.1
+    # where one pass already reaches the edges, more add nothing: the fewest win
+    near = []
+    for grow in (-2, 2):
+        rgb, truth, off, seed = scene(rng, grow=grow)
+        near.append({"rgb": rgb, "truth": truth, "labels": off, "seed": seed, "scale": 1.0})
+    sentinel = {"score": -1.0}
+    table = choose_passes(near, ref, passes=(1, 2), known={2: sentinel})
+    assert ref.passes == 1 and table["2"] is sentinel  # known scores are not recomputed
+    # the card names the passes
+    ref.passes = 3
+    d = tmp_path
+    (d / "config.json").write_text("{}")
+    (d / "MODEL_CARD.md").write_text("# card\n")
+    res = {"pixels": 10, "images": 2, "split": "train-fit", "every": 1, "inside_fraction": 0.5,
+           "check": {"split": "val", "images": 2, "unrefined": table["1"],
+                     "passes": {"3": table["1"]}}}
+    install(d, ref, res)
+    assert "3 passes, each from the outlines the one before drew" in \
+        (d / "MODEL_CARD.md").read_text()
+    assert json.loads((d / "config.json").read_text())["inference"]["outline"]["passes"] == 3
 
 
 def test_outline_fit_refuses_a_bad_every_before_loading_anything(tmp_path):

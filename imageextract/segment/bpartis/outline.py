@@ -28,6 +28,13 @@ keeps its old outline (the refiner is for outlines, not for re-drawing
 particles); each particle then keeps only its main piece, with its holes
 filled (:func:`tidy_particles`).
 
+The band is a few pixels wide, so one pass moves an outline by a few pixels
+at most.  Where the network's outline lies further inside a particle (on
+some dense images a crescent of each particle is left out), ``passes`` > 1
+applies the refiner again to its own result, each pass from the outline the
+previous one drew (and gated against it), until nothing changes or the
+passes are spent.
+
 The perceptron is fitted on the network's own particles on training images
 (:func:`fit_outline_refiner`; the label of a band pixel is whether it lies in
 the ground-truth particle that its particle matches at IoU > 0.5).  It is
@@ -103,7 +110,8 @@ def _medians(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
 
 
 def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
-                     scale: float, band: float = 4.0, tile: int = 1024):
+                     scale: float, band: float = 4.0, tile: int = 1024,
+                     cache: dict | None = None):
     """Features (:data:`FEATURES`) of the pixels near the particles' outlines.
 
     Parameters
@@ -122,6 +130,13 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         Larger images are processed in pieces of at most ``tile`` x ``tile``
         px (each with the margin its filters and distances need), so that
         the temporaries stay bounded; the result is the same.
+    cache : dict, optional
+        Holds what depends only on the image, the seed map, ``scale`` and
+        ``band`` (the normalised grey, its smoothings and derivatives) between
+        calls on the same image with different ``labels``, as the passes of
+        :meth:`OutlineRefiner.refine` make; start with an empty dict.  The
+        result is the same as without it; it costs the memory of about eight
+        float32 copies of the image.
 
     Returns
     -------
@@ -144,10 +159,18 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         return None, None, None
     h, w = labels.shape
     px = 1.0 / scale
-    g = normalised_grey(rgb)
-    if g.shape != (h, w):
-        raise ValueError(f"image of shape {g.shape} does not match labels of shape {(h, w)}")
-    seed_full = resize_map(seed, (h, w))
+    cache = {} if cache is None else cache
+    key = ((h, w), float(scale), float(band), int(tile))
+    if cache.get("key") != key:
+        cache.clear()
+        cache["key"] = key
+    if "grey" not in cache:
+        g = normalised_grey(rgb)
+        if g.shape != (h, w):
+            raise ValueError(f"image of shape {g.shape} does not match labels of shape "
+                             f"{(h, w)}")
+        cache["grey"], cache["seed"] = g, resize_map(seed, (h, w))
+    g, seed_full = cache["grey"], cache["seed"]
     # what a pixel's features depend on lies within this many px of it: the
     # outline (band + ring), the widest Gaussian (4 sigma) and two derivatives
     halo = int(np.ceil((band + 1.5) * px + 4 * max(2 * px, 0.5))) + 4
@@ -161,13 +184,15 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         for x0, x1 in cols:
             Y0, Y1 = max(0, y0 - halo), min(h, y1 + halo)
             X0, X1 = max(0, x0 - halo), min(w, x1 + halo)
-            part = _window_features(g[Y0:Y1, X0:X1], labels[Y0:Y1, X0:X1], edge[Y0:Y1, X0:X1],
+            maps = cache.get((Y0, Y1, X0, X1))
+            if maps is None:
+                maps = cache[Y0, Y1, X0, X1] = _grey_maps(g[Y0:Y1, X0:X1], scale=scale)
+            part = _window_features(maps, labels[Y0:Y1, X0:X1], edge[Y0:Y1, X0:X1],
                                     seed_full[Y0:Y1, X0:X1], (y0 - Y0, y1 - Y0, x0 - X0, x1 - X0),
                                     scale=scale, band=band, stats=stats)
             if part is not None:
                 fy, fx, own, raw = part
                 parts.append(((fy + Y0) * w + (fx + X0), own, raw))
-    del seed_full
     cat = {key: (np.concatenate([o for o, _ in v]), np.concatenate([x for _, x in v]))
            for key, v in stats.items()}
     i_in = _medians(cat["core"][1], cat["core"][0], k)
@@ -221,16 +246,29 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
 _RAW = ("sd", "seed", "gs", "g", "grad", "g1", "g2", "slope", "curv")
 
 
-def _window_features(g, labels, edge, seed, core, *, scale, band, stats):
-    """Raw columns (:data:`_RAW`) of the band pixels inside ``core`` (y0, y1,
-    x0, x1) of one window of the image, whose margin holds everything they
-    depend on; appends the (owner, grey) pairs of the core's particle cores,
-    shells (interior pixels off the core), rings and background to ``stats``
-    for the medians.  Returns
-    (rows, cols, owner, raw) in window coordinates, or None."""
-    y0, y1, x0, x1 = core
+def _grey_maps(g: np.ndarray, *, scale: float) -> dict:
+    """What :func:`_window_features` reads of one window's grey ``g``: the
+    grey itself, smoothed over 0.5, 1 and 2 working px, the gradient of the
+    first and its Sobel magnitude."""
     px = 1.0 / scale
     gs = ndi.gaussian_filter(g, max(0.5 * px, 0.5))
+    gy, gx = np.gradient(gs)
+    return {"g": g, "gs": gs, "gy": gy, "gx": gx,
+            "grad": np.hypot(ndi.sobel(gs, 0), ndi.sobel(gs, 1)) / 8.0,
+            "g1": ndi.gaussian_filter(g, max(px, 0.5)),
+            "g2": ndi.gaussian_filter(g, max(2 * px, 0.5))}
+
+
+def _window_features(maps, labels, edge, seed, core, *, scale, band, stats):
+    """Raw columns (:data:`_RAW`) of the band pixels inside ``core`` (y0, y1,
+    x0, x1) of one window of the image (its grey maps ``maps``, see
+    :func:`_grey_maps`), whose margin holds everything they depend on;
+    appends the (owner, grey) pairs of the core's particle cores, shells
+    (interior pixels off the core), rings and background to ``stats`` for
+    the medians.  Returns (rows, cols, owner, raw) in window coordinates, or
+    None."""
+    y0, y1, x0, x1 = core
+    g, gs = maps["g"], maps["gs"]
     inside = labels > 0
     if edge.any():
         d, (iy, ix) = ndi.distance_transform_edt(~edge, return_indices=True)
@@ -253,20 +291,15 @@ def _window_features(g, labels, edge, seed, core, *, scale, band, stats):
         return None
     fy, fx = np.nonzero(in_band)
     wy, wx = fy + y0, fx + x0  # window coordinates
-    gy, gx = np.gradient(gs)
-    grad = np.hypot(ndi.sobel(gs, 0), ndi.sobel(gs, 1)) / 8.0
     ny, nx = np.gradient(sd)
     norm = np.hypot(ny, nx) + 1e-6
-    slope = (gy * ny + gx * nx) / norm  # outward derivative per native px
-    del gy, gx
+    slope = (maps["gy"] * ny + maps["gx"] * nx) / norm  # outward derivative per native px
     sy, sx = np.gradient(slope)
     curv = (sy * ny + sx * nx) / norm
     del sy, sx, ny, nx, norm
     raw = np.stack([
-        sd[wy, wx], seed[wy, wx], gs[wy, wx], g[wy, wx], grad[wy, wx],
-        ndi.gaussian_filter(g, max(px, 0.5))[wy, wx],
-        ndi.gaussian_filter(g, max(2 * px, 0.5))[wy, wx],
-        slope[wy, wx], curv[wy, wx],
+        sd[wy, wx], seed[wy, wx], gs[wy, wx], g[wy, wx], maps["grad"][wy, wx],
+        maps["g1"][wy, wx], maps["g2"][wy, wx], slope[wy, wx], curv[wy, wx],
     ], 1).astype(np.float32)
     return wy, wx, owner_map[wy, wx], raw
 
@@ -347,7 +380,8 @@ def tidy_particles(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
 class OutlineRefiner:
     """A fitted outline refiner: feature standardisation, the perceptron's
     layers ``[(W, b), ...]`` (ReLU between them, sigmoid at the end) and the
-    band, threshold and gate it was fitted and tuned with."""
+    band, threshold, gate, smoothing and number of passes it was fitted and
+    tuned with."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -356,6 +390,7 @@ class OutlineRefiner:
     threshold: float = 0.5
     gate: tuple[float, float] | None = (0.7, 1.4)
     smooth: float = 0.5
+    passes: int = 1
     meta: dict = field(default_factory=dict)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -376,8 +411,22 @@ class OutlineRefiner:
 
     def refine(self, rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
                scale: float) -> np.ndarray:
-        """``labels`` with refined outlines (see the module docstring)."""
-        flat, owner, X = outline_features(rgb, labels, seed, scale=scale, band=self.band)
+        """``labels`` with refined outlines (see the module docstring):
+        :attr:`passes` passes, each from the previous one's outlines, fewer
+        where a pass changes nothing."""
+        out = np.array(labels, copy=True)
+        cache: dict = {}  # the image's grey maps, shared by the passes
+        for _ in range(self.passes):
+            new = self._refine_once(rgb, out, seed, scale=scale, cache=cache)
+            if np.array_equal(new, out):
+                break
+            out = new
+        return out
+
+    def _refine_once(self, rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
+                     scale: float, cache: dict) -> np.ndarray:
+        flat, owner, X = outline_features(rgb, labels, seed, scale=scale, band=self.band,
+                                          cache=cache)
         if flat is None or flat.size == 0:
             return np.array(labels, copy=True)
         prob = smooth_band(labels, flat, self.predict_proba(X), sigma=self.smooth / scale)
@@ -391,7 +440,7 @@ class OutlineRefiner:
                            for W, b in self.layers],
                 "band": self.band, "threshold": self.threshold,
                 "gate": None if self.gate is None else list(self.gate),
-                "smooth": self.smooth, "meta": self.meta}
+                "smooth": self.smooth, "passes": self.passes, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OutlineRefiner":
@@ -412,6 +461,7 @@ class OutlineRefiner:
             gate = d.get("gate")
             gate = None if gate is None else (float(gate[0]), float(gate[1]))
             smooth = float(d.get("smooth", 0.0))
+            passes = d.get("passes", 1)
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise ValueError(f"malformed outline refiner: {err}") from None
         n = len(FEATURES)
@@ -431,8 +481,10 @@ class OutlineRefiner:
             raise ValueError(f"gate must be (low <= 1 <= high), got {gate}")
         if not smooth >= 0:
             raise ValueError(f"smooth must be >= 0 working-scale px, got {smooth}")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be a whole number >= 1, got {passes!r}")
         return cls(mean=mean, std=np.maximum(std, 1e-6), layers=layers, band=band,
-                   threshold=threshold, gate=gate, smooth=smooth,
+                   threshold=threshold, gate=gate, smooth=smooth, passes=passes,
                    meta=dict(d.get("meta", {})))
 
 

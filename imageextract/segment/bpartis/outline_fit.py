@@ -10,8 +10,10 @@
 2. The perceptron is fitted on those pixels.
 3. On a check split (``val``) the particles are refined with each gate of
    ``GATES`` and each smoothing of ``SMOOTHS`` and scored (mean of AP50 and
-   AJI+, the model-selection score); the best pair is kept, and the refiner
-   is installed only if it beats the unrefined particles there.
+   AJI+, the model-selection score); the best pair is kept.  With it, each
+   number of passes of ``PASSES`` is scored the same way, and the best is
+   kept.  The refiner is installed only if it beats the unrefined particles
+   there.
 
 ``python -m imageextract.segment.bpartis.outline_fit --data ../shared/data/emps
 --model models/bpartis-emps`` (about 10 minutes on 2 CPU cores for EMPS).
@@ -36,6 +38,9 @@ logger = logging.getLogger(__name__)
 GATES = (None, (0.8, 1.25), (0.7, 1.4))
 #: Smoothings of the band's probabilities tried (working-scale px).
 SMOOTHS = (0.0, 0.5)
+#: Numbers of passes tried with the chosen gate and smoothing (see
+#: :class:`~.outline.OutlineRefiner`).
+PASSES = (1, 2, 3, 4, 5)
 
 
 def _key(gate, smooth) -> str:
@@ -95,6 +100,23 @@ def score_segs(segs: list[dict], refiner=None) -> dict[str, float]:
     return out
 
 
+def choose_passes(segs: list[dict], refiner, *, passes=PASSES,
+                  known: dict | None = None) -> dict[str, dict]:
+    """Score ``segs`` refined with each number of ``passes`` (:func:`score_segs`;
+    ``known`` maps numbers already scored to their scores) and set
+    ``refiner.passes`` to the best (the fewest among equals).  Returns the
+    scores by number of passes (keys as strings, for JSON)."""
+    known = dict(known or {})
+    table = {}
+    for n in passes:
+        if n not in known:
+            refiner.passes = n
+            known[n] = score_segs(segs, refiner)
+        table[str(n)] = known[n]
+    refiner.passes = min(passes, key=lambda n: (-known[n]["score"], n))
+    return table
+
+
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   every: int = 3, check_split: str = "val", band: float = 4.0,
                   max_pixels: int = 20000, write: bool = True, progress: bool = True,
@@ -129,17 +151,21 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         res["check"][_key(gate, smooth)] = score_segs(check, refiner)
     best = max(pairs, key=lambda p: res["check"][_key(*p)]["score"])
     refiner.gate, refiner.smooth = best
-    chosen = res["check"][_key(*best)]
+    res["check"]["passes"] = choose_passes(check, refiner,
+                                           known={1: res["check"][_key(*best)]})
+    chosen = res["check"]["passes"][str(refiner.passes)]
     res["gate"] = None if best[0] is None else list(best[0])
     res["smooth"] = best[1]
+    res["passes"] = refiner.passes
     gain = chosen["score"] - res["check"]["unrefined"]["score"]
     res["gain"] = gain
     refiner.meta = {"fitted_on": f"{len(y)} band pixels of {len(segs)} {split} images "
                                  f"(one in {every})",
                     "check": {check_split: chosen, "unrefined": res["check"]["unrefined"]}}
     res["refiner"] = refiner.to_dict()
-    logger.info("outline refiner: gate %s, smooth %g, %s score %.4f -> %.4f", best[0], best[1],
-                check_split, res["check"]["unrefined"]["score"], chosen["score"])
+    logger.info("outline refiner: gate %s, smooth %g, %d pass(es), %s score %.4f -> %.4f",
+                best[0], best[1], refiner.passes, check_split,
+                res["check"]["unrefined"]["score"], chosen["score"])
     if write:
         if gain > 0:
             install(model_dir, refiner, res)
@@ -153,7 +179,8 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
     """Write ``inference.outline`` into ``config.json`` and an "Outline
     refinement" section into ``MODEL_CARD.md`` (replacing an earlier one)."""
     c = res["check"]
-    new = c[_key(None if refiner.gate is None else tuple(refiner.gate), refiner.smooth)]
+    new = c.get("passes", {}).get(str(refiner.passes)) \
+        or c[_key(None if refiner.gate is None else tuple(refiner.gate), refiner.smooth)]
     old = c["unrefined"]
     lines = [
         f"A perceptron (two hidden layers of {refiner.layers[0][0].shape[1]}) re-decides every "
@@ -162,7 +189,9 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
         f"whose outline is nearest if its probability (smoothed over {refiner.smooth:g} "
         f"working-scale px) is above {refiner.threshold:g}; a particle whose area would "
         f"change by a factor outside {refiner.gate} keeps its old outline, and each particle "
-        "keeps only its main piece, holes filled (`imageextract.segment.bpartis.outline`).",
+        "keeps only its main piece, holes filled (`imageextract.segment.bpartis.outline`)"
+        + ("." if refiner.passes == 1 else
+           f"; {refiner.passes} passes, each from the outlines the one before drew."),
         f"- fitted on {res['pixels']} band pixels of {res['images']} `{res['split']}` images "
         f"(one in {res['every']}; {res['inside_fraction']:.1%} of the pixels inside their "
         "particle)",

@@ -848,6 +848,28 @@ def _device_name(dev: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def instance_filters_text(cluster: dict, rescore: dict | None) -> str:
+    """The model card's line on the instance filters.  A rescorer's own
+    clustering filters (those of the proposals it was fitted on) replace
+    ``cluster``'s at inference, as :class:`~imageextract.segment.bpartis.BPartIS`
+    applies them.
+
+    >>> instance_filters_text({"min_score": 0.85, "min_rel_area": 0.4}, None)
+    "- instance filters: mean seed >= 0.85, area >= 0.4 x the image's median"
+    >>> instance_filters_text({"min_score": 0.85, "min_rel_area": 0.4},
+    ...                       {"cluster": {"min_score": 0.6, "min_rel_area": 0.05}})[:72]
+    "- instance filters: mean seed >= 0.6, area >= 0.05 x the image's median "
+    """
+    cl = dict(cluster)
+    extra = ""
+    if rescore and rescore.get("cluster"):
+        cl.update(rescore["cluster"])
+        extra = (f" (the rescorer's proposal filters; without the rescorer mean seed >= "
+                 f"{cluster.get('min_score', 0)}, area >= {cluster.get('min_rel_area', 0)} x)")
+    return (f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
+            f"{cl.get('min_rel_area', 0)} x the image's median{extra}")
+
+
 def sparse_rules_text(spec) -> str:
     """The model card's words for ``inference.sparse_scale_factors`` (one
     rule, a list of rules or None).
@@ -1034,14 +1056,16 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + ("no threshold" if inf["uncertainty_threshold"] is None
            else f"particles above t_u = {inf['uncertainty_threshold']:.4g} are removed "
            "as likely false positives"),
-        f"- instance filters: mean seed >= {cl.get('min_score', 0)}, area >= "
-        f"{cl.get('min_rel_area', 0)} x the image's median",
+        instance_filters_text(cl, inf.get("rescore")),
     ]
     if inf.get("outline"):
         lines.append(
             "- outlines: the pixels within "
             f"{float(inf['outline'].get('band', 4.0)):g} working-scale px of each particle's "
-            "outline are re-decided by the learned outline refiner (see Outline refinement)")
+            "outline are re-decided by the learned outline refiner (see Outline refinement)"
+            + ("" if int(inf["outline"].get("passes", 1)) == 1 else
+               f", {int(inf['outline']['passes'])} passes, each from the outlines the one "
+               "before drew"))
     if inf.get("specialist"):
         sp = inf["specialist"]
         lines.append(
