@@ -96,6 +96,21 @@ def test_outline_features_in_pieces_equal_the_whole(scale):
     np.testing.assert_allclose(whole[2], pieces[2], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="tile"):
         outline_features(img, lab, seed, scale=scale, tile=8)
+    # the grey maps cached between calls on the same image (as the refiner's
+    # passes make, with other labels) change nothing; another image starts afresh
+    cache: dict = {}
+    for tile in (1024, 64):
+        outline_features(img, lab, seed, scale=scale, band=3.0, tile=tile, cache=cache)
+        grown = np.where(lab == 0, np.roll(lab, 2, axis=1), lab)
+        cached = outline_features(img, grown, seed, scale=scale, band=3.0, tile=tile,
+                                  cache=cache)
+        fresh = outline_features(img, grown, seed, scale=scale, band=3.0, tile=tile)
+        for a, b in zip(cached, fresh):
+            np.testing.assert_array_equal(a, b)
+    other = np.ascontiguousarray(255 - img)
+    np.testing.assert_array_equal(
+        outline_features(other, lab, seed, scale=scale, band=3.0, tile=64, cache=cache)[2],
+        outline_features(other, lab, seed, scale=scale, band=3.0, tile=64)[2])
 
 
 def test_refiner_probabilities_in_blocks(monkeypatch):

@@ -134,9 +134,10 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
         Holds what depends only on the image, the seed map, ``scale`` and
         ``band`` (the normalised grey, its smoothings and derivatives) between
         calls on the same image with different ``labels``, as the passes of
-        :meth:`OutlineRefiner.refine` make; start with an empty dict.  The
-        result is the same as without it; it costs the memory of about eight
-        float32 copies of the image.
+        :meth:`OutlineRefiner.refine` make (the same ``rgb`` and ``seed``
+        arrays, unchanged); start with an empty dict.  The result is the same
+        as without it; it costs the memory of about eight float32 copies of
+        the image.
 
     Returns
     -------
@@ -160,7 +161,8 @@ def outline_features(rgb: np.ndarray, labels: np.ndarray, seed: np.ndarray, *,
     h, w = labels.shape
     px = 1.0 / scale
     cache = {} if cache is None else cache
-    key = ((h, w), float(scale), float(band), int(tile))
+    # another image or seed map (even of the same shape) starts afresh
+    key = (id(rgb), id(seed), (h, w), float(scale), float(band), int(tile))
     if cache.get("key") != key:
         cache.clear()
         cache["key"] = key
