@@ -370,9 +370,27 @@ def test_outline_fit_chooses_the_passes_on_the_check_split(tmp_path):
     assert json.loads((d / "config.json").read_text())["inference"]["outline"]["passes"] == 3
 
 
+def test_later_pass_segs_follow_the_passes():
+    pytest.importorskip("torch")
+    from imageextract.segment.bpartis.outline_fit import later_pass_segs
+
+    rng = np.random.default_rng(6)
+    ref = _fit(rng, hidden=16, epochs=15, gate=None)
+    rgb, truth, off, seed = scene(rng, grow=-7)
+    seg = {"stem": "s", "rgb": rgb, "truth": truth, "labels": off, "seed": seed, "scale": 1.0}
+    later = later_pass_segs([seg], ref, 3)
+    assert len(later) == 3 and all(s["stem"] == "s" and s["truth"] is truth for s in later)
+    ref.passes = 2
+    np.testing.assert_array_equal(later[1]["labels"], ref.refine(rgb, off, seed, scale=1.0))
+    assert iou(later[0]["labels"] == 1, truth == 1) > iou(off == 1, truth == 1) + 0.2
+    assert seg["labels"] is off  # the input is left as it was
+
+
 def test_outline_fit_refuses_a_bad_every_before_loading_anything(tmp_path):
     from imageextract.segment.bpartis.outline_fit import fit_for_model
 
     # no model and no data there: the argument is checked first
     with pytest.raises(ValueError, match="every must be >= 1"):
         fit_for_model(tmp_path / "no-model", tmp_path / "no-data", every=0)
+    with pytest.raises(ValueError, match="later_passes must be >= 0"):
+        fit_for_model(tmp_path / "no-model", tmp_path / "no-data", later_passes=-1)

@@ -7,7 +7,12 @@
    the ground-truth particle that this particle matches?).  At most
    ``max_pixels`` band pixels per image are kept, drawn at random, so that
    large images do not dominate.
-2. The perceptron is fitted on those pixels.
+2. The perceptron is fitted on those pixels.  With ``later_passes`` N, it
+   then refines each training image's particles N times, one pass at a time
+   (gate ``LATER_PASS_GATE``, smoothing ``LATER_PASS_SMOOTH``), adds the band
+   pixels of those outlines (``max_pixels / N`` per image and pass) and is
+   fitted again on all of them, so that it also learns outlines that earlier
+   passes have already moved towards the edge.
 3. On a check split (``val``) the particles are refined with each gate of
    ``GATES`` and each smoothing of ``SMOOTHS`` and scored (mean of AP50 and
    AJI+, the model-selection score); the best pair is kept.  With it, each
@@ -41,6 +46,10 @@ SMOOTHS = (0.0, 0.5)
 #: Numbers of passes tried with the chosen gate and smoothing (see
 #: :class:`~.outline.OutlineRefiner`).
 PASSES = (1, 2, 3, 4, 5)
+#: Gate and smoothing of the first fit's passes that make the later-pass
+#: outlines (those of the shipped refiner since 2026-12-02).
+LATER_PASS_GATE = (0.8, 1.25)
+LATER_PASS_SMOOTH = 0.5
 
 
 def _key(gate, smooth) -> str:
@@ -100,6 +109,21 @@ def score_segs(segs: list[dict], refiner=None) -> dict[str, float]:
     return out
 
 
+def later_pass_segs(segs: list[dict], refiner, passes: int) -> list[dict]:
+    """``segs`` with their labels after 1, 2, ... ``passes`` single passes of
+    ``refiner`` (each from the one before), ``passes`` entries per image."""
+    import dataclasses
+
+    one = dataclasses.replace(refiner, passes=1)
+    out = []
+    for s in segs:
+        lab = s["labels"]
+        for _ in range(passes):
+            lab = one.refine(s["rgb"], lab, s["seed"], scale=s["scale"])
+            out.append(dict(s, labels=lab))
+    return out
+
+
 def choose_passes(segs: list[dict], refiner, *, passes=PASSES,
                   known: dict | None = None) -> dict[str, dict]:
     """Score ``segs`` refined with each number of ``passes`` (:func:`score_segs`;
@@ -119,8 +143,8 @@ def choose_passes(segs: list[dict], refiner, *, passes=PASSES,
 
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   every: int = 3, check_split: str = "val", band: float = 4.0,
-                  max_pixels: int = 20000, write: bool = True, progress: bool = True,
-                  device: str = "cpu") -> dict[str, Any]:
+                  max_pixels: int = 20000, later_passes: int = 0, write: bool = True,
+                  progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Fit, check and (``write``, if it helps on ``check_split``) install the
     outline refiner of the model in ``model_dir``; returns the numbers."""
     from . import BPartIS
@@ -128,6 +152,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
 
     if every < 1:  # before the model is loaded
         raise ValueError(f"every must be >= 1, got {every}")
+    if later_passes < 0:
+        raise ValueError(f"later_passes must be >= 0, got {later_passes}")
     model_dir = Path(model_dir)
     backend = BPartIS(model=str(model_dir), outline=False, device=device)
     items = load_split(data_dir, split, progress=progress)[::every]
@@ -142,6 +168,15 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         return res
     res["inside_fraction"] = float(y.mean())
     refiner = fit_outline_refiner(X, y, band=band)
+    if later_passes:
+        refiner.gate, refiner.smooth = LATER_PASS_GATE, LATER_PASS_SMOOTH
+        later = later_pass_segs(segs, refiner, later_passes)
+        X2, y2 = band_pixels(later, band=band, max_pixels=max(1, max_pixels // later_passes),
+                             seed=1)
+        res.update(later_passes=later_passes, later_pixels=int(len(y2)))
+        X, y = np.concatenate([X, X2]), np.concatenate([y, y2])
+        res["pixels"] = int(len(y))
+        refiner = fit_outline_refiner(X, y, band=band)
     check = segment_items(backend, load_split(data_dir, check_split), progress=progress)
     res["check"] = {"split": check_split, "images": len(check),
                     "unrefined": score_segs(check)}
@@ -160,7 +195,9 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     gain = chosen["score"] - res["check"]["unrefined"]["score"]
     res["gain"] = gain
     refiner.meta = {"fitted_on": f"{len(y)} band pixels of {len(segs)} {split} images "
-                                 f"(one in {every})",
+                                 f"(one in {every})"
+                                 + (f", with the outlines after 1-{later_passes} passes"
+                                    if later_passes else ""),
                     "check": {check_split: chosen, "unrefined": res["check"]["unrefined"]}}
     res["refiner"] = refiner.to_dict()
     logger.info("outline refiner: gate %s, smooth %g, %d pass(es), %s score %.4f -> %.4f",
@@ -215,6 +252,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3, help="use every N-th image of --split")
     p.add_argument("--check-split", default="val")
     p.add_argument("--band", type=float, default=4.0)
+    p.add_argument("--later-passes", type=int, default=0,
+                   help="also fit on the outlines after 1..N passes of a first fit")
     p.add_argument("--dry-run", action="store_true",
                    help="fit and report; leave the model folder unchanged")
     p.add_argument("--json", help="write the numbers here")
@@ -222,7 +261,8 @@ def _main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     res = fit_for_model(a.model, a.data, split=a.split, every=a.every,
-                        check_split=a.check_split, band=a.band, write=not a.dry_run,
+                        check_split=a.check_split, band=a.band, later_passes=a.later_passes,
+                        write=not a.dry_run,
                         progress=not a.no_progress)
     if a.json:
         Path(a.json).write_text(json.dumps(
