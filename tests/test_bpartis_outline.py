@@ -364,8 +364,10 @@ def test_outline_fit_chooses_the_passes_on_the_check_split(tmp_path):
     res = {"pixels": 10, "images": 2, "split": "train-fit", "every": 1, "inside_fraction": 0.5,
            "check": {"split": "val", "images": 2, "unrefined": table["1"],
                      "passes": {"3": table["1"]}}}
-    install(d, ref, res)
+    install(d, ref, dict(res, later_passes=2, later_pixels=4))
     assert "3 passes, each from the outlines the one before drew" in \
+        (d / "MODEL_CARD.md").read_text()
+    assert "4 of them from the outlines after 1-2 passes of a first fit" in \
         (d / "MODEL_CARD.md").read_text()
     assert json.loads((d / "config.json").read_text())["inference"]["outline"]["passes"] == 3
 

@@ -231,7 +231,9 @@ def install(model_dir: Path, refiner, res: dict[str, Any]) -> None:
            f"; {refiner.passes} passes, each from the outlines the one before drew."),
         f"- fitted on {res['pixels']} band pixels of {res['images']} `{res['split']}` images "
         f"(one in {res['every']}; {res['inside_fraction']:.1%} of the pixels inside their "
-        "particle)",
+        "particle)"
+        + (f", {res['later_pixels']} of them from the outlines after 1-{res['later_passes']} "
+           "passes of a first fit" if res.get("later_passes") else ""),
         f"- `{c['split']}` ({c['images']} images), unrefined -> refined: AP50 "
         f"{old['ap50']:.3f} -> {new['ap50']:.3f}, AJI+ {old['aji_plus']:.3f} -> "
         f"{new['aji_plus']:.3f}, mean IoU {old['mean_iou']:.3f} -> {new['mean_iou']:.3f}, "
