@@ -35,25 +35,27 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def summarise(scores: np.ndarray, metrics: np.ndarray) -> dict:
     """Per number of passes (``scores`` (images, passes + 1): column 0
     unrefined, column k after k passes; ``metrics`` (images, passes + 1, 2)
-    AP50 and AJI+): the means and the paired comparison with one pass."""
-    from imageextract.segment.bpartis.train import paired_win_rate
+    AP50 and AJI+): the means and the paired comparison with one pass
+    (:func:`bench_val_views.paired_difference`)."""
+    from bench_val_views import paired_difference
 
     out = {}
     n = scores.shape[0]
     for k in range(scores.shape[1]):
         d = scores[:, k] - scores[:, 1]
+        paired = paired_difference(scores[:, 1], scores[:, k])
         out[str(k)] = {
             "images": n, "ap50": float(metrics[:, k, 0].mean()),
             "aji_plus": float(metrics[:, k, 1].mean()), "score": float(scores[:, k].mean()),
-            "vs_one_pass": float(d.mean()),
-            "standard_error": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+            "vs_one_pass": paired["mean"], "standard_error": paired["standard_error"],
             "better": int((d > 1e-9).sum()), "worse": int((d < -1e-9).sum()),
-            "win_rate": paired_win_rate(scores[:, k], scores[:, 1]) if k != 1 else 0.5}
+            "win_rate": paired["candidate_win_rate"] if k != 1 else 0.5}
     return out
 
 
