@@ -1,7 +1,8 @@
 """How many passes of the outline refiner: score after each pass.
 
     python benchmarks/bench_outline_passes.py --split train-fit
-    python benchmarks/bench_outline_passes.py --split val --out benchmarks/results/outline_passes_val.json
+    python benchmarks/bench_outline_passes.py --split val \\
+        --out benchmarks/results/outline_passes_val.json
     python benchmarks/bench_outline_passes.py --model models/bpartis-emps-rods --split train-fit \\
         --stems models/bpartis-emps-rods/held_out.txt
 
