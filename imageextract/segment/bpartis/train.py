@@ -743,7 +743,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         m["step"] = step
         m["epoch"] = round(step / steps_per_epoch, 2)
         history.append(dict(m))
-        logger.info("val step %d epoch %.1f: %s (%.0f s)", step, step / steps_per_epoch,
+        logger.info("val (ground-truth scale) step %d epoch %.1f: %s (%.0f s)",
+                    step, step / steps_per_epoch,
                     " ".join(f"{k}={v:.4f}" for k, v in m.items() if k not in ("step", "epoch")),
                     time.monotonic() - t0)
         if score > best_score:
@@ -1080,8 +1081,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
-        "- val during training (best checkpoint, ground-truth scale, T = 1): "
-        + _fmt(ckpt["best"]),
+        "- val during training (best checkpoint; a training check, not the backend's number: "
+        "one pass at the ground-truth scale, no scale search, rescorer or outline refiner, "
+        "so judge weights with `benchmarks/bench_val_views.py`): " + _fmt(ckpt["best"]),
     ]
     if metrics.get("val"):
         lines.append("- val, backend as shipped (tuned there): " + _fmt(metrics["val"]))
@@ -1368,7 +1370,8 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
             {"split": split, "best": best, "search": search_table, "filters": filt_table,
              "foreground": fg_table, "table": table},
             indent=2, default=float) + "\n")
-        old = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        cfg_file = out / "config.json"
+        old = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
         cluster_opts = {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}
         cluster_opts.update(old.get("inference", {}).get("cluster", {}))
         cluster_opts.update(filters)
