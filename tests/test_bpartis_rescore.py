@@ -10,10 +10,8 @@ import pytest
 
 from imageextract.segment.bpartis.rescore import (
     FEATURES,
-    LEGACY_FEATURES,
     Rescorer,
     fit_rescorer,
-    image_elongation,
     instance_features,
     match_labels,
 )
@@ -127,65 +125,6 @@ def test_fit_rescorer_separates_and_round_trips():
         Rescorer.from_dict(bad)
 
 
-def test_elongation_features_read_rods_against_the_image_median():
-    shape = (80, 120)
-    lab = np.zeros(shape, np.int32)
-    lab[disc(shape, 20, 20, 10)] = 1
-    lab[50:56, 10:50] = 2   # 6 x 40 px bars
-    lab[60:66, 60:100] = 3
-    img = np.where(lab > 0, 60, 200).astype(np.uint8)
-    k = 3
-    f = instance_features(img, lab, scores=np.full(k, 0.9), uncertainty=np.zeros(k),
-                          mi=np.zeros(shape), scale=1.0)
-    rod = np.log(40 / 6)  # second moments of a 6 x 40 px rectangle
-    np.testing.assert_allclose(f[:, COL["log_elongation"]], [0, rod, rod], atol=0.05)
-    # the median of the confident particles is a rod's: the disc is the odd one
-    np.testing.assert_allclose(f[:, COL["log_rel_elongation"]], [-rod, 0, 0], atol=0.05)
-    assert image_elongation(f) == pytest.approx(40 / 6, rel=0.05)
-    assert image_elongation(np.zeros((0, len(FEATURES)))) == 1.0
-
-
-def test_legacy_rescorers_and_the_elongated_images_threshold():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(300, len(FEATURES)))
-    y = (x[:, COL["contrast"]] > 0).astype(float)
-    old = fit_rescorer(x, y, threshold=0.5, use=LEGACY_FEATURES)
-    d = json.loads(json.dumps(old.to_dict()))
-    assert d["features"] == list(LEGACY_FEATURES) and "elongated" not in d
-    again = Rescorer.from_dict(d)  # a config.json written before the elongation features
-    np.testing.assert_allclose(again.predict_proba(x), again.predict_proba(x[:, :17]))
-    assert ((again.predict_proba(x) > 0.5) == (y > 0)).mean() > 0.95
-
-    model = fit_rescorer(x, y, threshold=0.7)
-    model.elongated = {"min_elongation": 3.0, "threshold": 0.2}
-    p = np.array([0.1, 0.3, 0.8])
-    rods = np.zeros((3, len(FEATURES)))
-    rods[:, COL["log_elongation"]] = np.log(4.0)  # every particle 4:1, as the median
-    discs = np.zeros((3, len(FEATURES)))
-    assert model.keep(p, rods).tolist() == [False, True, True]
-    assert model.keep(p, discs).tolist() == [False, False, True]
-    assert model.keep(p).tolist() == [False, False, True]  # no features: the plain threshold
-    back = Rescorer.from_dict(json.loads(json.dumps(model.to_dict())))
-    assert back.elongated == model.elongated and back.keep(p, rods).tolist() == [False, True, True]
-    for bad in ({"min_elongation": 0.5, "threshold": 0.2}, {"threshold": 0.2},
-                {"min_elongation": 3, "threshold": 2}, [3, 0.2]):
-        with pytest.raises(ValueError, match="elongated"):
-            Rescorer.from_dict(dict(model.to_dict(), elongated=bad))
-
-
-def test_choose_thresholds_adds_an_elongated_rule_only_where_it_helps():
-    from imageextract.segment.bpartis.rescore_fit import choose_thresholds
-
-    cv = {0.5: {"score": 0.80}, 0.7: {"score": 0.85},
-          "elongated": {(2.0, 0.5): {0.5: {"score": 0.82}, 0.7: {"score": 0.86}},
-                        (3.0, 0.5): {0.5: {"score": 0.83}, 0.7: {"score": 0.855}},
-                        (2.0, 0.7): {0.5: {"score": 0.90}, 0.7: {"score": 0.85}}}}
-    assert choose_thresholds(cv) == (0.7, {"min_elongation": 2.0, "threshold": 0.5})
-    cv["elongated"][2.0, 0.5][0.7]["score"] = 0.85  # a tie is no gain
-    cv["elongated"][3.0, 0.5][0.7]["score"] = 0.84
-    assert choose_thresholds(cv) == (0.7, None)
-
-
 def _proposals(n_images=30, seed=0):
     """Synthetic proposals: real particles (matched) have high contrast,
     false ones low; each image's label map has one pixel row per proposal."""
@@ -214,11 +153,8 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     )
 
     props = _proposals()
-    cv = cross_validate(props, folds=3, thresholds=(0.01, 0.5), elongations=(1e9,))
+    cv = cross_validate(props, folds=3, thresholds=(0.01, 0.5))
     assert cv[0.5]["ap50"] > cv[0.01]["ap50"]
-    # no image is that elongated: each pair of thresholds scores as the plain one
-    assert set(cv["elongated"]) == {(1e9, 0.01), (1e9, 0.5)}
-    assert cv["elongated"][1e9, 0.01][0.5] == cv[0.5]
     assert cv[0.5]["ap50"] > 0.9
     keep_all = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5)
     assert keep_all["ap50"] < cv[0.5]["ap50"]
@@ -229,8 +165,7 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"inference": {"mc_samples": 8}}))
     (tmp_path / "MODEL_CARD.md").write_text("# m\n\n## Notes\nn\n\n## Weights\nw\n")
     res = {"split": "train-fit", "images": 30, "proposals": 100, "matched_fraction": 0.7,
-           "cv": {str(t): v for t, v in cv.items() if t != "elongated"},
-           "proposals_unfiltered": keep_all}
+           "cv": {str(t): v for t, v in cv.items()}, "proposals_unfiltered": keep_all}
     install(tmp_path, model, res)
     install(tmp_path, model, res)  # again: replaces, does not duplicate
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -239,15 +174,6 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count("## Rescoring") == 1 and card.count("## Weights") == 1
     assert card.index("## Notes") < card.index("## Rescoring") < card.index("## Weights")
-
-    model.elongated = {"min_elongation": 2.5, "threshold": 0.01}
-    res["cv_elongated"] = [{"min_elongation": 2.5, "threshold": 0.01, "ap50": 0.5,
-                            "aji_plus": 0.6, "score": 0.55}]
-    install(tmp_path, model, res)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    assert Rescorer.from_dict(cfg["inference"]["rescore"]).elongated == model.elongated
-    card = (tmp_path / "MODEL_CARD.md").read_text()
-    assert card.count("## Rescoring") == 1 and "median elongation of at least 2.5" in card
 
 
 def test_backend_uses_the_rescorer_from_config():

@@ -788,7 +788,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                       target_diameter=target_diameter or 48.0,
                                       stats=image_stats or None)
             prob = rescorer.predict_proba(feats) if sc.size else np.zeros(0)
-            keep = rescorer.keep(prob, feats)
+            keep = rescorer.keep(prob)
             if u_threshold is not None:
                 keep &= un <= u_threshold
             out["seed_scores"] = sc[keep]

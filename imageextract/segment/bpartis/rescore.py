@@ -48,13 +48,7 @@ FEATURES = (
     "texture",    # intensity std inside / image std
     "holes",      # fraction of the filled outline that is not particle
     "log_rel_max",  # log(area / largest area)
-    "log_elongation",  # log(major / minor axis of the particle's second moments)
-    "log_rel_elongation",  # log_elongation - log(median elongation of the confident ones)
 )
-
-#: The features of rescorers fitted before the two elongation features
-#: existed (their ``config.json`` lists them); they still load and run.
-LEGACY_FEATURES = FEATURES[:17]
 
 
 def _row_extents(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,9 +154,6 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
     Returns
     -------
     (K, len(FEATURES)) float64
-        ``log_rel_elongation`` is relative to the median elongation of the
-        confident particles (of all when none is): see
-        :func:`image_elongation`.
     """
     labels = np.asarray(labels)
     shape = np.shape(image)[:2]
@@ -181,7 +172,6 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
     med = np.median(area[conf]) if conf.any() else np.median(area)
     med = max(med, 1.0)
     mi_mean = instance_means(np.asarray(mi), labels, k)
-    elong = np.ones(k)
     disc = np.pi / 4 * target_diameter ** 2
     pad = 6
     for i, sl in enumerate(ndi.find_objects(labels, k)):
@@ -209,44 +199,14 @@ def instance_features(image: np.ndarray, labels: np.ndarray, *, scores: np.ndarr
         border = float(sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h
                        or sl[1].stop == w)
         extent = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) / max(h, w)
-        elong[i] = _elongation(m)
-        out[i, :17] = [
+        out[i] = [
             scores[i], uncertainty[i], mi_mean[i], np.log(area[i] / med),
             np.log(area[i] * scale ** 2 / disc + 1e-9), area[i] / max(hull, 1.0),
             border, contrast, np.log(k), area[i] / (h * w), np.log(scale), extent, touching,
             grad[y0:y1, x0:x1][outline].mean() / grad_mean, inside.std() / sd,
             1.0 - area[i] / max(filled, 1), np.log(area[i] / area.max()),
         ]
-    log_e = np.log(elong)
-    typical = np.median(log_e[conf]) if conf.any() else np.median(log_e)
-    out[:, 17] = log_e
-    out[:, 18] = log_e - typical
     return out
-
-
-def _elongation(m: np.ndarray) -> float:
-    """Major over minor axis of the pixel squares of mask ``m`` (the square
-    root of the ratio of its second-moment eigenvalues; 1 for a disc).
-
-    >>> bar = np.zeros((5, 20), bool); bar[2, 2:18] = True
-    >>> round(_elongation(bar), 1)  # 16 x 1 px: sqrt((16**2 / 12) / (1 / 12))
-    16.0
-    """
-    ys, xs = np.nonzero(m)
-    if ys.size < 2:
-        return 1.0
-    c = np.cov(np.stack([ys, xs]).astype(np.float64), bias=True) + np.eye(2) / 12.0
-    lo, hi = np.linalg.eigvalsh(c)
-    return float(np.sqrt(hi / max(lo, 1e-12)))
-
-
-def image_elongation(features: np.ndarray) -> float:
-    """The median elongation of an image's confident particles, read back
-    from their :func:`instance_features` (1.0 when there is none)."""
-    f = np.atleast_2d(np.asarray(features, np.float64))
-    if f.shape[0] == 0 or f.shape[1] != len(FEATURES):
-        return 1.0
-    return float(np.exp(f[0, 17] - f[0, 18]))
 
 
 def match_labels(truth: np.ndarray, labels: np.ndarray, k: int | None = None, *,
@@ -285,13 +245,6 @@ class Rescorer:
     ``inputs``: the backend settings its features were computed with
     (``mc_samples``, ``uncertainty``); with others the features mean
     something else, and the backend does not use the rescorer.
-    ``features``: the names of the columns it reads (:data:`FEATURES` or
-    :data:`LEGACY_FEATURES`).  ``elongated``: optionally
-    ``{"min_elongation": e, "threshold": t}``: on an image whose confident
-    particles have a median elongation of at least ``e``
-    (:func:`image_elongation`), particles are kept from probability ``t``
-    instead (rods, wires and fibres, where the network's proposals are
-    surer to be real than their features make them look).
     """
 
     mean: np.ndarray
@@ -303,66 +256,40 @@ class Rescorer:
     cluster: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
     notes: str = ""
-    elongated: dict | None = None
 
     def matches(self, **settings) -> bool:
         """Whether ``settings`` agree with :attr:`inputs` (where it has them)."""
         return all(self.inputs.get(k, v) == v for k, v in settings.items())
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Probability that each row is a real, well-outlined particle.
-        ``features``: all of :data:`FEATURES` (:func:`instance_features`) or
-        just this rescorer's :attr:`features`, in that order."""
+        """Probability that each row is a real, well-outlined particle."""
         x = np.atleast_2d(np.asarray(features, np.float64))
-        if x.shape[1] == len(FEATURES) and len(self.features) != len(FEATURES):
-            x = x[:, [FEATURES.index(f) for f in self.features]]
         if x.shape[1] != len(self.features):
             raise ValueError(f"expected {len(self.features)} features per particle "
                              f"({', '.join(self.features)}), got {x.shape[1]}")
         z = (_expand(x) - self.mean) / self.std
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
 
-    def threshold_for(self, elongation: float | None = None) -> float:
-        """The threshold on an image whose confident particles have this
-        median elongation (None: :attr:`threshold`)."""
-        el = self.elongated
-        if el is not None and elongation is not None and elongation >= el["min_elongation"]:
-            return float(el["threshold"])
-        return float(self.threshold)
-
-    def keep(self, probability: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        """Particles to keep: probability >= the threshold, which depends on
-        the image's elongation when :attr:`elongated` is set and the
-        particles' ``features`` (all of :data:`FEATURES`) are given."""
-        el = None
-        if self.elongated is not None and features is not None:
-            el = image_elongation(features)
-        return np.asarray(probability) >= self.threshold_for(el)
+    def keep(self, probability: np.ndarray) -> np.ndarray:
+        """Particles to keep: probability >= ``threshold``."""
+        return np.asarray(probability) >= self.threshold
 
     def to_dict(self) -> dict:
         return {"kind": "logistic-quadratic", "features": list(self.features),
                 "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "coef": self.coef.tolist(), "intercept": float(self.intercept),
                 "threshold": float(self.threshold), "cluster": dict(self.cluster),
-                "inputs": dict(self.inputs), "notes": self.notes,
-                **({"elongated": dict(self.elongated)} if self.elongated else {})}
+                "inputs": dict(self.inputs), "notes": self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> Rescorer:
         if d.get("kind", "logistic-quadratic") != "logistic-quadratic":
             raise ValueError(f"unknown rescorer kind {d.get('kind')!r}")
-        feats = tuple(d.get("features", LEGACY_FEATURES))
-        if feats not in (FEATURES, LEGACY_FEATURES):
+        feats = tuple(d.get("features", FEATURES))
+        unknown = [f for f in feats if f not in FEATURES]
+        if unknown or len(feats) != len(FEATURES):
             raise ValueError(f"rescorer features {list(feats)} do not match this version's "
                              f"{list(FEATURES)}")
-        el = d.get("elongated")
-        if el is not None and not (
-                isinstance(el, dict) and set(el) == {"min_elongation", "threshold"}
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        for v in el.values())
-                and el["min_elongation"] >= 1 and 0 <= el["threshold"] <= 1):
-            raise ValueError("rescorer 'elongated' must be {min_elongation: a number >= 1, "
-                             f"threshold: a number in [0, 1]}}, got {el!r}")
         n = 2 * len(feats)
         arrays = {key: np.asarray(d[key], np.float64) for key in ("mean", "std", "coef")}
         for key, a in arrays.items():
@@ -371,13 +298,11 @@ class Rescorer:
         return cls(arrays["mean"], arrays["std"], arrays["coef"], float(d["intercept"]),
                    threshold=float(d.get("threshold", 0.5)), features=feats,
                    cluster=dict(d.get("cluster", {})), inputs=dict(d.get("inputs", {})),
-                   notes=str(d.get("notes", "")),
-                   elongated=None if el is None else {k: float(v) for k, v in el.items()})
+                   notes=str(d.get("notes", "")))
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
-                 l2: float = 1e-2, iterations: int = 50, threshold: float = 0.5,
-                 use: tuple[str, ...] = FEATURES) -> Rescorer:
+                 l2: float = 1e-2, iterations: int = 50, threshold: float = 0.5) -> Rescorer:
     """Fit a :class:`Rescorer` by Newton's method (L2 penalty ``l2`` on the
     standardised coefficients, none on the intercept).
 
@@ -388,9 +313,6 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
     weights : (N,) array, optional
         Per-particle weights (e.g. ``1/sqrt(particles in its image)``, so
         crowded images do not outvote the rest).
-    use : tuple of str
-        The columns the rescorer reads (:data:`FEATURES` or
-        :data:`LEGACY_FEATURES`).
     """
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, np.float64)
@@ -399,10 +321,6 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
                          f"got {x.shape} and {y.shape}")
     if x.shape[0] == 0 or y.min() == y.max():
         raise ValueError("need both matched and unmatched particles to fit a rescorer")
-    use = tuple(use)
-    if use not in (FEATURES, LEGACY_FEATURES):
-        raise ValueError(f"use must be FEATURES or LEGACY_FEATURES, got {list(use)}")
-    x = x[:, [FEATURES.index(f) for f in use]]
     w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
     w = w / w.mean()
     e = _expand(x)
@@ -419,8 +337,7 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
         b -= step
         if np.abs(step).max() < 1e-8:
             break
-    return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold, features=use)
+    return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold)
 
 
-__all__ = ["FEATURES", "LEGACY_FEATURES", "Rescorer", "fit_rescorer", "image_elongation",
-           "instance_features", "match_labels"]
+__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "instance_features", "match_labels"]

@@ -8,10 +8,7 @@
 2. The threshold is chosen by grouped K-fold cross-validation over images:
    the rescorer is fitted without the held-out images and the threshold that
    maximises their mean of AP50 and AJI+ (the model-selection score, with
-   the model's uncertainty threshold applied as well) is taken.  Then, on
-   the same held-out probabilities, a second threshold for images of rods,
-   wires and fibres (their confident proposals' median elongation at least
-   one of ``ELONGATIONS``) is taken where it raises that score.
+   the model's uncertainty threshold applied as well) is taken.
 3. The rescorer is refitted on all images and written to
    ``inference.rescore``; ``MODEL_CARD.md`` gets a "Rescoring" section.
 
@@ -31,8 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .install import install_section
-from .rescore import (FEATURES, fit_rescorer, image_elongation, instance_features,
-                      match_labels)
+from .rescore import FEATURES, fit_rescorer, instance_features, match_labels
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +36,6 @@ logger = logging.getLogger(__name__)
 #: plain backend's: the rescorer does the filtering).
 PROPOSAL_CLUSTER = {"min_score": 0.6, "min_rel_area": 0.05}
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-#: Median elongations from which an image may get its own threshold.
-ELONGATIONS = (2.0, 2.5, 3.0)
 
 
 def collect_proposals(backend, items, *, cluster: dict | None = None,
@@ -82,10 +76,9 @@ def _stack(props: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(xs), y, w
 
 
-def image_rows(props: list[dict], probs: list[np.ndarray], threshold: float, *,
-               uncertainty_threshold: float | None = None) -> np.ndarray:
-    """Per image, paper AP and AP50 and AJI+ of the proposals kept at
-    ``threshold``; (n_images, 3)."""
+def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float, *,
+                   uncertainty_threshold: float | None = None) -> dict[str, float]:
+    """Mean paper AP/AP50 and AJI+ of the proposals kept at ``threshold``."""
     from ...evaluation.metrics import aji_plus, paper_metrics
     from .inference import keep_instances
 
@@ -98,63 +91,26 @@ def image_rows(props: list[dict], probs: list[np.ndarray], threshold: float, *,
             else p["labels"]
         m = paper_metrics(p["truth"], lab)
         rows.append((m["ap"], m["ap50"], aji_plus(p["truth"], lab)))
-    return np.asarray(rows, np.float64).reshape(-1, 3)
-
-
-def _mean_row(rows: np.ndarray) -> dict[str, float]:
-    ap, ap50, aji = rows.mean(axis=0) if len(rows) else (np.nan,) * 3
+    ap, ap50, aji = np.mean(rows, axis=0) if rows else (np.nan,) * 3
     return {"ap": float(ap), "ap50": float(ap50), "aji_plus": float(aji),
             "score": float((ap50 + aji) / 2)}
 
 
-def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float, *,
-                   uncertainty_threshold: float | None = None) -> dict[str, float]:
-    """Mean paper AP/AP50 and AJI+ of the proposals kept at ``threshold``."""
-    return _mean_row(image_rows(props, probs, threshold,
-                                uncertainty_threshold=uncertainty_threshold))
-
-
 def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
-                   l2: float = 1e-2, elongations=ELONGATIONS, use=FEATURES) -> dict:
-    """Held-out metrics per threshold, folds grouped by image.
-
-    Returns ``{threshold: metrics}`` and, under the key ``"elongated"``, the
-    held-out metrics of each pair of thresholds ``(t, t_e)`` with ``t_e``
-    on the images whose median elongation is at least ``e``:
-    ``{(e, t_e): {threshold t: metrics}}``.
-    """
+                   l2: float = 1e-2) -> dict[float, dict[str, float]]:
+    """Held-out metrics per threshold, folds grouped by image."""
     fold = np.random.default_rng(seed).permutation(len(props)) % folds
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
         train = [p for p, q in zip(props, fold) if q != f]
         x, y, w = _stack(train)
-        model = fit_rescorer(x, y, weights=w, l2=l2, use=use)
+        model = fit_rescorer(x, y, weights=w, l2=l2)
         for i, p in enumerate(props):
             if fold[i] == f and p["features"].shape[0]:
                 probs[i] = model.predict_proba(p["features"])
-    rows = {t: image_rows(props, probs, t, uncertainty_threshold=uncertainty_threshold)
+    return {t: score_filtered(props, probs, t, uncertainty_threshold=uncertainty_threshold)
             for t in thresholds}
-    out: dict = {t: _mean_row(r) for t, r in rows.items()}
-    elong = np.array([image_elongation(p["features"]) for p in props])
-    out["elongated"] = {
-        (e, te): {t: _mean_row(np.where((elong >= e)[:, None], rows[te], rows[t]))
-                  for t in thresholds}
-        for e in elongations for te in thresholds}
-    return out
-
-
-def choose_thresholds(cv: dict) -> tuple[float, dict | None]:
-    """The threshold with the best held-out score and, when one beats it,
-    the elongated images' rule ``{"min_elongation", "threshold"}`` (else
-    None) from :func:`cross_validate`'s result."""
-    plain = {t: m for t, m in cv.items() if t != "elongated"}
-    best = max(plain, key=lambda t: plain[t]["score"])
-    rule, top = None, plain[best]["score"]
-    for (e, te), by_t in cv.get("elongated", {}).items():
-        if te != best and by_t[best]["score"] > top:
-            rule, top = {"min_elongation": e, "threshold": te}, by_t[best]["score"]
-    return best, rule
 
 
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
@@ -179,9 +135,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         return {"split": split, "images": len(props), "proposals": int(len(y)),
                 "skipped": msg}
     cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u)
-    best, rule = choose_thresholds(cv)
+    best = max(cv, key=lambda t: cv[t]["score"])
     model = fit_rescorer(x, y, weights=w, threshold=best)
-    model.elongated = rule
     model.cluster = dict(PROPOSAL_CLUSTER)
     model.inputs = {"mc_samples": backend.mc_samples, "uncertainty": backend.uncertainty_kind}
     base = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5,
@@ -189,30 +144,18 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     res: dict[str, Any] = {
         "split": split, "images": len(props), "proposals": int(len(y)),
         "matched_fraction": float(y.mean()) if len(y) else float("nan"),
-        "threshold": best, "folds": folds,
-        "cv": {str(t): v for t, v in cv.items() if t != "elongated"},
-        "cv_elongated": [{"min_elongation": e, "threshold": te, **by_t[best]}
-                         for (e, te), by_t in cv["elongated"].items()],
-        "elongated": rule, "proposals_unfiltered": base}
+        "threshold": best, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
+        "proposals_unfiltered": base}
     if check_split:
         check = collect_proposals(backend, load_split(data_dir, check_split), progress=progress)
         probs = [model.predict_proba(p["features"]) if p["features"].shape[0] else np.zeros(0)
                  for p in check]
-        rows = [image_rows([p], [q], model.threshold_for(image_elongation(p["features"])),
-                           uncertainty_threshold=t_u) for p, q in zip(check, probs)]
         res["check"] = {"split": check_split,
-                        "rescored": _mean_row(np.concatenate(rows) if rows
-                                              else np.zeros((0, 3)))}
-    held = cv[best]["score"]
-    if rule is not None:
-        held = cv["elongated"][rule["min_elongation"], rule["threshold"]][best]["score"]
+                        "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u)}
     model.notes = (f"fitted on {len(y)} proposals of {len(props)} {split} images; threshold "
-                   f"{best}" + (f" ({rule['threshold']} where the median elongation is at "
-                                f"least {rule['min_elongation']:g})" if rule else "")
-                   + f" by {folds}-fold CV (held-out score {held:.4f})")
+                   f"{best} by {folds}-fold CV (held-out score {cv[best]['score']:.4f})")
     res["rescorer"] = model.to_dict()
-    logger.info("rescorer: threshold %s, elongated images %s, CV %s (held-out score %.4f)",
-                best, rule, cv[best], held)
+    logger.info("rescorer: threshold %s, CV %s", best, cv[best])
     if write:
         install(model_dir, model, res)
     return res
@@ -237,15 +180,6 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         f"filter: AP50 {res['proposals_unfiltered']['ap50']:.3f}, AJI+ "
         f"{res['proposals_unfiltered']['aji_plus']:.3f})",
     ]
-    if model.elongated:
-        el = model.elongated
-        ce = next(r for r in res["cv_elongated"] if r["min_elongation"] == el["min_elongation"]
-                  and r["threshold"] == el["threshold"])
-        lines.append(
-            f"- on images whose confident proposals have a median elongation of at least "
-            f"{el['min_elongation']:g} (rods, wires, fibres), threshold {el['threshold']}, "
-            f"chosen the same way: held-out AP50 {ce['ap50']:.3f}, AJI+ {ce['aji_plus']:.3f} "
-            f"(score {ce['score']:.4f} against {cv['score']:.4f})")
     if "check" in res:
         c = res["check"]["rescored"]
         lines.append(f"- `{res['check']['split']}`: AP50 {c['ap50']:.3f}, AJI+ "
