@@ -1082,7 +1082,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
         "- val during training (best checkpoint; a training check, not the backend's number: "
-        "one pass at the ground-truth scale, no scale search, rescorer or outline refiner, "
+        "one pass at the ground-truth scale, no scale search, rescoring or outline refinement, "
         "so judge weights with `benchmarks/bench_val_views.py`): " + _fmt(ckpt["best"]),
     ]
     if metrics.get("val"):
