@@ -4,6 +4,8 @@
     python benchmarks/bench_specialist.py --specialist DIR --split train-fit \\
         --stems held_out.txt --out benchmarks/results/specialist_held_out.json
     python benchmarks/bench_specialist.py --specialist DIR --split test --views plain
+    python benchmarks/bench_specialist.py --rows-from benchmarks/results/specialist_val.json \
+        --margins 0,0.01,0.03 --out OUT.json   # the rules again, no segmentation
 
 Why: the shipped network misses single rods and wires (test AP50 0.47 on
 rods against 0.97 on compact particles), and a network trained with rods
@@ -20,7 +22,7 @@ outline refiner and with the specialist option off; both are scored
 (mean of AP50 and AJI+, the model-selection score).  Then each rule of a
 grid (``max_particles`` x ``min_elongation``) is scored offline: it takes
 the specialist's result where it would ask the specialist and that result
-is surer.  A rule is compared with the main network alone per image (mean
+is surer (by ``--margins``: does favouring the specialist pay?).  A rule is compared with the main network alone per image (mean
 over views), with the paired bootstrap win rate.
 
 Writes ``benchmarks/results/specialist.json``: per view, both networks'
@@ -54,12 +56,14 @@ MAX_CONFIDENCE = (None, 0.99, 0.97, 0.95, 0.93, 0.9)
 
 
 def takes_specialist(row: dict, max_particles: int, min_elongation: float | None,
-                     max_confidence: float | None = None) -> bool:
+                     max_confidence: float | None = None, *, margin: float = 0.0) -> bool:
     """Would the rule ``(max_particles, min_elongation, max_confidence)``
     keep the specialist's result for ``row`` (one image view: the main
     network's particle count ``n``, median elongation ``elongation`` and
     both confidences)?  The backend's own test decides whether it asks
-    (:func:`~imageextract.segment.bpartis.asks_specialist`).
+    (:func:`~imageextract.segment.bpartis.asks_specialist`); the backend
+    takes the specialist's result where its confidence is higher
+    (``margin`` 0), and a ``margin`` > 0 favours the specialist by that much.
 
     >>> row = {"main": {"n": 2, "elongation": 1.1, "confidence": 0.6},
     ...        "specialist": {"confidence": 0.8}}
@@ -70,6 +74,8 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
     (True, False)
     >>> takes_specialist(row, 3, None, 0.6), takes_specialist(row, 3, None, 0.7)
     (False, True)
+    >>> takes_specialist(unsure, 3, None, margin=0.05), takes_specialist(unsure, 3, None, margin=0.2)
+    (False, True)
     """
     from imageextract.segment.bpartis import asks_specialist
 
@@ -77,7 +83,7 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
     rule = {"max_particles": max_particles, "min_elongation": min_elongation,
             "max_confidence": max_confidence}
     return (asks_specialist(m["n"], m["elongation"], rule, m["confidence"])
-            and row["specialist"]["confidence"] > m["confidence"])
+            and row["specialist"]["confidence"] + margin > m["confidence"])
 
 
 def asked(rows: list[dict], max_particles: int, min_elongation: float | None,
@@ -91,26 +97,29 @@ def asked(rows: list[dict], max_particles: int, min_elongation: float | None,
                                    r["main"]["confidence"]) for r in rows))
 
 
-def score_rules(rows: list[dict]) -> list[dict]:
-    """Every rule of the grid on ``rows`` (see :func:`takes_specialist`)."""
+def score_rules(rows: list[dict], *, margins: tuple[float, ...] = (0.0,)) -> list[dict]:
+    """Every rule of the grid, with each take ``margin`` of ``margins``, on
+    ``rows`` (see :func:`takes_specialist`)."""
     stems = [r["stem"] for r in rows]
     base = per_image(stems, [score(r["main"]) for r in rows])
     out = []
     for mp in MAX_PARTICLES:
         for me in MIN_ELONGATION:
             for mc in MAX_CONFIDENCE:
-                picked = [r["specialist"] if takes_specialist(r, mp, me, mc) else r["main"]
-                          for r in rows]
-                d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
-                out.append({"max_particles": mp, "min_elongation": me, "max_confidence": mc,
-                            "asked": asked(rows, mp, me, mc),
-                            "taken": int(sum(p is r["specialist"]
-                                             for p, r in zip(picked, rows))),
-                            "mean": {k: float(np.mean([p[k] for p in picked]))
-                                     for k in METRICS}
-                            | {"score": float(np.mean([score(p) for p in picked]))},
-                            "difference": d["mean"], "standard_error": d["standard_error"],
-                            "win_rate": d["candidate_win_rate"]})
+                for mg in margins:
+                    picked = [r["specialist"] if takes_specialist(r, mp, me, mc, margin=mg)
+                              else r["main"] for r in rows]
+                    d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
+                    out.append({"max_particles": mp, "min_elongation": me,
+                                "max_confidence": mc, "margin": mg,
+                                "asked": asked(rows, mp, me, mc),
+                                "taken": int(sum(p is r["specialist"]
+                                                 for p, r in zip(picked, rows))),
+                                "mean": {k: float(np.mean([p[k] for p in picked]))
+                                         for k in METRICS}
+                                | {"score": float(np.mean([score(p) for p in picked]))},
+                                "difference": d["mean"], "standard_error": d["standard_error"],
+                                "win_rate": d["candidate_win_rate"]})
     return out
 
 
@@ -119,15 +128,43 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--main", default="bpartis-emps",
                     help="installed model name or model folder (default: the shipped one)")
-    ap.add_argument("--specialist", required=True, help="model name or folder")
+    ap.add_argument("--specialist", help="model name or folder (required unless --rows-from)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--views", default=",".join(VIEWS),
                     help=f"comma-separated, among {','.join(VIEWS)} (default: all five)")
     ap.add_argument("--stems", help="file of stems (one per line) to keep from the split")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "emps"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--margins", default="0",
+                    help="comma-separated take margins to score each rule with (default 0: "
+                         "the backend's rule, the surer result is kept)")
+    ap.add_argument("--rows-from", metavar="JSON",
+                    help="score the rules on the rows of an earlier result file instead of "
+                         "segmenting again (--specialist, --split, --views, --stems ignored)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "specialist.json"))
     args = ap.parse_args(argv)
+    try:
+        margins = tuple(float(m) for m in args.margins.split(",") if m)
+    except ValueError:
+        margins = ()
+    if not margins or not all(np.isfinite(margins)):
+        print(f"--margins must be comma-separated numbers, got {args.margins!r}",
+              file=sys.stderr)
+        return 2
+    if args.rows_from:
+        try:
+            res = json.loads(Path(args.rows_from).read_text())
+            rows = res["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"--rows-from {args.rows_from}: not a bench_specialist result ({err})",
+                  file=sys.stderr)
+            return 2
+        res = dict(res, rules=score_rules(rows, margins=margins), rows_from=args.rows_from)
+        return report(res, Path(args.out))
+    if not args.specialist:
+        print("--specialist is required (a model name or folder) unless --rows-from is given",
+              file=sys.stderr)
+        return 2
     if not (Path(args.data) / "train.csv").is_file():
         print(f"EMPS data not found at {args.data}", file=sys.stderr)
         return 2
@@ -165,22 +202,27 @@ def main(argv: list[str] | None = None) -> int:
                     "confidence": scale_confidence(res), "n": int(res["scores"].size),
                     "elongation": None if np.isnan(elong) else float(elong)}
             rows.append(row)
-    rules = score_rules(rows)
+    rules = score_rules(rows, margins=margins)
     res = {"split": args.split, "n_images": len(stems), "views": list(views),
            "main": {"model": args.main, "weights": nets["main"].weights},
            "specialist": {"model": args.specialist, "weights": nets["specialist"].weights},
            "networks_alone": summarise(rows, tuple(nets))["all_views"],
            "rules": rules, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
-    out = Path(args.out)
+    return report(res, Path(args.out))
+
+
+def report(res: dict, out: Path) -> int:
+    """Write the result ``res`` to ``out`` and print its summary."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     for n, m in res["networks_alone"].items():
         print(f"{n:10s} alone: AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
               f"score {m['score']:.4f}")
-    for r in rules:
+    for r in res["rules"]:
         m = r["mean"]
         print(f"max_particles {r['max_particles']:2d} min_elongation {r['min_elongation']!s:4s} "
-              f"max_confidence {r['max_confidence']!s:4s}: asked {r['asked']}, "
+              f"max_confidence {r['max_confidence']!s:4s} margin {r.get('margin', 0.0):g}: "
+              f"asked {r['asked']}, "
               f"AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
               f"score {m['score']:.4f} ({r['difference']:+.4f}, s.e. "
               f"{r['standard_error']:.4f}, wins {r['win_rate']:.0%}; {r['taken']} taken)")

@@ -3,6 +3,7 @@ that prepare and summarise results (no backend or peer is run here)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,35 @@ def test_specialist_rules_take_the_surer_specialist_only_where_they_ask(load_scr
     rows[0]["specialist"]["confidence"] = 0.4
     assert bench.score_rules(rows)[0]["taken"] == 0
     assert max(r["taken"] for r in bench.score_rules(rows)) == 1
+    # a take margin favours the specialist by that much: 0.4 + 0.2 > 0.5
+    by_margin = {r["margin"]: r for r in bench.score_rules(rows, margins=(0.0, 0.05, 0.2))
+                 if (r["max_particles"], r["min_elongation"], r["max_confidence"])
+                 == (1, None, None)}
+    assert [by_margin[m]["taken"] for m in (0.0, 0.05, 0.2)] == [0, 0, 1]
+    assert by_margin[0.2]["difference"] == pytest.approx(1.0 / 3)
+
+
+def test_specialist_rules_rescored_from_an_earlier_result(load_script, tmp_path, capsys):
+    bench = load_script("benchmarks/bench_specialist.py")
+    net = {"ap": 0.5, "ap50": 0.5, "ap75": 0.5, "mean_iou": 0.5, "aji_plus": 0.5,
+           "confidence": 0.7, "n": 0, "elongation": None}
+    rows = [{"stem": "a", "view": "plain", "main": net,
+             "specialist": dict(net, ap50=1.0, aji_plus=1.0, confidence=0.69)}]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"split": "val", "rows": rows, "networks_alone": {}}))
+    out = tmp_path / "rescored.json"
+    assert bench.main(["--rows-from", str(earlier), "--margins", "0,0.02",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rows"] == rows and res["rows_from"] == str(earlier)
+    taken = {r["margin"]: r["taken"] for r in res["rules"] if r["max_particles"] == 0
+             and r["min_elongation"] is None and r["max_confidence"] is None}
+    assert taken == {0.0: 0, 0.02: 1}
+    # bad input: a clear message and exit 2, no traceback
+    assert bench.main(["--rows-from", str(tmp_path / "missing.json")]) == 2
+    assert bench.main(["--rows-from", str(earlier), "--margins", "x"]) == 2
+    assert bench.main([]) == 2
+    assert "--specialist is required" in capsys.readouterr().err
 
 
 def test_sparse_scale_rules_play_the_backend_choice(load_script):
