@@ -20,10 +20,12 @@ Every image (in each of ``--views``, as in ``bench_val_views.py``) is
 segmented by both networks, each with its own size model, rescorer and
 outline refiner and with the specialist option off; both are scored
 (mean of AP50 and AJI+, the model-selection score).  Then each rule of a
-grid (``max_particles`` x ``min_elongation``) is scored offline: it takes
-the specialist's result where it would ask the specialist and that result
-is surer (by ``--margins``: does favouring the specialist pay?).  A rule is compared with the main network alone per image (mean
-over views), with the paired bootstrap win rate.
+grid (``max_particles`` x ``min_elongation`` x ``max_confidence``) is
+scored offline: it takes the specialist's result where it would ask the
+specialist and that result is surer (with each of ``--margins`` added to
+the specialist's confidence: does favouring it pay?).  A rule is compared
+with the main network alone per image (mean over views), with the paired
+bootstrap win rate.
 
 Writes ``benchmarks/results/specialist.json``: per view, both networks'
 metrics, confidences, particle counts and elongations; per rule, the means
