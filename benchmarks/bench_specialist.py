@@ -36,6 +36,7 @@ specialist, and the paired comparison.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -76,27 +77,29 @@ def takes_specialist(row: dict, max_particles: int, min_elongation: float | None
     (True, False)
     >>> takes_specialist(row, 3, None, 0.6), takes_specialist(row, 3, None, 0.7)
     (False, True)
-    >>> takes_specialist(unsure, 3, None, margin=0.05), takes_specialist(unsure, 3, None, margin=0.2)
-    (False, True)
+    >>> [takes_specialist(unsure, 3, None, margin=m) for m in (0.05, 0.2)]
+    [False, True]
     """
+    m = row["main"]
+    return (_asks(m, max_particles, min_elongation, max_confidence)
+            and row["specialist"]["confidence"] + margin > m["confidence"])
+
+
+def _asks(main: dict, max_particles: int, min_elongation: float | None,
+          max_confidence: float | None) -> bool:
+    """Does the rule ask the specialist on a view whose main result is ``main``?"""
     from imageextract.segment.bpartis import asks_specialist
 
-    m = row["main"]
     rule = {"max_particles": max_particles, "min_elongation": min_elongation,
             "max_confidence": max_confidence}
-    return (asks_specialist(m["n"], m["elongation"], rule, m["confidence"])
-            and row["specialist"]["confidence"] + margin > m["confidence"])
+    return asks_specialist(main["n"], main["elongation"], rule, main["confidence"])
 
 
 def asked(rows: list[dict], max_particles: int, min_elongation: float | None,
           max_confidence: float | None = None) -> int:
     """How many of ``rows`` the rule asks the specialist on (its cost)."""
-    from imageextract.segment.bpartis import asks_specialist
-
-    rule = {"max_particles": max_particles, "min_elongation": min_elongation,
-            "max_confidence": max_confidence}
-    return int(sum(asks_specialist(r["main"]["n"], r["main"]["elongation"], rule,
-                                   r["main"]["confidence"]) for r in rows))
+    return int(sum(_asks(r["main"], max_particles, min_elongation, max_confidence)
+                   for r in rows))
 
 
 def score_rules(rows: list[dict], *, margins: tuple[float, ...] = (0.0,)) -> list[dict]:
@@ -105,23 +108,20 @@ def score_rules(rows: list[dict], *, margins: tuple[float, ...] = (0.0,)) -> lis
     stems = [r["stem"] for r in rows]
     base = per_image(stems, [score(r["main"]) for r in rows])
     out = []
-    for mp in MAX_PARTICLES:
-        for me in MIN_ELONGATION:
-            for mc in MAX_CONFIDENCE:
-                for mg in margins:
-                    picked = [r["specialist"] if takes_specialist(r, mp, me, mc, margin=mg)
-                              else r["main"] for r in rows]
-                    d = paired_difference(base, per_image(stems, [score(p) for p in picked]))
-                    out.append({"max_particles": mp, "min_elongation": me,
-                                "max_confidence": mc, "margin": mg,
-                                "asked": asked(rows, mp, me, mc),
-                                "taken": int(sum(p is r["specialist"]
-                                                 for p, r in zip(picked, rows))),
-                                "mean": {k: float(np.mean([p[k] for p in picked]))
-                                         for k in METRICS}
-                                | {"score": float(np.mean([score(p) for p in picked]))},
-                                "difference": d["mean"], "standard_error": d["standard_error"],
-                                "win_rate": d["candidate_win_rate"]})
+    for mp, me, mc in itertools.product(MAX_PARTICLES, MIN_ELONGATION, MAX_CONFIDENCE):
+        n_asked = asked(rows, mp, me, mc)
+        for mg in margins:
+            picked = [r["specialist"] if takes_specialist(r, mp, me, mc, margin=mg)
+                      else r["main"] for r in rows]
+            scores = [score(p) for p in picked]
+            d = paired_difference(base, per_image(stems, scores))
+            out.append({"max_particles": mp, "min_elongation": me, "max_confidence": mc,
+                        "margin": mg, "asked": n_asked,
+                        "taken": int(sum(p is r["specialist"] for p, r in zip(picked, rows))),
+                        "mean": {k: float(np.mean([p[k] for p in picked])) for k in METRICS}
+                        | {"score": float(np.mean(scores))},
+                        "difference": d["mean"], "standard_error": d["standard_error"],
+                        "win_rate": d["candidate_win_rate"]})
     return out
 
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-from", metavar="JSON",
                     help="score the rules on the rows of an earlier result file instead of "
                          "segmenting again (--specialist, --split, --views, --stems ignored)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "specialist.json"))
+    ap.add_argument("--out", help="result file (default benchmarks/results/specialist.json; "
+                    "required with --rows-from, so that a re-scoring never overwrites it)")
     args = ap.parse_args(argv)
     try:
         margins = tuple(float(m) for m in args.margins.split(",") if m)
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.rows_from:
+        if not args.out:
+            print("--rows-from needs --out (the file to write the re-scored rules to)",
+                  file=sys.stderr)
+            return 2
         try:
             res = json.loads(Path(args.rows_from).read_text())
             rows = res["rows"]
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
            "specialist": {"model": args.specialist, "weights": nets["specialist"].weights},
            "networks_alone": summarise(rows, tuple(nets))["all_views"],
            "rules": rules, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
-    return report(res, Path(args.out))
+    return report(res, Path(args.out or ROOT / "benchmarks" / "results" / "specialist.json"))
 
 
 def report(res: dict, out: Path) -> int:

@@ -220,7 +220,11 @@ def test_specialist_rules_rescored_from_an_earlier_result(load_script, tmp_path,
              and r["min_elongation"] is None and r["max_confidence"] is None}
     assert taken == {0.0: 0, 0.02: 1}
     # bad input: a clear message and exit 2, no traceback
-    assert bench.main(["--rows-from", str(tmp_path / "missing.json")]) == 2
+    assert bench.main(["--rows-from", str(tmp_path / "missing.json"),
+                       "--out", str(tmp_path / "x.json")]) == 2
+    assert "not a bench_specialist result" in capsys.readouterr().err
+    assert bench.main(["--rows-from", str(earlier)]) == 2  # no --out: nothing overwritten
+    assert "needs --out" in capsys.readouterr().err
     assert bench.main(["--rows-from", str(earlier), "--margins", "x"]) == 2
     assert bench.main([]) == 2
     assert "--specialist is required" in capsys.readouterr().err
