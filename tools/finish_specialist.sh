@@ -24,11 +24,12 @@ import os
 from imageextract.segment.bpartis.train import fit_size
 print(fit_size(os.environ["DATA"], os.environ["RUN"], progress=False))
 PY
-cp "$BASE/config.json" "$RUN/config.json"
 python - <<'PY'
-import os
+import json, os
+from pathlib import Path
 from imageextract.segment.bpartis.train import export
-export(os.environ["RUN"])
+base = json.loads((Path(os.environ["BASE"]) / "config.json").read_text())
+export(os.environ["RUN"], inference=base["inference"])
 PY
 mkdir -p "$RUN/model"
 cp "$RUN/weights.pt" "$RUN/config.json" "$RUN/model/"
