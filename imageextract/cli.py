@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip training: fit the size model, tune MC samples and the uncertainty "
                         "threshold on the validation split and export (runs by itself when "
                         "training completes)")
+    t.add_argument("--inference-from", metavar="MODEL",
+                   help="with --finish: take the inference settings of this exported model "
+                        "instead of tuning them on val (a specialist finished like its base); "
+                        "the rescorer and outline refiner are refitted")
+    t.add_argument("--final-weights", action="store_true",
+                   help="with --finish: ship the last weights of the schedule rather than the "
+                        "best on the trainer's val check (best.pt)")
     return p
 
 
@@ -261,8 +268,11 @@ def _cmd_train(args, progress: bool) -> int:
     from .segment.bpartis.train import finish, train
 
     if args.finish:
-        finish(args.data, args.out, device=args.device, progress=progress)
+        finish(args.data, args.out, device=args.device, progress=progress,
+               inference_from=args.inference_from, final_weights=args.final_weights)
         return EXIT_OK
+    if args.inference_from or args.final_weights:
+        raise ImageExtractError("--inference-from and --final-weights go with --finish")
     opts = {}
     if args.epochs:
         opts["epochs"] = args.epochs

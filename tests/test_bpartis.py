@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from imageextract.errors import WeightsError  # noqa: E402
+from imageextract.errors import ImageExtractError, WeightsError  # noqa: E402
 from imageextract.segment.bpartis import BPartIS  # noqa: E402
 from imageextract.segment.bpartis.cluster import cluster, mutual_information  # noqa: E402
 from imageextract.segment.bpartis.inference import stitch, tile_starts  # noqa: E402
@@ -647,6 +647,61 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert BPartIS(model=str(tmp_path / "m")).size_model.probes == (0.5, 1.0)
     seg = backend.predict(np.full((48, 56), 200, np.uint8))
     assert seg.labels.shape == (48, 56)
+
+
+def test_finish_with_another_models_settings_and_the_last_weights(tmp_path):
+    """A specialist is finished like its base: the base's inference settings
+    (not its network-fitted rescorer and outline refiner) instead of tuning
+    on val, and the last weights of the schedule instead of ``best.pt``."""
+    from imageextract.segment.bpartis.train import export, finish, train
+
+    data = _tiny_emps(tmp_path / "emps")
+    run = tmp_path / "run"
+    train(data, run, max_steps=2, epochs=10, crop=32, batch_size=2, val_every=1000,
+          progress=False, device="cpu", model_config=TINY, pretrained=False, threads=None,
+          export_at_end=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    # a best-on-val file that differs from the last weights, as a long run leaves one
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+               run / "best.pt")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"inference": {
+        "mc_samples": 3, "scale_factors": [0.9, 1.0, 1.1], "target_diameter": 40.0,
+        "rescore": {"kind": "logistic"}, "outline": {"kind": "mlp"}}}))
+    res = finish(data, run, progress=False, rescore=False, outline=False,
+                 inference_from=base, final_weights=True)
+    assert res["inference_from"] == str(base) and "tuned" not in res
+    assert not (run / "tune.json").exists()  # val was not spent on tuning
+    cfg = json.loads((run / "config.json").read_text())
+    inf = cfg["inference"]
+    assert (inf["mc_samples"], inf["scale_factors"], inf["target_diameter"]) == (
+        3, [0.9, 1.0, 1.1], 40.0)
+    assert "rescore" not in inf and "outline" not in inf  # fitted to the base's network
+    assert cfg["training"]["weights"] == "final"
+    card = (run / "MODEL_CARD.md").read_text()
+    assert f"the last of the schedule (the checkpoint's) (step {ckpt['step']})" in card
+
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    w = torch.load(run / "weights.pt", weights_only=True)
+    assert torch.allclose(w[key].float(), ckpt["model"][key].float(), atol=1e-2)
+    # a later export without the option keeps the choice recorded in config.json ...
+    export(run)
+    w = torch.load(run / "weights.pt", weights_only=True)
+    assert torch.allclose(w[key].float(), ckpt["model"][key].float(), atol=1e-2)
+    # ... and asked for the best-on-val weights, it ships best.pt and says so
+    export(run, final_weights=False)
+    w = torch.load(run / "weights.pt", weights_only=True)
+    assert torch.allclose(w[key].float(), ckpt["model"][key].float() + 1, atol=1e-2)
+    assert json.loads((run / "config.json").read_text())["training"]["weights"] == "best"
+    assert "the best on the trainer's val check" in (run / "MODEL_CARD.md").read_text()
+    # a base that is not an exported model is a message naming the file
+    with pytest.raises(ImageExtractError, match="config.json"):
+        finish(data, run, progress=False, inference_from=tmp_path / "nowhere")
+    from imageextract.cli import main
+
+    assert main(["train", "bpartis", "--data", str(data), "--out", str(run),
+                 "--final-weights"]) == 2
 
 
 def test_point_maps_cluster_the_deterministic_pass_and_keep_the_mc_uncertainty():

@@ -915,10 +915,10 @@ def _fmt_devices(ckpt: dict) -> str:
 
 def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = None,
            test_metrics: dict | None = None, tuning: dict | None = None,
-           notes: str | None = None) -> Path:
+           notes: str | None = None, final_weights: bool | None = None) -> Path:
     """Write ``weights.pt`` (best val weights, or the checkpoint's when no
-    validation ran, plus the size model when fitted), ``config.json`` and
-    ``MODEL_CARD.md`` into ``out_dir``.
+    validation ran or with ``final_weights``, plus the size model when
+    fitted), ``config.json`` and ``MODEL_CARD.md`` into ``out_dir``.
 
     Parameters
     ----------
@@ -933,6 +933,10 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     notes : str, optional
         Free text for the card's "Notes" section (kept from an earlier export
         when None).
+    final_weights : bool, optional
+        Ship the checkpoint's (last) weights rather than ``best.pt``, the
+        best on the trainer's val check; None keeps the earlier export's
+        choice (``training.weights`` in ``config.json``), else ``best.pt``.
 
     Returns
     -------
@@ -942,8 +946,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
 
     out = Path(out_dir)
     ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-    state = (torch.load(out / BEST, map_location="cpu", weights_only=True)
-             if (out / BEST).is_file() else ckpt["model"])
+    final = _final_weights(out, final_weights)
+    state = _network_state(out, ckpt, final=final)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v) for k, v in state.items()}
     size_stats = {}
     if (out / SIZE_MODEL).is_file():  # stored in full precision beside the network
@@ -965,7 +969,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            "cluster": {"seed_threshold": 0.5, "fg_threshold": 0.5, "min_size": 10}}
     inf.update(old.get("inference", {}))
     inf.update(inference or {})
-    metrics = {"val_training": ckpt["best"]}
+    label = _weights_label(out, final)
+    checked = _val_check(out, ckpt, final=final)
+    metrics = {"val_training": checked} if checked else {}
     for key, val in (("val", tuning), ("test", test_metrics)):
         if val:
             metrics[key] = val
@@ -984,7 +990,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         | {"steps_done": ckpt["step"], "train_hours": round(ckpt.get("train_seconds", 0) / 3600, 2),
            "train_hours_by_device": {k: round(v / 3600, 3)
                                      for k, v in (ckpt.get("device_seconds") or {}).items()},
-           "data": "EMPS train-fit (official train minus val)"},
+           "data": "EMPS train-fit (official train minus val)",
+           "weights": label},
         "size_model": size_stats,
         "metrics": metrics,
         "notes": notes,
@@ -1081,10 +1088,15 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
-        "- val during training (best checkpoint; a training check, not the backend's number: "
-        "one pass at the ground-truth scale, no scale search, rescoring or outline refinement, "
-        "so judge weights with `benchmarks/bench_val_views.py`): " + _fmt(ckpt["best"]),
+        f"- weights: {_WEIGHTS_TEXT[label]} (step "
+        f"{ckpt['step'] if label == 'final' else ckpt['best'].get('step', '?')})",
     ]
+    if checked:
+        lines.append(
+            "- val during training (these weights; a training check, not the backend's number: "
+            "one pass at the ground-truth scale, no scale search, rescoring or outline "
+            "refinement, so judge weights with `benchmarks/bench_val_views.py`): "
+            + _fmt(checked))
     if metrics.get("val"):
         lines.append("- val, backend as shipped (tuned there): " + _fmt(metrics["val"]))
     if metrics.get("test"):
@@ -1098,10 +1110,45 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     return cfg_path
 
 
-def _load_best(out: Path, device) -> tuple[BPartISNet, dict]:
+_WEIGHTS_TEXT = {"best": "the best on the trainer's val check (`best.pt`)",
+                 "final": "the last of the schedule (the checkpoint's)"}
+
+
+def _final_weights(out: Path, final_weights: bool | None) -> bool:
+    """Whether to use the checkpoint's (last) weights: as asked, else as the
+    earlier export of ``out`` recorded it (``training.weights``)."""
+    if final_weights is not None:
+        return bool(final_weights)
+    cfg = out / "config.json"
+    if not cfg.is_file():
+        return False
+    return json.loads(cfg.read_text()).get("training", {}).get("weights") == "final"
+
+
+def _network_state(out: Path, ckpt: dict, *, final: bool) -> dict:
+    """The network weights of a run: ``best.pt`` unless ``final`` or absent."""
+    if not final and (out / BEST).is_file():
+        return torch.load(out / BEST, map_location="cpu", weights_only=True)
+    return ckpt["model"]
+
+
+def _weights_label(out: Path, final: bool) -> str:
+    return "final" if final or not (out / BEST).is_file() else "best"
+
+
+def _val_check(out: Path, ckpt: dict, *, final: bool) -> dict | None:
+    """The trainer's val check of the weights shipped: the best one, or for
+    the last weights the check at the checkpoint's step (None if none ran
+    there)."""
+    if _weights_label(out, final) == "best":
+        return ckpt["best"]
+    last = [h for h in ckpt.get("history") or () if h.get("step") == ckpt["step"]]
+    return last[-1] if last else None
+
+
+def _load_best(out: Path, device, *, final: bool = False) -> tuple[BPartISNet, dict]:
     ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
-    state = (torch.load(out / BEST, map_location="cpu", weights_only=True)
-             if (out / BEST).is_file() else ckpt["model"])
+    state = _network_state(out, ckpt, final=final)
     net = BPartISNet(ModelConfig.from_dict(ckpt["recipe"]["model"]))
     net.load_state_dict(state)
     net.to(device).eval()
@@ -1188,8 +1235,9 @@ def uncertainty_sweep(preds: list[tuple], thresholds) -> list[dict]:
 
 def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
              progress: bool = True, per_image: int = 3, seed: int = 0,
-             probes: tuple[float, ...] = (1.0,)) -> dict:
-    """Fit the size model (:mod:`.size`) on the best weights' encoder:
+             probes: tuple[float, ...] = (1.0,), final_weights: bool = False) -> dict:
+    """Fit the size model (:mod:`.size`) on the best weights' encoder (the
+    last weights' with ``final_weights``):
     ``train-fit`` images at random scales, ridge alpha chosen on ``val``.
     Writes ``size_model.npz`` and ``size_model.json`` (its accuracy) into
     ``out_dir``; :func:`export` stores it inside ``weights.pt``."""
@@ -1197,7 +1245,7 @@ def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
 
     out = Path(out_dir)
     dev = _resolve_device(device)
-    net, _ = _load_best(out, dev)
+    net, _ = _load_best(out, dev, final=final_weights)
     model, stats = fit_size_model(net, load_split(data_dir, "train-fit", progress=progress),
                                   load_split(data_dir, "val", progress=progress),
                                   per_image=per_image, probes=probes, seed=seed,
@@ -1224,7 +1272,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
          uncertainty_kinds: tuple[str, ...] = ("mi", "consistency"), min_samples: int = 2,
          search_confidence: float = 0.9,
          split: str = "val", device: str = "cpu", progress: bool = True,
-         write: bool = True) -> dict[str, Any]:
+         write: bool = True, final_weights: bool = False) -> dict[str, Any]:
     """Tune the scale search, the instance filters, the foreground threshold,
     the MC samples ``T``, the dropout layers sampled and the uncertainty
     threshold ``t_u`` on ``split`` (val).
@@ -1258,7 +1306,8 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     those with at least ``min_samples`` MC samples (default 2: the backend
     ships with its uncertainty on; ``T = 1`` rows are measured for
     reference) is written into ``config.json`` via :func:`export` when ``write``, and the
-    whole table into ``tune.json``.
+    whole table into ``tune.json``.  ``final_weights``: tune (and export) the
+    checkpoint's last weights rather than ``best.pt``.
 
     Returns
     -------
@@ -1268,7 +1317,7 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
     """
     out = Path(out_dir)
     dev = _resolve_device(device)
-    net, recipe = _load_best(out, dev)
+    net, recipe = _load_best(out, dev, final=final_weights)
     coord_scale = ModelConfig.from_dict(recipe["model"]).coord_scale
     size_model = _size_model(out)
     items = load_split(data_dir, split, progress=progress)
@@ -1382,23 +1431,64 @@ def tune(data_dir: str | Path, out_dir: str | Path, *, samples: tuple[int, ...] 
                                **search, "cluster": cluster_opts},
                tuning={k: best[k] for k in ("ap", "ap50", "ap75", "mean_iou", "aji_plus",
                                             "kept", "instance_precision",
-                                            "seconds_per_image") if k in best})
+                                            "seconds_per_image") if k in best},
+               final_weights=final_weights)
     return {"best": best, "search": search_table, "filters": filt_table,
             "foreground": fg_table, "table": table}
 
 
+# fitted to one network's outputs: never carried over from another model
+_NETWORK_FITTED = ("rescore", "outline")
+
+
+def inference_of(model_dir: str | Path) -> dict[str, Any]:
+    """The inference settings of an exported model (``config.json``), less
+    the parts fitted to its network (rescorer, outline refiner)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        inf = json.loads(path.read_text())["inference"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImageExtractError(f"{path}: expected an exported bpartis config.json with "
+                                f"an 'inference' section ({exc})") from exc
+    if not isinstance(inf, dict):
+        raise ImageExtractError(f"{path}: 'inference' must be a mapping, got "
+                                f"{type(inf).__name__}")
+    return {k: v for k, v in inf.items() if k not in _NETWORK_FITTED}
+
+
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
-           progress: bool = True, rescore: bool = True,
-           outline: bool = True) -> dict[str, Any]:
+           progress: bool = True, rescore: bool = True, outline: bool = True,
+           inference_from: str | Path | None = None,
+           final_weights: bool = False) -> dict[str, Any]:
     """After training: fit the size model, tune the MC samples, dropout
     layers and uncertainty threshold on ``val``, export the model folder
     (``weights.pt``, ``config.json``, ``MODEL_CARD.md``), with ``rescore``
     fit and install the learned particle rescorer (:mod:`.rescore_fit`), and
     with ``outline`` the learned outline refiner (:mod:`.outline_fit`; it is
-    installed only if it raises the ``val`` score)."""
-    stats = fit_size(data_dir, out_dir, device=device, progress=progress)
-    res = tune(data_dir, out_dir, device=device, progress=progress, write=True)
-    out = {"size_model": stats, "tuned": res["best"]}
+    installed only if it raises the ``val`` score).
+
+    Parameters
+    ----------
+    inference_from : path, optional
+        An exported model folder whose inference settings are taken as they
+        are (:func:`inference_of`) instead of tuning on ``val``: how a
+        specialist is finished with its base model's settings, so that val
+        is not spent on tuning a network judged there.
+    final_weights : bool
+        Ship the last weights of the schedule (the checkpoint's) rather than
+        ``best.pt``, the best on the trainer's val check.
+    """
+    inference = None if inference_from is None else inference_of(inference_from)
+    stats = fit_size(data_dir, out_dir, device=device, progress=progress,
+                     final_weights=final_weights)
+    out: dict[str, Any] = {"size_model": stats}
+    if inference is None:
+        res = tune(data_dir, out_dir, device=device, progress=progress, write=True,
+                   final_weights=final_weights)
+        out["tuned"] = res["best"]
+    else:
+        export(out_dir, inference=inference, final_weights=final_weights)
+        out["inference_from"] = str(inference_from)
     if rescore:
         from .rescore_fit import fit_for_model
 
@@ -1460,10 +1550,18 @@ def _main(argv: list[str] | None = None) -> int:
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
                    help="only fit the size model, tune on val and export (done after training)")
+    p.add_argument("--inference-from", metavar="MODEL",
+                   help="with --finish: take the inference settings of this exported model "
+                        "instead of tuning on val (rescorer and outline refiner refitted)")
+    p.add_argument("--final-weights", action="store_true",
+                   help="with --finish: ship the last weights of the schedule, not best.pt")
     a = p.parse_args(argv)
+    if (a.inference_from or a.final_weights) and not a.finish:
+        p.error("--inference-from and --final-weights go with --finish")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.finish:
-        res = finish(a.data, a.out, device=a.device, progress=not a.no_progress)
+        res = finish(a.data, a.out, device=a.device, progress=not a.no_progress,
+                     inference_from=a.inference_from, final_weights=a.final_weights)
         logging.getLogger(__name__).info("result: %s", res)
         return 0
     res = train(a.data, a.out, resume=a.resume, epochs=a.epochs, crop=a.crop,
