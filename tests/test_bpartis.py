@@ -66,27 +66,6 @@ def test_predict_deterministic_without_mc():
     assert np.all(s1.pixel_uncertainty == 0)
 
 
-def test_encoder_relu6_is_relu6_in_place():
-    """The encoder's fast in-place ReLU6 gives F.relu6's values, gradients
-    included (it also runs in training), and works in place."""
-    import torch.nn.functional as F
-
-    from imageextract.segment.bpartis.model import _relu6_
-
-    x = (torch.randn(2, 8, 9, 7) * 5).contiguous(memory_format=torch.channels_last)
-    x[0, 0, 0, :3] = torch.tensor([-1.0, 6.0, 7.5])
-    want = F.relu6(x)
-    y = x.clone()
-    out = _relu6_(y)
-    assert out.data_ptr() == y.data_ptr() and torch.equal(out, want)
-    assert out[0, 0, 0, :3].tolist() == [0.0, 6.0, 6.0]
-    a = x.clone().requires_grad_(True)
-    b = x.clone().requires_grad_(True)
-    _relu6_(a * 1.0).sum().backward()
-    F.relu6(b * 1.0).sum().backward()
-    assert torch.equal(a.grad, b.grad)
-
-
 def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEEXTRACT_MODELS", str(tmp_path))
     with pytest.raises(WeightsError, match="imageextract train bpartis"):

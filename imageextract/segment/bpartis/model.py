@@ -119,13 +119,6 @@ class _SameConv(nn.Conv2d):
                         self.bias, self.stride, 0, 1, self.groups)
 
 
-def _relu6_(x: torch.Tensor) -> torch.Tensor:
-    """In-place ReLU6 as ``hardtanh_(x, 0, 6)``: the same values as
-    ``F.relu6(x, inplace=True)``, whose CPU kernel is about 3.5x slower on
-    channels_last activations (torch 2.13; the encoder pass 40 % slower)."""
-    return F.hardtanh_(x, 0.0, 6.0)
-
-
 def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
@@ -149,8 +142,8 @@ class _MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         y = x
         if self.has_expand:
-            y = _relu6_(self._bn0(self._expand_conv(y)))
-        y = _relu6_(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.residual else y
 
@@ -188,7 +181,7 @@ class EfficientNetLiteEncoder(nn.Module):
         self.channels = out_ch
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # noqa: D102
-        x = _relu6_(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         feats = []
         for i, blk in enumerate(self._blocks):
             x = blk(x)
