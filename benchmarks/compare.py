@@ -250,7 +250,28 @@ def run_peer(data: Path, split: str, stems: list[str], *, venv: Path, work: Path
     return _method_entry(PEER_NAME, result,
                          weights="imagedataextractor/models/seg-model.pt (bundled)",
                          peer_settings=settings, peer_versions=_peer_versions(py),
-                         total_seconds=time.perf_counter() - t0)
+                         total_seconds=time.perf_counter() - t0,
+                         reused=reuse_summary([by_stem[s] for s in stems]))
+
+
+def reuse_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How many of the peer's timing ``rows`` (``timings.json`` of
+    ``peer_worker.py``) were reused from an earlier run rather than measured
+    in this one, and when those were predicted (None: none reused).
+
+    >>> reuse_summary([{"stem": "a", "reused": True, "predicted_at": "2026-12-04 14:20:01"},
+    ...                {"stem": "b", "reused": True, "predicted_at": "2026-12-04 14:14:30"},
+    ...                {"stem": "c"}])
+    {'images': 2, 'predicted_from': '2026-12-04 14:14:30', 'predicted_to': '2026-12-04 14:20:01'}
+    >>> reuse_summary([{"stem": "c"}]) is None
+    True
+    """
+    old = [r for r in rows if r.get("reused")]
+    if not old:
+        return None
+    when = sorted(r["predicted_at"] for r in old if r.get("predicted_at"))
+    return {"images": len(old), "predicted_from": when[0] if when else None,
+            "predicted_to": when[-1] if when else None}
 
 
 # --------------------------------------------------------------------------
@@ -307,7 +328,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 lines.append(_fmt_row(name, m["n_images"], m["mean"], None))
     if skipped:
         lines += ["", "## Not run", "", *skipped]
-    notes = report.get("notes") or []
+    notes = list(report.get("notes") or [])
+    for m in report["methods"]:
+        r = m.get("reused")
+        if r:
+            span = (f", predicted {r['predicted_from']} to {r['predicted_to']}"
+                    if r.get("predicted_from") else ", predicted before this was recorded")
+            notes.append(f"`{m['method']}`: the labels and timings of {r['images']} of its "
+                         f"{m['n_images']} images come from an earlier run on this machine "
+                         f"(`benchmarks/.peer-work`{span}); `--fresh-peer` measures them "
+                         "again in this run.")
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     path.write_text("\n".join(lines) + "\n")

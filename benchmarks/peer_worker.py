@@ -14,7 +14,9 @@ finally ``DIR/timings.json``: model-load seconds and, per image, wall-clock
 (``time.perf_counter``) and CPU (``time.process_time``, all threads) seconds
 of ``ParticleSegmenter.segment`` alone (image loading and saving excluded).
 Images already done in ``DIR`` with the same settings are kept (resume),
-unless ``--fresh``.
+unless ``--fresh``; their rows say ``"reused": true``, and every row made
+since 2026-12-04 says when (``predicted_at``), so that a report can tell a
+timing of this run from one of an earlier run.
 
 Importing ``imagedataextractor`` runs its ``__init__``, which imports the
 whole pipeline: ``chemdataextractor`` 1.3 (does not import on Python 3.11),
@@ -110,8 +112,8 @@ def main(argv=None) -> int:
         if same:
             done = {r["stem"]: r for r in old.get("images", []) if (out / f"{r['stem']}.png").is_file()}
     for i, (stem, path) in enumerate(items):
-        if stem in done:  # resume: keep the earlier run's labels and timings
-            timings["images"].append(done[stem])
+        if stem in done:  # resume: keep the earlier run's labels and timings, marked
+            timings["images"].append(dict(done[stem], reused=True))
             continue
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB"))  # the peer crashes on greyscale input
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"{stem}: labels out of 16-bit range")
         Image.fromarray(labels.astype(np.uint16)).save(out / f"{stem}.png")
         timings["images"].append({"stem": stem, "seconds": wall, "cpu_seconds": cpu,
-                                  "n_pred": int(np.count_nonzero(np.unique(labels)))})
+                                  "n_pred": int(np.count_nonzero(np.unique(labels))),
+                                  "predicted_at": time.strftime("%Y-%m-%d %H:%M:%S %z")})
         print(f"[{i + 1}/{len(items)}] {stem}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
         (out / "timings.json").write_text(json.dumps(timings, indent=2))
     (out / "timings.json").write_text(json.dumps(timings, indent=2))

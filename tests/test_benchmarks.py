@@ -85,6 +85,34 @@ def test_markdown_has_the_shape_tables(compare, tmp_path):
     assert "(elongated particles only)" in (tmp_path / "e.md").read_text().splitlines()[0]
 
 
+def test_markdown_says_when_the_peers_timings_were_reused(compare, tmp_path):
+    """A report whose peer rows come from an earlier run says so, with when;
+    one measured in the run says nothing of the kind."""
+    metrics = dict.fromkeys(compare.METRICS, 0.5)
+    timing = {"wall_seconds_median": 9.0, "wall_seconds_mean": 9.0,
+              "cpu_seconds_median": 9.0, "cpu_seconds_mean": 9.0}
+    rows = [{"stem": "a", "seconds": 9.0, "reused": True,
+             "predicted_at": "2026-12-04 14:20:01 +0000"},
+            {"stem": "b", "seconds": 9.0, "reused": True,
+             "predicted_at": "2026-12-04 14:14:30 +0000"},
+            {"stem": "c", "seconds": 9.0, "predicted_at": "2026-12-04 15:00:00 +0000"}]
+    peer = {"method": "peer", "status": "ok", "n_images": 3, "mean": metrics, **timing,
+            "reused": compare.reuse_summary(rows)}
+    report = {"split": "test", "date": "now", "methods": [peer],
+              "machine": {"cpu": "x", "cpu_count": 2, "load_average_1_5_15": [0, 0, 0]},
+              "notes": ["kept"]}
+    compare.write_markdown(report, tmp_path / "c.md")
+    text = (tmp_path / "c.md").read_text()
+    assert "- kept" in text
+    assert ("`peer`: the labels and timings of 2 of its 3 images come from an earlier run "
+            "on this machine (`benchmarks/.peer-work`, predicted 2026-12-04 14:14:30 +0000 to "
+            "2026-12-04 14:20:01 +0000)") in text
+    assert report["notes"] == ["kept"]  # the report itself is not changed
+    peer["reused"] = compare.reuse_summary(rows[2:])
+    compare.write_markdown(report, tmp_path / "d.md")
+    assert "earlier run" not in (tmp_path / "d.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def val_views(load_script):
     return load_script("benchmarks/bench_val_views.py")
