@@ -649,7 +649,7 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert seg.labels.shape == (48, 56)
 
 
-def test_finish_with_another_models_settings_and_the_last_weights(tmp_path):
+def test_finish_with_another_models_settings_and_the_last_weights(tmp_path, capsys):
     """A specialist is finished like its base: the base's inference settings
     (not its network-fitted rescorer and outline refiner) instead of tuning
     on val, and the last weights of the schedule instead of ``best.pt``."""
@@ -702,6 +702,20 @@ def test_finish_with_another_models_settings_and_the_last_weights(tmp_path):
 
     assert main(["train", "bpartis", "--data", str(data), "--out", str(run),
                  "--final-weights"]) == 2
+    # the trainer's own command line: the same errors, as messages
+    from imageextract.segment.bpartis.train import _main
+
+    capsys.readouterr()
+    errs = []
+    for extra in (["--finish", "--inference-from", str(tmp_path / "nowhere")],
+                  ["--final-weights"]):
+        with pytest.raises(SystemExit) as exc:
+            _main(["--data", str(data), "--out", str(run), *extra])
+        assert exc.value.code == 2
+        errs.append(capsys.readouterr().err)
+    assert all("error:" in e and "Traceback" not in e for e in errs)
+    assert "nowhere" in errs[0] and "config.json" in errs[0]
+    assert "go with --finish" in errs[1]
 
 
 def test_point_maps_cluster_the_deterministic_pass_and_keep_the_mc_uncertainty():

@@ -1559,6 +1559,13 @@ def _main(argv: list[str] | None = None) -> int:
     if (a.inference_from or a.final_weights) and not a.finish:
         p.error("--inference-from and --final-weights go with --finish")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return _run_main(a)
+    except ImageExtractError as err:  # bad input: a message, not a traceback
+        p.exit(2, f"{p.prog}: error: {err}\n")
+
+
+def _run_main(a) -> int:
     if a.finish:
         res = finish(a.data, a.out, device=a.device, progress=not a.no_progress,
                      inference_from=a.inference_from, final_weights=a.final_weights)
