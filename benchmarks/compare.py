@@ -25,10 +25,17 @@ maps and per-image timings to ``benchmarks/.peer-work/predictions``.  Images
 already done there with the same settings are reused (``--fresh-peer`` redoes
 them): the peer takes minutes per image on a small CPU.
 
+With ``--rounds K`` the methods take turns: K rounds, each on every K-th
+image (ours, then the peer), so that their timings spread over the whole run
+and a slower stretch of a shared machine weighs on all of them alike (one
+method on all images, then the next, let such a stretch move the speed
+ratio by 20 % on 2026-12-04).
+
 Usage (from the project root, project virtualenv active)::
 
     python benchmarks/compare.py --peer-limit 20          # ours on all 99, peer on 20
     python benchmarks/compare.py --limit 5 --no-peer      # quick look
+    python benchmarks/compare.py --fresh-peer --rounds 9  # side by side, taking turns
 """
 
 from __future__ import annotations
@@ -175,6 +182,47 @@ def run_ours(name: str, data: Path, split: str, stems: list[str], progress: bool
                          total_seconds=time.perf_counter() - t0)
 
 
+def interleaved_slices(stems: list[str], rounds: int) -> list[list[str]]:
+    """``stems`` dealt into ``rounds`` slices (round r takes every
+    ``rounds``-th image from the r-th), empty ones left out.
+
+    >>> interleaved_slices(["a", "b", "c", "d", "e"], 2)
+    [['a', 'c', 'e'], ['b', 'd']]
+    >>> interleaved_slices(["a"], 3)
+    [['a']]
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    return [part for r in range(rounds) if (part := stems[r::rounds])]
+
+
+def merge_entries(entries: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
+    """One method's entries of several rounds (:func:`run_ours` /
+    :func:`run_peer` on slices of the images) as one entry: the per-image
+    rows of all rounds in the order of ``order``, their means and timing
+    medians, the rounds' total seconds summed, reused peer rows counted
+    together.  A round that did not run makes the whole entry that round's."""
+    if len(entries) == 1:
+        return entries[0]
+    failed = [e for e in entries if e.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    rank = {stem: i for i, stem in enumerate(order)}
+    rows = sorted((r for e in entries for r in e["per_image"]), key=lambda r: rank[r["stem"]])
+    merged = {k: v for k, v in entries[0].items() if k != "per_image"}
+    merged.update(n_images=len(rows), mean=_means(rows), **_timing_summary(rows),
+                  total_seconds=sum(e.get("total_seconds", 0.0) for e in entries),
+                  rounds=len(entries))
+    if "reused" in entries[0]:
+        parts = [e["reused"] for e in entries if e.get("reused")]
+        when = sorted(w for r in parts for w in (r["predicted_from"], r["predicted_to"]) if w)
+        merged["reused"] = ({"images": sum(r["images"] for r in parts),
+                             "predicted_from": when[0] if when else None,
+                             "predicted_to": when[-1] if when else None} if parts else None)
+    merged["per_image"] = rows
+    return merged
+
+
 # --------------------------------------------------------------------------
 # the peer
 
@@ -298,7 +346,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"({report['machine']['cpu']}, {report['machine']['cpu_count']} cores, "
         f"load average at start {report['machine']['load_average_1_5_15']}). "
         "Metrics as in `docs/METRICS.md`; seconds are per image, segmentation only "
-        "(model loading excluded), median / mean.",
+        "(model loading excluded), median / mean."
+        + (f" The methods ran in {report['rounds']} rounds, each on one image in "
+           f"{report['rounds']} of the list (ours, then the peer), so that a slower stretch "
+           "of the machine weighs on all of them alike."
+           if report.get("rounds", 1) > 1 else ""),
         "",
         "## Each method on the images it ran on",
         "",
@@ -361,9 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-samples", type=int, default=30,
                         help="MC-dropout samples (peer default 30)")
     parser.add_argument("--fresh-peer", action="store_true", help="redo peer images already done")
+    parser.add_argument("--rounds", type=int, default=1, metavar="K",
+                        help="run the methods in K rounds, each on every K-th image, ours then "
+                             "the peer, so that a slow stretch of a shared machine weighs on "
+                             "every method alike (default 1: each method on all images in turn)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     data = Path(args.data).resolve()
@@ -382,12 +440,22 @@ def main(argv: list[str] | None = None) -> int:
                              *(argv if argv is not None else sys.argv[1:])]),
         "methods": [],
     }
-    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        report["methods"].append(run_ours(name, data, args.split, stems, progress))
-    if not args.no_peer:
-        report["methods"].append(run_peer(
-            data, args.split, peer_stems, venv=Path(args.peer_venv), work=Path(args.peer_work),
-            fresh=args.fresh_peer, n_samples=args.peer_samples, progress=progress))
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    in_peer = set(peer_stems)
+    for r, part in enumerate(interleaved_slices(stems, args.rounds)):
+        if args.rounds > 1:
+            logger.info("round %d of %d: %d images", r + 1, args.rounds, len(part))
+        for name in names:
+            runs.setdefault(name, []).append(run_ours(name, data, args.split, part, progress))
+        peer_part = [st for st in part if st in in_peer]
+        if not args.no_peer and peer_part:
+            runs.setdefault(PEER_NAME, []).append(run_peer(
+                data, args.split, peer_part, venv=Path(args.peer_venv),
+                work=Path(args.peer_work), fresh=args.fresh_peer,
+                n_samples=args.peer_samples, progress=progress))
+    report["rounds"] = args.rounds
+    report["methods"] = [merge_entries(entries, stems) for entries in runs.values()]
     report["machine"]["load_average_at_end"] = _machine()["load_average_1_5_15"]
 
     ok = [m for m in report["methods"] if m["status"] == "ok"]

@@ -104,13 +104,19 @@ def main(argv=None) -> int:
         "load_seconds": load_s,
         "images": [],
     }
-    done = {}
+    done, others = {}, []
     old_path = out / "timings.json"
-    if old_path.is_file() and not args.fresh:
+    if old_path.is_file():
         old = json.loads(old_path.read_text())
         same = all(old.get(k) == timings[k] for k in ("bayesian", "n_samples", "tu", "torch"))
         if same:
-            done = {r["stem"]: r for r in old.get("images", []) if (out / f"{r['stem']}.png").is_file()}
+            listed = {stem for stem, _ in items}
+            # rows of images outside this list stay (a compare run in rounds lists a
+            # slice at a time); those of listed images are reused unless --fresh
+            others = [r for r in old.get("images", []) if r["stem"] not in listed]
+            if not args.fresh:
+                done = {r["stem"]: r for r in old.get("images", [])
+                        if r["stem"] in listed and (out / f"{r['stem']}.png").is_file()}
     for i, (stem, path) in enumerate(items):
         if stem in done:  # resume: keep the earlier run's labels and timings, marked
             timings["images"].append(dict(done[stem], reused=True))
@@ -131,8 +137,10 @@ def main(argv=None) -> int:
                                   "n_pred": int(np.count_nonzero(np.unique(labels))),
                                   "predicted_at": time.strftime("%Y-%m-%d %H:%M:%S %z")})
         print(f"[{i + 1}/{len(items)}] {stem}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
-        (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        (out / "timings.json").write_text(json.dumps(
+            {**timings, "images": timings["images"] + others}, indent=2))
+    (out / "timings.json").write_text(json.dumps(
+        {**timings, "images": timings["images"] + others}, indent=2))
     return 0
 
 

@@ -113,6 +113,46 @@ def test_markdown_says_when_the_peers_timings_were_reused(compare, tmp_path):
     assert "earlier run" not in (tmp_path / "d.md").read_text()
 
 
+def test_rounds_deal_the_images_and_merge_back(compare, tmp_path):
+    """``--rounds``: the images dealt into interleaved slices, and each
+    method's entries of the rounds merged into one in the split's order,
+    with means and timings of all rows and the reused peer rows counted."""
+    stems = ["a", "b", "c", "d", "e"]
+    parts = compare.interleaved_slices(stems, 2)
+    assert parts == [["a", "c", "e"], ["b", "d"]]
+    assert compare.interleaved_slices(stems, 1) == [stems]
+    with pytest.raises(ValueError, match="rounds"):
+        compare.interleaved_slices(stems, 0)
+
+    def entry(part, ap50, seconds, reused=None):
+        rows = [{"stem": st, **dict.fromkeys(compare.METRICS, 0.0), "ap50": ap50,
+                 "seconds": seconds, "cpu_seconds": 2 * seconds} for st in part]
+        e = compare._method_entry("m", {"per_image": rows, "mean": compare._means(rows)},
+                                  total_seconds=10.0)
+        return {**e, "reused": reused} if reused is not False else e
+
+    a = entry(parts[0], 1.0, 1.0, {"images": 3, "predicted_from": "t2", "predicted_to": "t3"})
+    b = entry(parts[1], 0.0, 4.0, {"images": 1, "predicted_from": "t1", "predicted_to": "t1"})
+    m = compare.merge_entries([a, b], stems)
+    assert [r["stem"] for r in m["per_image"]] == stems
+    assert m["n_images"] == 5 and m["rounds"] == 2 and m["total_seconds"] == 20.0
+    assert m["mean"]["ap50"] == pytest.approx(3 / 5)
+    assert m["wall_seconds_median"] == 1.0 and m["cpu_seconds_mean"] == pytest.approx(2 * 11 / 5)
+    assert m["reused"] == {"images": 4, "predicted_from": "t1", "predicted_to": "t3"}
+    assert compare.merge_entries([a], stems) is a
+    assert compare.merge_entries([entry(parts[0], 1.0, 1.0, None),
+                                  entry(parts[1], 1.0, 1.0, None)], stems)["reused"] is None
+    assert "reused" not in compare.merge_entries([entry(parts[0], 1.0, 1.0, False),
+                                                  entry(parts[1], 1.0, 1.0, False)], stems)
+    gone = {"method": "m", "status": "failed", "reason": "round 2"}
+    assert compare.merge_entries([a, gone], stems) is gone
+    # the report says it ran in rounds
+    report = {"split": "test", "date": "now", "methods": [m], "rounds": 2,
+              "machine": {"cpu": "x", "cpu_count": 2, "load_average_1_5_15": [0, 0, 0]}}
+    compare.write_markdown(report, tmp_path / "r.md")
+    assert "ran in 2 rounds, each on one image in 2 of the list" in (tmp_path / "r.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def val_views(load_script):
     return load_script("benchmarks/bench_val_views.py")
