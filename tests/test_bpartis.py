@@ -1085,6 +1085,36 @@ def test_mc_samples_share_dropout_masks_across_tiles():
     np.testing.assert_array_equal(m["seed"][16:48, 32], m["seed"][16:48, 80])
 
 
+def test_an_image_in_one_tile_keeps_its_tiles_maps():
+    """An image that fits one tile gets that tile's maps as they are (no
+    stitching copy): the same values as the tile's own pass, each map its
+    own writeable float32 plane, the kept samples float16 (T, 5, M, N)."""
+    from imageextract.segment.bpartis.inference import (
+        _entropy, _seeded, _tile_maps, network_maps)
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(2).integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    m = network_maps(b.net, rgb, samples=3, tile=128, mc_maps="point", keep_samples=True,
+                     mc_seed=5, canvas=64)
+    t = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)[None]
+    kept = []
+    with torch.inference_mode(), _seeded(5, t.device):
+        off, ls, seed, mi = _tile_maps(b.net, t, 3, ("head",), "point", keep=kept, canvas=64)
+    np.testing.assert_array_equal(m["offsets"], off.numpy())
+    np.testing.assert_array_equal(m["log_s"], ls.numpy())
+    np.testing.assert_array_equal(m["seed"], seed[0].numpy())
+    np.testing.assert_array_equal(m["mi"], mi[0].numpy())
+    np.testing.assert_array_equal(m["samples"], torch.cat(kept, 0).numpy())
+    assert m["samples"].shape == (3, 5, 40, 70) and m["samples"].dtype == np.float16
+    assert all(m[k].dtype == np.float32 and m[k].flags.writeable for k in ("seed", "mi"))
+    assert m["mi"].max() > 0
+    # the entropy of the MI, written with fewer temporaries, is the textbook formula
+    p = torch.rand(4, 1, 33, 17)
+    p.view(-1)[:4] = torch.tensor([0.0, 1.0, 0.5, 1e-9])
+    q = p.clamp(1e-7, 1 - 1e-7)
+    assert torch.equal(_entropy(p), -(q * torch.log(q) + (1 - q) * torch.log1p(-q)))
+
+
 def test_backend_mc_samples_are_reproducible():
     """The dropout masks come from the backend's seed, not from whatever ran
     before: the same image gives the same uncertainty every time."""
