@@ -172,6 +172,31 @@ def test_cluster_engines_give_the_same_labels_and_scores(dtype):
         cluster(off, ls, seed, coord_scale=SCALE, engine="fortran")
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_same_padding_matches_tensorflows_with_the_input_layout(channels_last):
+    """The encoder's stride-2 'SAME' padding: zeros at the top/left and one
+    more at the bottom/right, the tensor's memory layout kept (channels_last
+    inputs take a path that zeroes only the border)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from imageextract.segment.bpartis.model import _same_pad
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for shape, k in (((2, 8, 33, 46), 3), ((1, 5, 16, 16), 5), ((1, 4, 7, 1), 3)):
+        x = torch.randn(shape).contiguous(memory_format=fmt)
+        h, w = shape[-2:]
+        ph = max((math.ceil(h / 2) - 1) * 2 + k - h, 0)
+        pw = max((math.ceil(w / 2) - 1) * 2 + k - w, 0)
+        want = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        got = _same_pad(x, k, 2)
+        assert got.shape == want.shape and torch.equal(got, want)
+        assert got.is_contiguous(memory_format=fmt)
+    x = torch.randn(1, 3, 9, 9).contiguous(memory_format=fmt)
+    assert _same_pad(x, 1, 2) is x  # nothing to pad
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_cluster_candidate_order_is_the_stable_descending_one(dtype):
     from imageextract.segment.bpartis.cluster import _descending

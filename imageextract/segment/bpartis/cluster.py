@@ -302,18 +302,25 @@ def _greedy_compiled():
 
 def _descending(values: np.ndarray) -> np.ndarray:
     """``np.argsort(-values, kind="stable")`` for values >= 0: the order of
-    decreasing value, ties in index order.  For float16/float32 values it
-    sorts one int64 key per value (the inverted bits of the value, which
-    order like the value for non-negative floats, then the index): every
-    key differs, so the fast unstable sort gives the stable order, about
-    twice as fast.
+    decreasing value, ties in index order.  For float32 values it sorts one
+    int64 key per value (the inverted bits of the value, which order like
+    the value for non-negative floats, then the index): every key differs,
+    so the fast unstable sort gives the stable order, about twice as fast.
+    Float16 values (the MC samples' seeds) sort by their inverted 16 bits
+    alone, with NumPy's stable radix sort.
 
     >>> _descending(np.array([0.5, 0.9, 0.5, 1.0], np.float32)).tolist()
     [3, 1, 0, 2]
+    >>> _descending(np.array([0.5, 0.9, -0.0, 0.5, 1.0, 0.0], np.float16)).tolist()
+    [4, 1, 0, 3, 2, 5]
     """
     if values.dtype not in (np.float16, np.float32) or values.size >= 1 << 32 \
             or (values.size and values.min() < 0):
         return np.argsort(-values, kind="stable")
+    if values.dtype == np.float16:
+        # 16-bit keys: NumPy's stable sort of them is a radix sort (a third faster)
+        key16 = np.uint16(0xFFFF) - (values + np.float16(0)).view(np.uint16)
+        return np.argsort(key16, kind="stable")
     # + 0 turns -0.0, whose sign bit would sort it last, into +0.0
     bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.int64)
     key = ((0xFFFFFFFF - bits) << 32) | np.arange(values.size, dtype=np.int64)
