@@ -388,6 +388,7 @@ def analyze(
     if nm_per_px is not None:
         Calibration(nm_per_px=nm_per_px)  # validates, raises CalibrationError
     SEGMENTERS.get(backend)  # unknown name → BackendNotFoundError listing installed ones
+    SEGMENTERS.check_options(backend, backend_options)  # unknown option → ConfigError
     if out.exists() and not out.is_dir():
         raise ImageExtractError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,13 @@ names that are available.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from .errors import BackendNotFoundError
+from .errors import BackendNotFoundError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,25 @@ class Registry:
             self._factories[name] = target
         return target  # type: ignore[return-value]
 
+    def check_options(self, name: str, options: dict[str, Any]) -> None:
+        """Raise :class:`ConfigError` naming the keys of ``options`` that
+        plugin ``name`` does not take, and the ones it does (a plugin taking
+        ``**kwargs``, or one whose signature cannot be read, takes any)."""
+        try:
+            params = inspect.signature(self.get(name)).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        known = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"{self.kind} {name!r} has no option "
+                              f"{', '.join(map(repr, unknown))}; its options: "
+                              f"{', '.join(known) or 'none'}")
+
     def create(self, name: str, **options: Any) -> Any:
-        """Instantiate plugin ``name`` with keyword ``options``."""
+        """Instantiate plugin ``name`` with keyword ``options`` (unknown
+        keys: :class:`ConfigError`, see :meth:`check_options`)."""
+        self.check_options(name, options)
         return self.get(name)(**options)

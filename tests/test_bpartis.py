@@ -1343,6 +1343,13 @@ def test_sure_confidence_skips_the_other_scale_factors_but_not_the_sparse_rules(
     assert b.sure_confidence is None
     b2 = BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": 0.97}})
     assert b2.sure_confidence == 0.97
+    # all_scales turns it off: every scale factor on every image
+    b3 = BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": 0.5}},
+                             all_scales=True)
+    assert b3.sure_confidence is None
+    assert b3.segment_rgb(rgb, **kw)["passes"] == 3
+    b3.sure_confidence = 0.5  # as the config alone would have it
+    assert b3.segment_rgb(rgb, **kw)["passes"] == 1
     for bad in ("high", True, float("nan")):
         with pytest.raises(ValueError, match="sure_confidence"):
             BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": bad}})
