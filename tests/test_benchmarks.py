@@ -329,3 +329,20 @@ def test_sparse_scale_rules_play_the_backend_choice(load_script):
     assert (got["images_better"], got["images_worse"], got["views_changed"]) == (1, 1, 3)
     assert got["ap50"] == pytest.approx((1.0 + 0.9 + 0.25 + 0.5) / 4)
     assert got["median_seconds"] == 2.0
+
+
+def test_outline_threshold_summary_compares_each_threshold_with_the_first(load_script):
+    bench = load_script("benchmarks/bench_outline_threshold.py")
+    # 4 images x 2 thresholds x (ap, ap50, mean_iou, aji_plus)
+    v = np.zeros((4, 2, 4))
+    v[:, :, 1] = 1.0                              # AP50 1 everywhere
+    v[:, 0, 3] = [0.80, 0.80, 0.90, 0.70]         # AJI+ at the first threshold
+    v[:, 1, 3] = [0.84, 0.82, 0.90, 0.66]         # at the second: +0.04, +0.02, 0, -0.04
+    s = bench.summarise(v, [0.5, 0.4])
+    assert list(s) == ["0.5", "0.4"]
+    assert s["0.5"]["vs_first"] == 0 and s["0.5"]["win_rate"] == 0.5
+    assert s["0.4"]["aji_plus"] == pytest.approx(0.805)
+    assert s["0.4"]["score"] == pytest.approx((1 + 0.805) / 2)
+    assert s["0.4"]["vs_first"] == pytest.approx(0.0025)   # mean of +0.02, +0.01, 0, -0.02
+    assert (s["0.4"]["better"], s["0.4"]["worse"]) == (2, 1)
+    assert bench.main(["--thresholds", "0.5", "1.5", "--data", "/nonexistent"]) == 2
