@@ -60,6 +60,22 @@ def summarise(scores: np.ndarray, metrics: np.ndarray) -> dict:
     return out
 
 
+def image_groups(stems: list[str], shapes: list[str], fitted: set[str]) -> dict:
+    """Boolean masks over ``stems``: ``all``, ``out_of_fit`` (the images not
+    in ``fitted``, when any are) and each particle shape of ``shapes``.
+
+    >>> g = image_groups(["a", "b", "c"], ["compact", "elongated", "compact"], {"a"})
+    >>> g["out_of_fit"].tolist(), g["compact"].tolist()
+    ([False, True, True], [True, False, True])
+    """
+    groups = {"all": np.ones(len(stems), bool)}
+    if fitted:
+        groups["out_of_fit"] = np.array([s not in fitted for s in stems])
+    for shape in ("compact", "elongated"):
+        groups[shape] = np.array([s == shape for s in shapes])
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes.append("elongated" if is_elongated(truth) else "compact")
     metrics = np.asarray(rows, float).reshape(len(stems), args.max_passes + 1, 2)
     scores = metrics.mean(2)
-    groups = {"all": np.ones(len(stems), bool)}
-    if fitted:
-        groups["out_of_fit"] = np.array([s not in fitted for s in stems])
-    for shape in ("compact", "elongated"):
-        groups[shape] = np.array([s == shape for s in shapes])
+    groups = image_groups(stems, shapes, fitted)
     res = {"model": args.model, "weights": backend.weights, "split": args.split,
            "stems_file": args.stems, "n_images": len(stems), "max_passes": args.max_passes,
            "summary": {g: summarise(scores[m], metrics[m]) for g, m in groups.items()

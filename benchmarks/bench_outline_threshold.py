@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(0 < t < 1 for t in args.thresholds):
         print(f"--thresholds must lie in (0, 1), got {args.thresholds}", file=sys.stderr)
         return 2
+    from bench_outline_passes import image_groups
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
@@ -116,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(per)
         shapes.append("elongated" if is_elongated(truth) else "compact")
     values = np.asarray(rows, float).reshape(len(stems), len(args.thresholds), len(METRICS))
-    groups = {"all": np.ones(len(stems), bool)}
-    if fitted:
-        groups["out_of_fit"] = np.array([s not in fitted for s in stems])
-    for shape in ("compact", "elongated"):
-        groups[shape] = np.array([s == shape for s in shapes])
+    groups = image_groups(stems, shapes, fitted)
     out_res = {"model": args.model, "weights": backend.weights, "split": args.split,
                "passes": refiner.passes, "shipped_threshold": shipped,
                "thresholds": args.thresholds, "n_images": len(stems),

@@ -117,6 +117,12 @@ def main(argv=None) -> int:
             if not args.fresh:
                 done = {r["stem"]: r for r in old.get("images", [])
                         if r["stem"] in listed and (out / f"{r['stem']}.png").is_file()}
+
+    def save():
+        # this run's rows, then those of the images outside its list
+        (out / "timings.json").write_text(json.dumps(
+            {**timings, "images": timings["images"] + others}, indent=2))
+
     for i, (stem, path) in enumerate(items):
         if stem in done:  # resume: keep the earlier run's labels and timings, marked
             timings["images"].append(dict(done[stem], reused=True))
@@ -137,10 +143,8 @@ def main(argv=None) -> int:
                                   "n_pred": int(np.count_nonzero(np.unique(labels))),
                                   "predicted_at": time.strftime("%Y-%m-%d %H:%M:%S %z")})
         print(f"[{i + 1}/{len(items)}] {stem}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
-        (out / "timings.json").write_text(json.dumps(
-            {**timings, "images": timings["images"] + others}, indent=2))
-    (out / "timings.json").write_text(json.dumps(
-        {**timings, "images": timings["images"] + others}, indent=2))
+        save()  # after each image: an interrupted run keeps what it did
+    save()
     return 0
 
 

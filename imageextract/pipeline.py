@@ -387,8 +387,8 @@ def analyze(
     backend_options = dict(backend_options or {})
     if nm_per_px is not None:
         Calibration(nm_per_px=nm_per_px)  # validates, raises CalibrationError
-    SEGMENTERS.get(backend)  # unknown name → BackendNotFoundError listing installed ones
-    SEGMENTERS.check_options(backend, backend_options)  # unknown option → ConfigError
+    # unknown name → BackendNotFoundError listing installed ones; unknown option → ConfigError
+    SEGMENTERS.check_options(backend, backend_options)
     if out.exists() and not out.is_dir():
         raise ImageExtractError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
