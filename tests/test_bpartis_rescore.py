@@ -10,9 +10,12 @@ import pytest
 
 from imageextract.segment.bpartis.rescore import (
     FEATURES,
+    MLPRescorer,
     Rescorer,
+    fit_mlp_rescorer,
     fit_rescorer,
     instance_features,
+    load_rescorer,
     match_labels,
 )
 
@@ -125,6 +128,42 @@ def test_fit_rescorer_separates_and_round_trips():
         Rescorer.from_dict(bad)
 
 
+def test_mlp_rescorer_learns_a_combination_the_logistic_one_cannot():
+    """Real particles are those where two features agree in sign (an XOR
+    the features' squares cannot express): the perceptrons learn it."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    n = 600
+    x = rng.normal(size=(n, len(FEATURES)))
+    y = (x[:, COL["contrast"]] * x[:, COL["neighbours"]] > 0).astype(float)
+    mlp = fit_mlp_rescorer(x, y, threshold=0.6, members=2, steps=300)
+    logistic = fit_rescorer(x, y)
+    acc = lambda p: ((p > 0.5) == (y > 0)).mean()  # noqa: E731
+    p = mlp.predict_proba(x)
+    assert acc(p) > 0.9 and acc(logistic.predict_proba(x)) < 0.7
+    assert len(mlp.members) == 2 and mlp.keep(p).tolist() == (p >= 0.6).tolist()
+    d = json.loads(json.dumps(mlp.to_dict()))
+    assert d["kind"] == "mlp"
+    again = load_rescorer(d)
+    assert isinstance(again, MLPRescorer) and again.threshold == 0.6
+    np.testing.assert_allclose(again.predict_proba(x), p)
+    assert isinstance(load_rescorer(logistic.to_dict()), Rescorer)
+    with pytest.raises(ValueError, match="features per particle"):
+        mlp.predict_proba(x[:, :3])
+    with pytest.raises(ValueError, match="both matched and unmatched"):
+        fit_mlp_rescorer(x, np.zeros(n))
+    with pytest.raises(ValueError, match="unknown rescorer kind 'forest'"):
+        load_rescorer(dict(d, kind="forest"))
+    bad = json.loads(json.dumps(d))
+    bad["members"][0][1]["weight"] = bad["members"][0][1]["weight"][:-1]
+    with pytest.raises(ValueError, match="does not follow"):
+        load_rescorer(bad)
+    with pytest.raises(ValueError, match="at least one member"):
+        load_rescorer(dict(d, members=[]))
+    with pytest.raises(ValueError, match="mean and std"):
+        load_rescorer(dict(d, mean=[0.0]))
+
+
 def _proposals(n_images=30, seed=0):
     """Synthetic proposals: real particles (matched) have high contrast,
     false ones low; each image's label map has one pixel row per proposal."""
@@ -174,6 +213,41 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.count("## Rescoring") == 1 and card.count("## Weights") == 1
     assert card.index("## Notes") < card.index("## Rescoring") < card.index("## Weights")
+
+
+def test_mlp_rescorer_cross_validates_installs_and_runs_in_the_backend(tmp_path):
+    pytest.importorskip("torch")
+    from imageextract.segment.bpartis import BPartIS
+    from imageextract.segment.bpartis.rescore_fit import (
+        _stack,
+        cross_validate,
+        fit_for_model,
+        fit_kind,
+        install,
+    )
+
+    props = _proposals(n_images=20)
+    cv = cross_validate(props, folds=3, thresholds=(0.5,), kind="mlp")
+    assert cv[0.5]["ap50"] > 0.9
+    model = fit_kind("mlp", *_stack(props), threshold=0.5)
+    assert isinstance(model, MLPRescorer)
+    with pytest.raises(ValueError, match="unknown rescorer kind"):
+        fit_kind("forest", *_stack(props))
+    with pytest.raises(ValueError, match="unknown rescorer kind"):
+        fit_for_model(tmp_path, tmp_path, kind="forest")
+    (tmp_path / "config.json").write_text(json.dumps({"inference": {}}))
+    (tmp_path / "MODEL_CARD.md").write_text("# m\n")
+    res = {"split": "train-fit", "images": 20, "proposals": 90, "matched_fraction": 0.7,
+           "cv": {"0.5": cv[0.5]}, "proposals_unfiltered": cv[0.5]}
+    install(tmp_path, model, res)
+    assert "ensemble of 3 perceptrons" in (tmp_path / "MODEL_CARD.md").read_text()
+    rescore = json.loads((tmp_path / "config.json").read_text())["inference"]["rescore"]
+    tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
+    b = BPartIS.from_config({"model": tiny, "inference": {"tile_px": 64, "overlap_px": 16,
+                                                          "rescore": rescore}}, mc_samples=2)
+    assert isinstance(b.rescorer, MLPRescorer)
+    seg = b.predict((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    assert seg.scores.shape == (int(seg.labels.max()),)
 
 
 def test_backend_uses_the_rescorer_from_config():

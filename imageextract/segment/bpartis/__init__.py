@@ -249,10 +249,10 @@ class BPartIS:
                              f"got {self.uncertainty_kind!r}")
         self.rescorer = None
         if inf.get("rescore") and rescore:
-            from .rescore import Rescorer
+            from .rescore import load_rescorer
 
             try:
-                self.rescorer = Rescorer.from_dict(inf["rescore"])
+                self.rescorer = load_rescorer(inf["rescore"])
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"config inference.rescore is not a valid rescorer: {err}") \
                     from err

@@ -235,8 +235,23 @@ def _expand(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, x ** 2], axis=1)
 
 
+class _Filter:
+    """What both rescorer kinds do with their probabilities and settings."""
+
+    threshold: float
+    inputs: dict
+
+    def matches(self, **settings) -> bool:
+        """Whether ``settings`` agree with :attr:`inputs` (where it has them)."""
+        return all(self.inputs.get(k, v) == v for k, v in settings.items())
+
+    def keep(self, probability: np.ndarray) -> np.ndarray:
+        """Particles to keep: probability >= ``threshold``."""
+        return np.asarray(probability) >= self.threshold
+
+
 @dataclass
-class Rescorer:
+class Rescorer(_Filter):
     """Logistic regression on standardised features and their squares.
 
     ``threshold``: particles with a probability below it are dropped by
@@ -257,10 +272,6 @@ class Rescorer:
     inputs: dict = field(default_factory=dict)
     notes: str = ""
 
-    def matches(self, **settings) -> bool:
-        """Whether ``settings`` agree with :attr:`inputs` (where it has them)."""
-        return all(self.inputs.get(k, v) == v for k, v in settings.items())
-
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
         x = np.atleast_2d(np.asarray(features, np.float64))
@@ -269,10 +280,6 @@ class Rescorer:
                              f"({', '.join(self.features)}), got {x.shape[1]}")
         z = (_expand(x) - self.mean) / self.std
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
-
-    def keep(self, probability: np.ndarray) -> np.ndarray:
-        """Particles to keep: probability >= ``threshold``."""
-        return np.asarray(probability) >= self.threshold
 
     def to_dict(self) -> dict:
         return {"kind": "logistic-quadratic", "features": list(self.features),
@@ -285,11 +292,7 @@ class Rescorer:
     def from_dict(cls, d: dict) -> Rescorer:
         if d.get("kind", "logistic-quadratic") != "logistic-quadratic":
             raise ValueError(f"unknown rescorer kind {d.get('kind')!r}")
-        feats = tuple(d.get("features", FEATURES))
-        unknown = [f for f in feats if f not in FEATURES]
-        if unknown or len(feats) != len(FEATURES):
-            raise ValueError(f"rescorer features {list(feats)} do not match this version's "
-                             f"{list(FEATURES)}")
+        feats = _check_features(d)
         n = 2 * len(feats)
         arrays = {key: np.asarray(d[key], np.float64) for key in ("mean", "std", "coef")}
         for key, a in arrays.items():
@@ -297,8 +300,106 @@ class Rescorer:
                 raise ValueError(f"rescorer {key} must have {n} values, got shape {a.shape}")
         return cls(arrays["mean"], arrays["std"], arrays["coef"], float(d["intercept"]),
                    threshold=float(d.get("threshold", 0.5)), features=feats,
-                   cluster=dict(d.get("cluster", {})), inputs=dict(d.get("inputs", {})),
-                   notes=str(d.get("notes", "")))
+                   **_common(d))
+
+
+def _check_features(d: dict) -> tuple[str, ...]:
+    feats = tuple(d.get("features", FEATURES))
+    unknown = [f for f in feats if f not in FEATURES]
+    if unknown or len(feats) != len(FEATURES):
+        raise ValueError(f"rescorer features {list(feats)} do not match this version's "
+                         f"{list(FEATURES)}")
+    return feats
+
+
+def _common(d: dict) -> dict:
+    return {"cluster": dict(d.get("cluster", {})), "inputs": dict(d.get("inputs", {})),
+            "notes": str(d.get("notes", ""))}
+
+
+@dataclass
+class MLPRescorer(_Filter):
+    """A small ensemble of perceptrons on the standardised features (two
+    hidden ReLU layers each; the probability is the members' mean).  Where
+    the logistic :class:`Rescorer` can only weigh each feature on its own, a
+    perceptron can learn combinations (crowded *and* touching *and*
+    confident, as touching rods are).  Same interface and attributes as
+    :class:`Rescorer`; ``members`` holds each member's layers
+    ``[(W, b), ...]``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    members: list
+    threshold: float = 0.5
+    features: tuple[str, ...] = FEATURES
+    cluster: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Probability that each row is a real, well-outlined particle."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        if x.shape[1] != len(self.features):
+            raise ValueError(f"expected {len(self.features)} features per particle "
+                             f"({', '.join(self.features)}), got {x.shape[1]}")
+        z = (x - self.mean) / self.std
+        out = np.zeros(x.shape[0])
+        for layers in self.members:
+            a = z
+            for i, (w, b) in enumerate(layers):
+                a = a @ w + b
+                if i < len(layers) - 1:
+                    a = np.maximum(a, 0.0)
+            out += 1.0 / (1.0 + np.exp(-np.clip(a[:, 0], -50, 50)))
+        return out / max(len(self.members), 1)
+
+    def to_dict(self) -> dict:
+        return {"kind": "mlp", "features": list(self.features),
+                "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "members": [[{"weight": w.tolist(), "bias": b.tolist()} for w, b in layers]
+                            for layers in self.members],
+                "threshold": float(self.threshold), "cluster": dict(self.cluster),
+                "inputs": dict(self.inputs), "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MLPRescorer:
+        if d.get("kind") != "mlp":
+            raise ValueError(f"unknown rescorer kind {d.get('kind')!r}")
+        feats = _check_features(d)
+        mean, std = (np.asarray(d[key], np.float64) for key in ("mean", "std"))
+        if mean.shape != (len(feats),) or std.shape != (len(feats),):
+            raise ValueError(f"rescorer mean and std must have {len(feats)} values, got "
+                             f"shapes {mean.shape} and {std.shape}")
+        members = []
+        for layers in d["members"]:
+            ls = [(np.asarray(m["weight"], np.float64), np.asarray(m["bias"], np.float64))
+                  for m in layers]
+            width = len(feats)
+            for w, b in ls:
+                if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
+                    raise ValueError(f"rescorer layer of shape {w.shape} (bias {b.shape}) "
+                                     f"does not follow one of width {width}")
+                width = w.shape[1]
+            if not ls or width != 1:
+                raise ValueError("each rescorer member must end in one output")
+            members.append(ls)
+        if not members:
+            raise ValueError("an mlp rescorer needs at least one member")
+        return cls(mean, std, members, threshold=float(d.get("threshold", 0.5)),
+                   features=feats, **_common(d))
+
+
+#: Rescorer classes by their ``kind`` in ``config.json``.
+KINDS = {"logistic-quadratic": Rescorer, "mlp": MLPRescorer}
+
+
+def load_rescorer(d: dict) -> Rescorer | MLPRescorer:
+    """The rescorer described by ``d`` (``inference.rescore`` of
+    ``config.json``; ``kind`` defaults to ``logistic-quadratic``)."""
+    kind = d.get("kind", "logistic-quadratic")
+    if kind not in KINDS:
+        raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+    return KINDS[kind].from_dict(d)
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
@@ -314,13 +415,7 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
         Per-particle weights (e.g. ``1/sqrt(particles in its image)``, so
         crowded images do not outvote the rest).
     """
-    x = np.asarray(features, np.float64)
-    y = np.asarray(labels, np.float64)
-    if x.ndim != 2 or x.shape[1] != len(FEATURES) or y.shape != (x.shape[0],):
-        raise ValueError(f"expected features (N, {len(FEATURES)}) and labels (N,), "
-                         f"got {x.shape} and {y.shape}")
-    if x.shape[0] == 0 or y.min() == y.max():
-        raise ValueError("need both matched and unmatched particles to fit a rescorer")
+    x, y = _check_fit_input(features, labels)
     w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
     w = w / w.mean()
     e = _expand(x)
@@ -340,4 +435,69 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarra
     return Rescorer(mean, std, b[:-1], float(b[-1]), threshold=threshold)
 
 
-__all__ = ["FEATURES", "Rescorer", "fit_rescorer", "instance_features", "match_labels"]
+def _check_fit_input(features, labels) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels, np.float64)
+    if x.ndim != 2 or x.shape[1] != len(FEATURES) or y.shape != (x.shape[0],):
+        raise ValueError(f"expected features (N, {len(FEATURES)}) and labels (N,), "
+                         f"got {x.shape} and {y.shape}")
+    if x.shape[0] == 0 or y.min() == y.max():
+        raise ValueError("need both matched and unmatched particles to fit a rescorer")
+    return x, y
+
+
+def fit_mlp_rescorer(features: np.ndarray, labels: np.ndarray, *,
+                     weights: np.ndarray | None = None, hidden: int = 32,
+                     dropout: float = 0.2, weight_decay: float = 1e-2, steps: int = 300,
+                     lr: float = 1e-2, members: int = 3, seed: int = 0,
+                     threshold: float = 0.5) -> MLPRescorer:
+    """Fit an :class:`MLPRescorer`: ``members`` perceptrons (two hidden
+    layers of ``hidden``, dropout between them), each from its own seed, by
+    full-batch AdamW on the weighted binary cross-entropy for ``steps``
+    steps.  The dropout, the weight decay and the short schedule keep them
+    from memorising a few thousand proposals.  It runs on one thread (at
+    this size more only add overhead), which also makes the fit the same on
+    any machine."""
+    import torch
+
+    x, y = _check_fit_input(features, labels)
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = _fit_members(torch, (x - mean) / std, y, weights, hidden=hidden,
+                            dropout=dropout, weight_decay=weight_decay, steps=steps, lr=lr,
+                            members=members, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    return MLPRescorer(mean, std, nets, threshold=threshold)
+
+
+def _fit_members(torch, z, y, weights, *, hidden, dropout, weight_decay, steps, lr, members,
+                 seed) -> list:
+    """The layers of each member, fitted on standardised features ``z``."""
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    xt = torch.tensor(z, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32)
+    wt = torch.tensor(w / w.mean(), dtype=torch.float32)
+    nets = []
+    for m in range(members):
+        torch.manual_seed(seed + m)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(z.shape[1], hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net(xt)[:, 0], yt, weight=wt)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        nets.append([(layer.weight.detach().double().numpy().T.copy(),
+                      layer.bias.detach().double().numpy().copy())
+                     for layer in net if isinstance(layer, torch.nn.Linear)])
+    return nets
+
+
+__all__ = ["FEATURES", "KINDS", "MLPRescorer", "Rescorer", "fit_mlp_rescorer", "fit_rescorer",
+           "instance_features", "load_rescorer", "match_labels"]

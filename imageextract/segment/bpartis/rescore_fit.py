@@ -28,7 +28,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .install import install_section
-from .rescore import FEATURES, fit_rescorer, instance_features, match_labels
+from .rescore import (FEATURES, KINDS, fit_mlp_rescorer, fit_rescorer, instance_features,
+                      match_labels)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: plain backend's: the rescorer does the filtering).
 PROPOSAL_CLUSTER = {"min_score": 0.6, "min_rel_area": 0.05}
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: The kind of rescorer fitted unless told otherwise.
+DEFAULT_KIND = "logistic-quadratic"
 
 
 def collect_proposals(backend, items, *, cluster: dict | None = None,
@@ -96,16 +99,28 @@ def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float,
             "score": float((ap50 + aji) / 2)}
 
 
+def fit_kind(kind: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, *,
+             threshold: float = 0.5, l2: float = 1e-2):
+    """A rescorer of ``kind`` (:data:`~.rescore.KINDS`) fitted on features
+    ``x``, labels ``y`` and weights ``w``."""
+    if kind == "mlp":
+        return fit_mlp_rescorer(x, y, weights=w, threshold=threshold)
+    if kind == "logistic-quadratic":
+        return fit_rescorer(x, y, weights=w, l2=l2, threshold=threshold)
+    raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+
+
 def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
-                   l2: float = 1e-2) -> dict[float, dict[str, float]]:
+                   l2: float = 1e-2, kind: str = "logistic-quadratic"
+                   ) -> dict[float, dict[str, float]]:
     """Held-out metrics per threshold, folds grouped by image."""
     fold = np.random.default_rng(seed).permutation(len(props)) % folds
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
         train = [p for p, q in zip(props, fold) if q != f]
         x, y, w = _stack(train)
-        model = fit_rescorer(x, y, weights=w, l2=l2)
+        model = fit_kind(kind, x, y, w, l2=l2)
         for i, p in enumerate(props):
             if fold[i] == f and p["features"].shape[0]:
                 probs[i] = model.predict_proba(p["features"])
@@ -115,9 +130,13 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
 
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   check_split: str | None = "val", folds: int = 5, write: bool = True,
-                  progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Fit, cross-validate and (``write``) install the rescorer of the model
-    in ``model_dir``; returns the numbers (also logged)."""
+                  progress: bool = True, device: str = "cpu",
+                  kind: str = DEFAULT_KIND) -> dict[str, Any]:
+    """Fit, cross-validate and (``write``) install the rescorer (of
+    ``kind``, :data:`~.rescore.KINDS`) of the model in ``model_dir``;
+    returns the numbers (also logged)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
     from . import BPartIS
     from .train import load_split
 
@@ -134,9 +153,9 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         logger.warning(msg)
         return {"split": split, "images": len(props), "proposals": int(len(y)),
                 "skipped": msg}
-    cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u)
+    cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u, kind=kind)
     best = max(cv, key=lambda t: cv[t]["score"])
-    model = fit_rescorer(x, y, weights=w, threshold=best)
+    model = fit_kind(kind, x, y, w, threshold=best)
     model.cluster = dict(PROPOSAL_CLUSTER)
     model.inputs = {"mc_samples": backend.mc_samples, "uncertainty": backend.uncertainty_kind}
     base = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5,
@@ -165,9 +184,14 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
     """Write ``inference.rescore`` into ``config.json`` and a "Rescoring"
     section into ``MODEL_CARD.md`` (replacing an earlier one)."""
     cv = res["cv"][str(model.threshold)]
+    if getattr(model, "members", None):
+        layers = model.members[0]
+        what = (f"An ensemble of {len(model.members)} perceptrons (two hidden layers of "
+                f"{layers[0][0].shape[1]}) on {len(FEATURES)} per-particle features")
+    else:
+        what = f"A logistic regression on {len(FEATURES)} per-particle features and their squares"
     lines = [
-        f"A logistic regression on {len(FEATURES)} per-particle features and their squares "
-        f"({', '.join(FEATURES)}) gives each proposal the probability that it is a real "
+        f"{what} ({', '.join(FEATURES)}) gives each proposal the probability that it is a real "
         "particle outlined well enough to match it (IoU > 0.5); that probability is the "
         f"particle's `score`, and proposals below {model.threshold} are dropped "
         "(`imageextract.segment.bpartis.rescore`).",
@@ -198,6 +222,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train-fit")
     p.add_argument("--check-split", default="val")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--kind", choices=sorted(KINDS), default=DEFAULT_KIND,
+                   help="logistic regression on the features and their squares, or a small "
+                        "ensemble of perceptrons (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="fit and report; leave the model folder unchanged")
     p.add_argument("--json", help="write the numbers here")
@@ -205,7 +232,8 @@ def _main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     res = fit_for_model(a.model, a.data, split=a.split, check_split=a.check_split or None,
-                        folds=a.folds, write=not a.dry_run, progress=not a.no_progress)
+                        folds=a.folds, write=not a.dry_run, progress=not a.no_progress,
+                        kind=a.kind)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     logger.info("result: %s", {k: v for k, v in res.items() if k != "rescorer"})
