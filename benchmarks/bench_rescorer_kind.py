@@ -2,6 +2,8 @@
 
     python benchmarks/bench_rescorer_kind.py --split train-fit --folds 5 \\
         --out benchmarks/results/rescorer_kind_train_fit.json
+    python benchmarks/bench_rescorer_kind.py --kinds logistic-quadratic \\
+        logistic-quadratic@0.6 logistic-quadratic@0.8 --out F
 
 Why: the ``bpartis`` rescorer (``inference.rescore``) is fitted on the
 network's proposals on ``train-fit`` and its threshold chosen by
@@ -18,12 +20,16 @@ cross-validation as ``rescore_fit.py``.  The size model is refitted out of
 fold too (``bench_sparse_scales.oof_size_models``), since the shipped one
 saw ``train-fit``.  Scores (mean of AP50 and AJI+) are paired per image
 against the first kind, over all images and over the compact and elongated
-ones (``is_elongated`` of the ground truth).
+ones (``is_elongated`` of the ground truth).  A kind written ``KIND@T``
+keeps threshold ``T`` in every fold instead of the inner cross-validation's
+choice (the cross-validation scores proposals at one scale without the
+outline refiner; end to end another threshold may do better).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -42,25 +48,42 @@ from bench_val_views import paired_difference, score  # noqa: E402
 KINDS = ("logistic-quadratic", "mlp")
 
 
+def parse_kind(name: str) -> tuple[str, float | None]:
+    """``"KIND"`` or ``"KIND@T"`` -> (kind, fixed threshold or None).
+
+    >>> parse_kind("mlp"), parse_kind("logistic-quadratic@0.6")
+    (('mlp', None), ('logistic-quadratic', 0.6))
+    """
+    kind, _, t = name.partition("@")
+    return kind, (float(t) if t else None)
+
+
 def fold_rescorers(props: list[dict], stems: list[str], kinds, folds: int, *,
                    uncertainty_threshold: float | None, cluster: dict, inputs: dict) -> dict:
-    """``{(kind, fold): rescorer}``: each fitted on the proposals of the
-    images outside ``fold``, its threshold chosen by inner cross-validation
-    over those images."""
+    """``{(name, fold): rescorer}`` for each ``name`` in ``kinds``
+    (:func:`parse_kind`): each fitted on the proposals of the images outside
+    ``fold``, its threshold fixed by the name or chosen by inner
+    cross-validation over those images."""
     from imageextract.segment.bpartis.rescore_fit import _stack, cross_validate, fit_kind
 
-    out = {}
+    out, fitted = {}, {}
     for f in range(folds):
         train = [p for p, s in zip(props, stems) if fold_of(s, folds) != f]
         x, y, w = _stack(train)
-        for kind in kinds:
-            cv = cross_validate(train, uncertainty_threshold=uncertainty_threshold, kind=kind)
-            best = max(cv, key=lambda t: cv[t]["score"])
-            r = fit_kind(kind, x, y, w, threshold=best)
-            r.cluster, r.inputs = dict(cluster), dict(inputs)
-            out[kind, f] = r
-            print(f"fold {f}: {kind} threshold {best}, inner CV {cv[best]['score']:.4f}",
-                  flush=True)
+        for name in kinds:
+            kind, best = parse_kind(name)
+            if best is None:
+                cv = cross_validate(train, uncertainty_threshold=uncertainty_threshold,
+                                    kind=kind)
+                best = max(cv, key=lambda t: cv[t]["score"])
+                print(f"fold {f}: {kind} threshold {best}, inner CV {cv[best]['score']:.4f}",
+                      flush=True)
+            if kind not in fitted:  # one fit per kind and fold; thresholds vary
+                fitted[kind] = fit_kind(kind, x, y, w)
+            r = copy.copy(fitted[kind])
+            r.threshold, r.cluster, r.inputs = float(best), dict(cluster), dict(inputs)
+            out[name, f] = r
+        fitted.clear()
     return out
 
 
@@ -99,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="train-fit")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS),
-                    help="rescorer kinds, the first the baseline (default "
-                         f"{' '.join(KINDS)})")
+                    help="rescorer kinds (KIND or KIND@THRESHOLD), the first the baseline "
+                         f"(default {' '.join(KINDS)})")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "emps"))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
@@ -108,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from imageextract.segment.bpartis.rescore import KINDS as ALL_KINDS
 
-    bad = [k for k in args.kinds if k not in ALL_KINDS]
-    if bad or len(args.kinds) < 2:
-        print(f"--kinds needs two or more of {list(ALL_KINDS)}, got {args.kinds}",
-              file=sys.stderr)
+    try:
+        bad = [k for k in args.kinds if parse_kind(k)[0] not in ALL_KINDS]
+    except ValueError:
+        bad = args.kinds
+    if bad or len(args.kinds) < 2 or len(set(args.kinds)) < len(args.kinds):
+        print(f"--kinds needs two or more different KIND or KIND@THRESHOLD, KIND one of "
+              f"{list(ALL_KINDS)}; got {args.kinds}", file=sys.stderr)
         return 2
     if args.folds < 2:
         print(f"--folds must be at least 2, got {args.folds}", file=sys.stderr)

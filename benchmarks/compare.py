@@ -25,17 +25,18 @@ maps and per-image timings to ``benchmarks/.peer-work/predictions``.  Images
 already done there with the same settings are reused (``--fresh-peer`` redoes
 them): the peer takes minutes per image on a small CPU.
 
-With ``--rounds K`` the methods take turns: K rounds, each on every K-th
-image (ours, then the peer), so that their timings spread over the whole run
-and a slower stretch of a shared machine weighs on all of them alike (one
-method on all images, then the next, let such a stretch move the speed
-ratio by 20 % on 2026-12-04).
+The methods take turns: ``--rounds K`` (default 9) rounds, each on every
+K-th image (ours, then the peer), so that their timings spread over the
+whole run and a slower stretch of a shared machine weighs on all of them
+alike (one method on all images, then the next, as ``--rounds 1`` does, let
+such a stretch move the speed ratio by 20 % on 2026-12-04).
 
 Usage (from the project root, project virtualenv active)::
 
     python benchmarks/compare.py --peer-limit 20          # ours on all 99, peer on 20
     python benchmarks/compare.py --limit 5 --no-peer      # quick look
     python benchmarks/compare.py --fresh-peer --rounds 9  # side by side, taking turns
+                                                          # (9 is the default)
 """
 
 from __future__ import annotations
@@ -413,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-samples", type=int, default=30,
                         help="MC-dropout samples (peer default 30)")
     parser.add_argument("--fresh-peer", action="store_true", help="redo peer images already done")
-    parser.add_argument("--rounds", type=int, default=1, metavar="K",
+    parser.add_argument("--rounds", type=int, default=9, metavar="K",
                         help="run the methods in K rounds, each on every K-th image, ours then "
                              "the peer, so that a slow stretch of a shared machine weighs on "
-                             "every method alike (default 1: each method on all images in turn)")
+                             "every method alike (default %(default)s; 1: each method on all "
+                             "images in turn)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

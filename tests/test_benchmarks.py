@@ -346,3 +346,33 @@ def test_outline_threshold_summary_compares_each_threshold_with_the_first(load_s
     assert s["0.4"]["vs_first"] == pytest.approx(0.0025)   # mean of +0.02, +0.01, 0, -0.02
     assert (s["0.4"]["better"], s["0.4"]["worse"]) == (2, 1)
     assert bench.main(["--thresholds", "0.5", "1.5", "--data", "/nonexistent"]) == 2
+
+
+def test_rescorer_kinds_are_fitted_per_fold_and_compared_with_the_first(load_script):
+    bench = load_script("benchmarks/bench_rescorer_kind.py")
+    from imageextract.segment.bpartis.rescore import FEATURES
+
+    rng = np.random.default_rng(0)
+    props, stems = [], [f"img{i}" for i in range(12)]
+    for _ in stems:  # real proposals (matched) have a high first feature
+        matched = np.r_[np.ones(3), np.zeros(2)]
+        x = rng.normal(size=(5, len(FEATURES)))
+        x[:, 0] += 3 * matched
+        props.append({"truth": np.repeat(np.r_[1, 2, 3, 0, 0][:, None], 4, 1),
+                      "labels": np.repeat(np.arange(1, 6)[:, None], 4, 1),
+                      "features": x, "matched": matched, "uncertainty": np.zeros(5)})
+    names = ["logistic-quadratic@0.7", "logistic-quadratic@0.4"]
+    r = bench.fold_rescorers(props, stems, names, 2, uncertainty_threshold=None,
+                             cluster={"min_score": 0.6}, inputs={"mc_samples": 8})
+    assert sorted(r) == sorted((n, f) for n in names for f in (0, 1))
+    a, b = r[names[0], 0], r[names[1], 0]
+    assert (a.threshold, b.threshold) == (0.7, 0.4)
+    assert a.coef is b.coef  # one fit per kind and fold, thresholds on top
+    assert not np.allclose(r[names[0], 0].coef, r[names[0], 1].coef)  # other images
+    assert a.cluster == {"min_score": 0.6} and a.inputs == {"mc_samples": 8}
+    x = props[0]["features"]
+    assert (a.predict_proba(x)[:3] > 0.5).all() and (a.predict_proba(x)[3:] < 0.5).all()
+    assert bench.main(["--kinds", "mlp", "--data", "/nonexistent"]) == 2
+    assert bench.main(["--kinds", "mlp", "forest@0.5", "--data", "/nonexistent"]) == 2
+    assert bench.main(["--kinds", "mlp", "mlp", "--data", "/nonexistent"]) == 2
+    assert bench.main(["--kinds", "mlp", "mlp@0.5", "--data", "/nonexistent"]) == 2  # no data
