@@ -240,6 +240,15 @@ class _Filter:
 
     threshold: float
     inputs: dict
+    features: tuple[str, ...]
+
+    def _rows(self, features: np.ndarray) -> np.ndarray:
+        """``features`` as (N, len(:attr:`features`)) float64, or a ValueError."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        if x.shape[1] != len(self.features):
+            raise ValueError(f"expected {len(self.features)} features per particle "
+                             f"({', '.join(self.features)}), got {x.shape[1]}")
+        return x
 
     def matches(self, **settings) -> bool:
         """Whether ``settings`` agree with :attr:`inputs` (where it has them)."""
@@ -274,10 +283,7 @@ class Rescorer(_Filter):
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
-        x = np.atleast_2d(np.asarray(features, np.float64))
-        if x.shape[1] != len(self.features):
-            raise ValueError(f"expected {len(self.features)} features per particle "
-                             f"({', '.join(self.features)}), got {x.shape[1]}")
+        x = self._rows(features)
         z = (_expand(x) - self.mean) / self.std
         return 1.0 / (1.0 + np.exp(-np.clip(z @ self.coef + self.intercept, -50, 50)))
 
@@ -338,10 +344,7 @@ class MLPRescorer(_Filter):
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
-        x = np.atleast_2d(np.asarray(features, np.float64))
-        if x.shape[1] != len(self.features):
-            raise ValueError(f"expected {len(self.features)} features per particle "
-                             f"({', '.join(self.features)}), got {x.shape[1]}")
+        x = self._rows(features)
         z = (x - self.mean) / self.std
         out = np.zeros(x.shape[0])
         for layers in self.members:
