@@ -354,15 +354,15 @@ def test_rescorer_kinds_are_fitted_per_fold_and_compared_with_the_first(load_scr
 
     rng = np.random.default_rng(0)
     props, stems = [], [f"img{i}" for i in range(12)]
-    for _ in stems:  # real proposals (matched) have a high first feature
+    for stem in stems:  # real proposals (matched) have a high first feature
         matched = np.r_[np.ones(3), np.zeros(2)]
         x = rng.normal(size=(5, len(FEATURES)))
         x[:, 0] += 3 * matched
-        props.append({"truth": np.repeat(np.r_[1, 2, 3, 0, 0][:, None], 4, 1),
+        props.append({"stem": stem, "truth": np.repeat(np.r_[1, 2, 3, 0, 0][:, None], 4, 1),
                       "labels": np.repeat(np.arange(1, 6)[:, None], 4, 1),
                       "features": x, "matched": matched, "uncertainty": np.zeros(5)})
     names = ["logistic-quadratic@0.7", "logistic-quadratic@0.4"]
-    r = bench.fold_rescorers(props, stems, names, 2, uncertainty_threshold=None,
+    r = bench.fold_rescorers(props, names, 2, uncertainty_threshold=None,
                              cluster={"min_score": 0.6}, inputs={"mc_samples": 8})
     assert sorted(r) == sorted((n, f) for n in names for f in (0, 1))
     a, b = r[names[0], 0], r[names[1], 0]

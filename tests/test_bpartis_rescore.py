@@ -169,7 +169,7 @@ def _proposals(n_images=30, seed=0):
     false ones low; each image's label map has one pixel row per proposal."""
     rng = np.random.default_rng(seed)
     props = []
-    for _ in range(n_images):
+    for i in range(n_images):
         k_true, k_false = rng.integers(2, 6), rng.integers(0, 4)
         k = k_true + k_false
         truth = np.zeros((k, 10), np.int32)
@@ -178,7 +178,7 @@ def _proposals(n_images=30, seed=0):
         matched = np.r_[np.ones(k_true), np.zeros(k_false)]
         x = rng.normal(size=(k, len(FEATURES)))
         x[:, COL["contrast"]] += 3 * matched
-        props.append({"stem": "s", "truth": truth, "labels": labels, "features": x,
+        props.append({"stem": f"s{i}", "truth": truth, "labels": labels, "features": x,
                       "matched": matched, "uncertainty": np.zeros(k)})
     return props
 
@@ -312,6 +312,39 @@ def test_proposals_come_from_the_scale_found(monkeypatch):
     assert len(props) == 1 and seen == [((1.0,), None)]
     b.segment_rgb(np.dstack([img] * 3))  # the backend itself still tries them all
     assert seen[-1] == ((0.8, 1.0, 1.25), ({"factors": (0.64,), "max_particles": 10**6},))
+    # at other multiples of the scale found: one entry per factor, the scale fixed
+    seen.clear()
+    props = collect_proposals(b, [("s", np.dstack([img] * 3), lab)], progress=False,
+                              factors=(1.0, 0.5))
+    assert [p["factor"] for p in props] == [1.0, 0.5] and len(seen) == 2
+    assert [p["stem"] for p in props] == ["s", "s"]
+    with pytest.raises(ValueError, match="factors"):
+        collect_proposals(b, [], factors=(0.0,))
+
+
+def test_cross_validation_keeps_an_images_proposals_in_one_fold():
+    from imageextract.segment.bpartis import rescore_fit
+
+    props = _proposals(n_images=12)
+    again = [dict(p, factor=0.8) for p in props]  # the same images at another factor
+    folds_seen = []
+    real = rescore_fit.fit_kind
+
+    def spy(kind, x, y, w, **kw):
+        _, counts = np.unique(x, axis=0, return_counts=True)
+        folds_seen.append((len(y), set(counts.tolist())))
+        return real(kind, x, y, w, **kw)
+
+    rescore_fit.fit_kind = spy
+    try:
+        cv = rescore_fit.cross_validate(props + again, folds=3, thresholds=(0.5,))
+    finally:
+        rescore_fit.fit_kind = real
+    # each fit has both copies of every proposal it has, or neither
+    n = sum(len(p["matched"]) for p in props)
+    assert len(folds_seen) == 3 and all(c == {2} for _, c in folds_seen)
+    assert sum(k for k, _ in folds_seen) == 2 * 2 * n  # every image left out once
+    assert cv[0.5]["ap50"] > 0.9
 
 
 def test_proposals_are_not_outline_refined():

@@ -13,8 +13,11 @@
    ``inference.rescore``; ``MODEL_CARD.md`` gets a "Rescoring" section.
 
 ``python -m imageextract.segment.bpartis.rescore_fit --data ../shared/data/emps
---model models/bpartis-emps`` (about 8 minutes on 2 CPU cores for EMPS
-train-fit).
+--model models/bpartis-emps`` (about 3 minutes on 2 CPU cores for EMPS
+train-fit).  ``--kind mlp`` fits a small ensemble of perceptrons
+(:class:`~.rescore.MLPRescorer`) instead of the logistic regression; it
+scores better in this cross-validation but not end to end
+(``benchmarks/bench_rescorer_kind.py``), so the logistic one is the default.
 """
 
 from __future__ import annotations
@@ -42,30 +45,40 @@ DEFAULT_KIND = "logistic-quadratic"
 
 
 def collect_proposals(backend, items, *, cluster: dict | None = None,
-                      progress: bool = True) -> list[dict[str, Any]]:
+                      progress: bool = True, factors=(1.0,)) -> list[dict[str, Any]]:
     """Proposals of ``backend`` (a :class:`~imageextract.segment.bpartis.BPartIS`)
-    on ``items`` (``[(stem, rgb, truth), ...]``): per image the label map,
-    features, match labels and uncertainty.  Each image is proposed at the
-    working scale found, even when the backend's config also tries other
-    scales (``scale_factors``): without the rescorer that choice would rank
-    the scales by mean seed, and the shipped rescorer was fitted on one
-    scale per image.  Nor are they outline-refined: the backend rescores its
-    particles before the outline refiner runs, so a model that has one
-    would otherwise be refitted on outlines its rescorer never sees."""
+    on ``items`` (``[(stem, rgb, truth), ...]``): per image and factor the
+    label map, features, match labels and uncertainty.  Each image is
+    proposed at the working scale found times each of ``factors`` (by
+    default the scale found alone), one entry each (``factor``), even when
+    the backend's config also tries other scales (``scale_factors``):
+    without the rescorer that choice would rank the scales by mean seed, and
+    the shipped rescorer was fitted on one scale per image.  Nor are they
+    outline-refined: the backend rescores its particles before the outline
+    refiner runs, so a model that has one would otherwise be refitted on
+    outlines its rescorer never sees."""
+    factors = tuple(float(f) for f in factors)
+    if not factors or not all(f > 0 for f in factors):
+        raise ValueError(f"factors must be positive numbers, got {factors}")
     opts = dict(backend.cluster_options)
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
+    raw = dict(uncertainty_threshold=None, cluster_options=opts, rescorer=None,
+               scale_factors=(1.0,), sparse_factors=None, outline=None, specialist=None)
     out = []
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
-        r = backend.segment_rgb(rgb, uncertainty_threshold=None, cluster_options=opts,
-                                rescorer=None, scale_factors=(1.0,), sparse_factors=None,
-                                outline=None, specialist=None)
-        k = r["scores"].size
-        feats = instance_features(rgb, r["labels"], scores=r["scores"],
-                                  uncertainty=r["uncertainty"], mi=r["mi"], scale=r["scale"],
-                                  target_diameter=backend.target_diameter or 48.0)
-        out.append({"stem": stem, "truth": truth, "labels": r["labels"], "features": feats,
-                    "matched": match_labels(truth, r["labels"], k),
-                    "uncertainty": r["uncertainty"]})
+        found = backend.segment_rgb(rgb, **raw)
+        lo, hi = backend.scale_limits
+        for f in factors:
+            r = found if f == 1.0 else backend.segment_rgb(
+                rgb, scale=float(np.clip(found["scale"] * f, lo, hi)), **raw)
+            k = r["scores"].size
+            feats = instance_features(rgb, r["labels"], scores=r["scores"],
+                                      uncertainty=r["uncertainty"], mi=r["mi"],
+                                      scale=r["scale"],
+                                      target_diameter=backend.target_diameter or 48.0)
+            out.append({"stem": stem, "factor": f, "truth": truth, "labels": r["labels"],
+                        "features": feats, "matched": match_labels(truth, r["labels"], k),
+                        "uncertainty": r["uncertainty"]})
     return out
 
 
@@ -114,8 +127,12 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
                    l2: float = 1e-2, kind: str = "logistic-quadratic"
                    ) -> dict[float, dict[str, float]]:
-    """Held-out metrics per threshold, folds grouped by image."""
-    fold = np.random.default_rng(seed).permutation(len(props)) % folds
+    """Held-out metrics per threshold, folds grouped by image (by ``stem``,
+    so that an image's proposals at several factors stay together)."""
+    groups: dict = {}
+    gid = np.array([groups.setdefault(p.get("stem", i), len(groups))
+                    for i, p in enumerate(props)], dtype=np.int64)
+    fold = (np.random.default_rng(seed).permutation(len(groups)) % folds)[gid]
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
         train = [p for p, q in zip(props, fold) if q != f]
@@ -131,10 +148,11 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   check_split: str | None = "val", folds: int = 5, write: bool = True,
                   progress: bool = True, device: str = "cpu",
-                  kind: str = DEFAULT_KIND) -> dict[str, Any]:
+                  kind: str = DEFAULT_KIND, factors=(1.0,)) -> dict[str, Any]:
     """Fit, cross-validate and (``write``) install the rescorer (of
-    ``kind``, :data:`~.rescore.KINDS`) of the model in ``model_dir``;
-    returns the numbers (also logged)."""
+    ``kind``, :data:`~.rescore.KINDS`) of the model in ``model_dir`` on its
+    proposals at ``factors`` times the working scale found
+    (:func:`collect_proposals`); returns the numbers (also logged)."""
     if kind not in KINDS:
         raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
     from . import BPartIS
@@ -144,14 +162,15 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     backend = BPartIS(model=str(model_dir), rescore=False, device=device)
     t_u = backend.uncertainty_threshold if backend.mc_samples > 1 else None
     props = collect_proposals(backend, load_split(data_dir, split, progress=progress),
-                              progress=progress)
+                              progress=progress, factors=factors)
     x, y, w = _stack(props)
+    n_images = len({p["stem"] for p in props})
     counts = np.bincount(y.astype(int), minlength=2)
-    if min(counts) < folds or len(props) < folds:
+    if min(counts) < folds or n_images < folds:
         msg = (f"{split}: {counts[1]} matched and {counts[0]} unmatched proposals in "
-               f"{len(props)} images, too few to fit a rescorer; config.json is unchanged")
+               f"{n_images} images, too few to fit a rescorer; config.json is unchanged")
         logger.warning(msg)
-        return {"split": split, "images": len(props), "proposals": int(len(y)),
+        return {"split": split, "images": n_images, "proposals": int(len(y)),
                 "skipped": msg}
     cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u, kind=kind)
     best = max(cv, key=lambda t: cv[t]["score"])
@@ -161,7 +180,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     base = score_filtered(props, [np.ones(len(p["matched"])) for p in props], 0.5,
                           uncertainty_threshold=t_u)
     res: dict[str, Any] = {
-        "split": split, "images": len(props), "proposals": int(len(y)),
+        "split": split, "images": n_images, "factors": [float(f) for f in factors],
+        "proposals": int(len(y)),
         "matched_fraction": float(y.mean()) if len(y) else float("nan"),
         "threshold": best, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
         "proposals_unfiltered": base}
@@ -171,7 +191,9 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
                  for p in check]
         res["check"] = {"split": check_split,
                         "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u)}
-    model.notes = (f"fitted on {len(y)} proposals of {len(props)} {split} images; threshold "
+    at = "" if tuple(factors) == (1.0,) else \
+        f" at {', '.join(f'{f:g}' for f in factors)} x the scale found"
+    model.notes = (f"fitted on {len(y)} proposals of {n_images} {split} images{at}; threshold "
                    f"{best} by {folds}-fold CV (held-out score {cv[best]['score']:.4f})")
     res["rescorer"] = model.to_dict()
     logger.info("rescorer: threshold %s, CV %s", best, cv[best])
@@ -222,6 +244,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train-fit")
     p.add_argument("--check-split", default="val")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--factors", type=float, nargs="+", default=[1.0],
+                   help="propose at these multiples of the working scale found (default: "
+                        "1, the scale found alone)")
     p.add_argument("--kind", choices=sorted(KINDS), default=DEFAULT_KIND,
                    help="logistic regression on the features and their squares, or a small "
                         "ensemble of perceptrons (default: %(default)s)")
@@ -233,7 +258,7 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     res = fit_for_model(a.model, a.data, split=a.split, check_split=a.check_split or None,
                         folds=a.folds, write=not a.dry_run, progress=not a.no_progress,
-                        kind=a.kind)
+                        kind=a.kind, factors=a.factors)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     logger.info("result: %s", {k: v for k, v in res.items() if k != "rescorer"})
