@@ -240,7 +240,16 @@ def test_mlp_rescorer_cross_validates_installs_and_runs_in_the_backend(tmp_path)
     res = {"split": "train-fit", "images": 20, "proposals": 90, "matched_fraction": 0.7,
            "cv": {"0.5": cv[0.5]}, "proposals_unfiltered": cv[0.5]}
     install(tmp_path, model, res)
-    assert "ensemble of 3 perceptrons" in (tmp_path / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "ensemble of 3 perceptrons" in card
+    assert "the best of 1 by 5-fold" in card and "x the working scale found" not in card
+    # a threshold chosen end to end, on proposals at several scales, says so
+    install(tmp_path, model, dict(res, threshold_from="given", factors=[0.8, 1.0]))
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "chosen end to end" in card and "at 0.8, 1 x the working scale found" in card
+    assert card.count("## Rescoring") == 1
+    with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+        fit_for_model(tmp_path, tmp_path, threshold=1.5)
     rescore = json.loads((tmp_path / "config.json").read_text())["inference"]["rescore"]
     tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
     b = BPartIS.from_config({"model": tiny, "inference": {"tile_px": 64, "overlap_px": 16,

@@ -148,13 +148,19 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   check_split: str | None = "val", folds: int = 5, write: bool = True,
                   progress: bool = True, device: str = "cpu",
-                  kind: str = DEFAULT_KIND, factors=(1.0,)) -> dict[str, Any]:
+                  kind: str = DEFAULT_KIND, factors=(1.0,),
+                  threshold: float | None = None) -> dict[str, Any]:
     """Fit, cross-validate and (``write``) install the rescorer (of
     ``kind``, :data:`~.rescore.KINDS`) of the model in ``model_dir`` on its
     proposals at ``factors`` times the working scale found
-    (:func:`collect_proposals`); returns the numbers (also logged)."""
+    (:func:`collect_proposals`), with the threshold the cross-validation
+    scores best (or ``threshold``, e.g. one chosen end to end by
+    ``benchmarks/bench_rescorer_kind.py``); returns the numbers (also
+    logged)."""
     if kind not in KINDS:
         raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     from . import BPartIS
     from .train import load_split
 
@@ -172,8 +178,9 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         logger.warning(msg)
         return {"split": split, "images": n_images, "proposals": int(len(y)),
                 "skipped": msg}
-    cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u, kind=kind)
-    best = max(cv, key=lambda t: cv[t]["score"])
+    cv = cross_validate(props, folds=folds, uncertainty_threshold=t_u, kind=kind,
+                        thresholds=sorted({*THRESHOLDS, *([threshold] if threshold else [])}))
+    best = max(cv, key=lambda t: cv[t]["score"]) if threshold is None else float(threshold)
     model = fit_kind(kind, x, y, w, threshold=best)
     model.cluster = dict(PROPOSAL_CLUSTER)
     model.inputs = {"mc_samples": backend.mc_samples, "uncertainty": backend.uncertainty_kind}
@@ -183,7 +190,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         "split": split, "images": n_images, "factors": [float(f) for f in factors],
         "proposals": int(len(y)),
         "matched_fraction": float(y.mean()) if len(y) else float("nan"),
-        "threshold": best, "folds": folds, "cv": {str(t): v for t, v in cv.items()},
+        "threshold": best, "threshold_from": "given" if threshold is not None else "cv",
+        "folds": folds, "cv": {str(t): v for t, v in cv.items()},
         "proposals_unfiltered": base}
     if check_split:
         check = collect_proposals(backend, load_split(data_dir, check_split), progress=progress)
@@ -193,8 +201,9 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
                         "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u)}
     at = "" if tuple(factors) == (1.0,) else \
         f" at {', '.join(f'{f:g}' for f in factors)} x the scale found"
+    how = "given" if threshold is not None else f"by {folds}-fold CV"
     model.notes = (f"fitted on {len(y)} proposals of {n_images} {split} images{at}; threshold "
-                   f"{best} by {folds}-fold CV (held-out score {cv[best]['score']:.4f})")
+                   f"{best} {how} (held-out score {cv[best]['score']:.4f})")
     res["rescorer"] = model.to_dict()
     logger.info("rescorer: threshold %s, CV %s", best, cv[best])
     if write:
@@ -218,10 +227,15 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         f"particle's `score`, and proposals below {model.threshold} are dropped "
         "(`imageextract.segment.bpartis.rescore`).",
         f"- fitted on {res['proposals']} proposals (clustering filters "
-        f"{json.dumps(model.cluster)}) of {res['images']} `{res['split']}` images, "
-        f"{res['matched_fraction']:.1%} of them matched",
-        f"- threshold {model.threshold}, the best of {len(res['cv'])} by "
-        f"{res.get('folds', 5)}-fold cross-validation over whole images: held-out AP50 "
+        f"{json.dumps(model.cluster)}) of {res['images']} `{res['split']}` images"
+        + (f" at {', '.join(f'{f:g}' for f in res['factors'])} x the working scale found"
+           if res.get("factors", [1.0]) != [1.0] else "")
+        + f", {res['matched_fraction']:.1%} of them matched",
+        (f"- threshold {model.threshold}, the best of {len(res['cv'])} by "
+         if res.get("threshold_from", "cv") == "cv" else
+         f"- threshold {model.threshold}, chosen end to end "
+         "(`benchmarks/bench_rescorer_kind.py`); by ")
+        + f"{res.get('folds', 5)}-fold cross-validation over whole images: held-out AP50 "
         f"{cv['ap50']:.3f}, AJI+ {cv['aji_plus']:.3f} (proposals with only the uncertainty "
         f"filter: AP50 {res['proposals_unfiltered']['ap50']:.3f}, AJI+ "
         f"{res['proposals_unfiltered']['aji_plus']:.3f})",
@@ -247,6 +261,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", type=float, nargs="+", default=[1.0],
                    help="propose at these multiples of the working scale found (default: "
                         "1, the scale found alone)")
+    p.add_argument("--threshold", type=float,
+                   help="keep this threshold instead of the one the cross-validation "
+                        "scores best (its CV numbers are still reported)")
     p.add_argument("--kind", choices=sorted(KINDS), default=DEFAULT_KIND,
                    help="logistic regression on the features and their squares, or a small "
                         "ensemble of perceptrons (default: %(default)s)")
@@ -258,7 +275,7 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     res = fit_for_model(a.model, a.data, split=a.split, check_split=a.check_split or None,
                         folds=a.folds, write=not a.dry_run, progress=not a.no_progress,
-                        kind=a.kind, factors=a.factors)
+                        kind=a.kind, factors=a.factors, threshold=a.threshold)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     logger.info("result: %s", {k: v for k, v in res.items() if k != "rescorer"})
