@@ -13,7 +13,11 @@ a threshold are dropped.
 Here the model is a logistic regression on the features and their squares
 (:data:`FEATURES`), fitted on the network's own proposals on training
 images (:func:`fit_rescorer`, labels from :func:`match_labels`).  It is
-torch-free and lives in ``config.json`` (``inference.rescore``).
+torch-free and lives in ``config.json`` (``inference.rescore``).  A second
+kind, a small ensemble of perceptrons (:class:`MLPRescorer`, fitted with
+torch, evaluated in NumPy), can learn combinations of features; it was not
+better end to end (``benchmarks/bench_rescorer_kind.py``).
+:func:`load_rescorer` reads either from ``config.json``.
 """
 
 from __future__ import annotations
