@@ -33,7 +33,6 @@ axis inside the particles, and the particle count.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -90,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "embedding_axes.json"))
     a = ap.parse_args(argv)
 
+    from imageextract.evaluation.harness import write_json
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.inference import (
         network_maps, resize_labels, resize_rgb, scaled_shape)
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['images_x_above_y']} of {len(per)}); sigma y {r['median_sigma_px']['y']:.1f}"
               f" px, x {r['median_sigma_px']['x']:.1f} px")
     out["total_wall_seconds"] = round(time.time() - t0, 1)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, a.out)
     print(f"-> {a.out}")
     return 0
 

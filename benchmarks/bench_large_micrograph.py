@@ -51,6 +51,7 @@ def main() -> int:
 
     import imageextract as ie
     from imageextract.data import synthetic_micrograph
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import aji_plus, paper_metrics
 
     img, truth = synthetic_micrograph((args.size, args.size), n_particles=args.particles,
@@ -75,8 +76,7 @@ def main() -> int:
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                        "load_avg": list(os.getloadavg())}}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"large_{args.backend}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, out)
     print(json.dumps(res, indent=2))
     return 0
 

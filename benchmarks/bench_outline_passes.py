@@ -27,7 +27,6 @@ Writes ``benchmarks/results/outline_passes_<split>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -99,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import aji_plus, is_elongated, paper_metrics
     from imageextract.segment.bpartis import BPartIS
 
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                      "ap50_aji_plus_by_passes": r} for s, sh, r in zip(stems, shapes, rows)],
            "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"outline_passes_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, out)
     for g, table in res["summary"].items():
         print(g)
         for k, m in table.items():

@@ -24,7 +24,6 @@ by particle shape.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -89,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import aji_plus, is_elongated, paper_metrics
     from imageextract.segment.bpartis import BPartIS
 
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                "metrics": list(METRICS), "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out or ROOT / "benchmarks" / "results" /
                f"outline_threshold_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(out_res, indent=2) + "\n")
+    write_json(out_res, out)
     for g, table in out_res["summary"].items():
         print(g)
         for t, m in table.items():

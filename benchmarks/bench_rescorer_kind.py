@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -153,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import all_metrics, is_elongated
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.rescore_fit import collect_proposals
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
            "factors": args.factors,
            "thresholds": {f"{k}/{f}": r.threshold for (k, f), r in rescorers.items()},
            "summary": summary, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, args.out)
     for kind, groups in summary.items():
         print(kind + ": " + "; ".join(
             f"{g} ({e['images']}) {e['score']:.4f}"

@@ -20,7 +20,6 @@ Writes ``benchmarks/results/bpartis_size_probe.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -71,6 +70,7 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.inference import median_diameter
     from imageextract.segment.bpartis.size import ZOOM_BELOW, estimate_diameter
@@ -102,8 +102,7 @@ def main() -> int:
     for key in ("image_zoom_off", "image_zoom_on", "mosaic_zoom_off", "mosaic_zoom_on"):
         err = [math.log(r[f"{key}_px"] / r["truth_px"]) for r in rows]
         res["summary"][key] = summarise(err)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, args.out)
     for key, v in res["summary"].items():
         print(f"{key:16s} n {v['n']:3d}  median |log err| {v['median_abs_log_error']:.3f}  "
               f"within 25% {v['within_25pct']:.2f}  50% {v['within_50pct']:.2f}  "

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 import time
@@ -273,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.segment.bpartis import BPartIS
 
     bp = BPartIS(model=args.model, threads=args.threads)
@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                               "off_by_more_than_1.8x": int(sum(e > math.log(1.8)
                                                                for e in errs)),
                               "median_abs_log": float(np.median(errs)) if errs else None}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        write_json(res, args.out)
         return res
 
     for i, stem in enumerate(tqdm(stems, desc="images")):

@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(res: dict, out: Path) -> int:
     """Write the result ``res`` to ``out`` and print its summary."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    from imageextract.evaluation.harness import write_json
+
+    write_json(res, out)
     for n, m in res["networks_alone"].items():
         print(f"{n:10s} alone: AP {m['ap']:.4f} AP50 {m['ap50']:.4f} AJI+ {m['aji_plus']:.4f} "
               f"score {m['score']:.4f}")

@@ -24,7 +24,6 @@ confidence is at least it, so its result there is the gated one).  With
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -91,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import all_metrics
     from imageextract.segment.bpartis import BPartIS
 
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                        "median_seconds": float(np.median([r["t_full"] for r in rows])),
                        "mean_seconds": float(np.mean([r["t_full"] for r in rows]))},
            "thresholds": summary, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, args.out)
     for s in summary:
         print(f"sure_confidence {s['threshold']}: skipped {s['skipped']}, "
               f"{s['difference']:+.4f} (s.e. {s['standard_error']:.4f}, wins "

@@ -29,7 +29,6 @@ and how many images it turned.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -95,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import aji_plus, paper_metrics
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.inference import particle_axes, turned_back
@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"model": args.model, "weights": bp.weights, "summary": summary, "rules": rules,
            "sets": sets, "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, out)
     for name, s in summary.items():
         print(f"{name}: {s['n']} images, plain {s['plain']:.4f}, turned {s['turned']:.4f}, "
               f"best of both {s['best_of_both']:.4f}")

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from imageextract.datasets import load_item, split_stems
+    from imageextract.evaluation.harness import write_json
     from imageextract.evaluation.metrics import all_metrics
     from imageextract.segment.bpartis import BPartIS
 
@@ -207,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
            "summary": summarise(rows, names), "rows": rows,
            "total_wall_seconds": round(time.time() - t0, 1)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, out)
     s = res["summary"]
     for v, m in s["views"].items():
         print(f"{v:10s} baseline {m['baseline']['score']:.4f}  candidate "
