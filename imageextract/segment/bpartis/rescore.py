@@ -239,12 +239,16 @@ def _expand(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, x ** 2], axis=1)
 
 
+@dataclass(kw_only=True)
 class _Filter:
-    """What both rescorer kinds do with their probabilities and settings."""
+    """The settings both rescorer kinds have, and what they do with their
+    probabilities (their own fields come first, these by keyword)."""
 
-    threshold: float
-    inputs: dict
-    features: tuple[str, ...]
+    threshold: float = 0.5
+    features: tuple[str, ...] = FEATURES
+    cluster: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    notes: str = ""
 
     def _rows(self, features: np.ndarray) -> np.ndarray:
         """``features`` as (N, len(:attr:`features`)) float64, or a ValueError."""
@@ -279,11 +283,6 @@ class Rescorer(_Filter):
     std: np.ndarray
     coef: np.ndarray
     intercept: float
-    threshold: float = 0.5
-    features: tuple[str, ...] = FEATURES
-    cluster: dict = field(default_factory=dict)
-    inputs: dict = field(default_factory=dict)
-    notes: str = ""
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
@@ -340,11 +339,6 @@ class MLPRescorer(_Filter):
     mean: np.ndarray
     std: np.ndarray
     members: list
-    threshold: float = 0.5
-    features: tuple[str, ...] = FEATURES
-    cluster: dict = field(default_factory=dict)
-    inputs: dict = field(default_factory=dict)
-    notes: str = ""
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Probability that each row is a real, well-outlined particle."""
@@ -400,13 +394,18 @@ class MLPRescorer(_Filter):
 KINDS = {"logistic-quadratic": Rescorer, "mlp": MLPRescorer}
 
 
+def rescorer_class(kind: str) -> type:
+    """The rescorer class of ``kind`` (:data:`KINDS`), or a ValueError
+    naming the kinds there are."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+    return KINDS[kind]
+
+
 def load_rescorer(d: dict) -> Rescorer | MLPRescorer:
     """The rescorer described by ``d`` (``inference.rescore`` of
     ``config.json``; ``kind`` defaults to ``logistic-quadratic``)."""
-    kind = d.get("kind", "logistic-quadratic")
-    if kind not in KINDS:
-        raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
-    return KINDS[kind].from_dict(d)
+    return rescorer_class(d.get("kind", "logistic-quadratic")).from_dict(d)
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
@@ -507,4 +506,4 @@ def _fit_members(torch, z, y, weights, *, hidden, dropout, weight_decay, steps, 
 
 
 __all__ = ["FEATURES", "KINDS", "MLPRescorer", "Rescorer", "fit_mlp_rescorer", "fit_rescorer",
-           "instance_features", "load_rescorer", "match_labels"]
+           "instance_features", "load_rescorer", "match_labels", "rescorer_class"]

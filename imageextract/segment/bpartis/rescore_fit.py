@@ -31,8 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .install import install_section
-from .rescore import (FEATURES, KINDS, fit_mlp_rescorer, fit_rescorer, instance_features,
-                      match_labels)
+from .rescore import (FEATURES, KINDS, MLPRescorer, fit_mlp_rescorer, fit_rescorer,
+                      instance_features, match_labels, rescorer_class)
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
     raw = dict(uncertainty_threshold=None, cluster_options=opts, rescorer=None,
                scale_factors=(1.0,), sparse_factors=None, outline=None, specialist=None)
+    lo, hi = backend.scale_limits
     out = []
     for stem, rgb, truth in tqdm(items, desc="proposals", disable=not progress, leave=False):
         found = backend.segment_rgb(rgb, **raw)
-        lo, hi = backend.scale_limits
         for f in factors:
             r = found if f == 1.0 else backend.segment_rgb(
                 rgb, scale=float(np.clip(found["scale"] * f, lo, hi)), **raw)
@@ -116,16 +116,14 @@ def fit_kind(kind: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, *,
              threshold: float = 0.5, l2: float = 1e-2):
     """A rescorer of ``kind`` (:data:`~.rescore.KINDS`) fitted on features
     ``x``, labels ``y`` and weights ``w``."""
-    if kind == "mlp":
+    if rescorer_class(kind) is MLPRescorer:
         return fit_mlp_rescorer(x, y, weights=w, threshold=threshold)
-    if kind == "logistic-quadratic":
-        return fit_rescorer(x, y, weights=w, l2=l2, threshold=threshold)
-    raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+    return fit_rescorer(x, y, weights=w, l2=l2, threshold=threshold)
 
 
 def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
                    uncertainty_threshold: float | None = None, seed: int = 0,
-                   l2: float = 1e-2, kind: str = "logistic-quadratic"
+                   l2: float = 1e-2, kind: str = DEFAULT_KIND
                    ) -> dict[float, dict[str, float]]:
     """Held-out metrics per threshold, folds grouped by image (by ``stem``,
     so that an image's proposals at several factors stay together)."""
@@ -157,8 +155,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     scores best (or ``threshold``, e.g. one chosen end to end by
     ``benchmarks/bench_rescorer_kind.py``); returns the numbers (also
     logged)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown rescorer kind {kind!r} (expected one of {list(KINDS)})")
+    rescorer_class(kind)  # an unknown kind fails before the model is loaded
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     from . import BPartIS
@@ -215,7 +212,7 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
     """Write ``inference.rescore`` into ``config.json`` and a "Rescoring"
     section into ``MODEL_CARD.md`` (replacing an earlier one)."""
     cv = res["cv"][str(model.threshold)]
-    if getattr(model, "members", None):
+    if isinstance(model, MLPRescorer):
         layers = model.members[0]
         what = (f"An ensemble of {len(model.members)} perceptrons (two hidden layers of "
                 f"{layers[0][0].shape[1]}) on {len(FEATURES)} per-particle features")
