@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
                    help="pair each crop with its quarter-turned copy and teach the x channels "
                         "what the turned y channels do (loss weights, e.g. 0.03 0.1)")
+    t.add_argument("--rotate", type=float, default=0.0, metavar="P",
+                   help="turn each training crop by a random angle with probability P (rods "
+                        "at every angle, not only at quarter turns)")
     t.add_argument("--exclude", metavar="FILE",
                    help="text file of training stems to leave out, one per line (a held-out "
                         "set to judge the run on)")
@@ -286,6 +289,8 @@ def _cmd_train(args, progress: bool) -> int:
         opts["elongated_weight"] = args.elongated_weight
     if args.turn_consistency:
         opts["turn_consistency"] = tuple(args.turn_consistency)
+    if args.rotate:
+        opts["p_rotate"] = args.rotate
     if args.exclude:
         from .segment.bpartis.train import read_stems
 

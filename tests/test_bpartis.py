@@ -339,6 +339,45 @@ def test_shading_augmentations():
     assert float((field[:, 1:] - field[:, :-1]).abs().max()) < 0.05
 
 
+def test_turned_crops():
+    """A crop turned by a random angle: image and labels turned together
+    (a bar stays one bar, at that angle), nothing of the canvas outside the
+    window shows, and the turn draws random numbers only when asked for, so
+    older recipes keep their batches."""
+    import math
+
+    from imageextract.segment.bpartis.train import augment_crop, rotate_crop
+
+    # a horizontal bar 41 x 5 px: turned by 30 degrees its pixels lie along that angle
+    lab = torch.zeros(61, 61, dtype=torch.int64)
+    lab[28:33, 10:51] = 7
+    img = (lab > 0).float()[None].expand(3, -1, -1) * 0.8 + 0.1
+    out, tl = rotate_crop(img, lab, math.radians(30.0), 45)
+    assert out.shape == (3, 45, 45) and tl.dtype == torch.int64
+    assert set(tl.unique().tolist()) == {0, 7}
+    assert abs(int((tl > 0).sum()) - 205) <= 20  # area kept (41 x 5)
+    ys, xs = np.nonzero(tl.numpy())
+    angle = math.degrees(math.atan2(-np.polyfit(xs, ys, 1)[0], 1.0))  # y points down
+    assert abs(abs(angle) - 30.0) < 3.0
+    # image and labels turned alike: bright where labelled
+    assert float(out[0][tl > 0].mean()) > 0.8 and float(out[0][tl == 0].mean()) < 0.2
+    # a large image, turned crops: labels stay ids of the image, no fill at the corners
+    rng = np.random.default_rng(0)
+    big = np.zeros((200, 200), np.int32)
+    big[20:180, 20:180] = np.arange(1, 161)[None, :] // 20 + 1  # stripes 1..9
+    rgb = np.full((200, 200, 3), 128, np.uint8)
+    for k in range(5):
+        im, lb = augment_crop(rng, rgb, big, 64, p_rotate=1.0, p_invert=0.0)
+        assert im.shape == (3, 64, 64) and lb.shape == (64, 64)
+        assert set(lb.unique().tolist()) <= set(range(10))
+    # p_rotate 0 leaves the random stream as it was
+    a = augment_crop(np.random.default_rng(5), rgb, big, 64)
+    b = augment_crop(np.random.default_rng(5), rgb, big, 64, p_rotate=0.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = augment_crop(np.random.default_rng(5), rgb, big, 64, p_rotate=1.0)
+    assert not torch.equal(a[1], c[1])
+
+
 def _tiny_emps(root, n=6):
     from PIL import Image
 
@@ -487,7 +526,8 @@ def test_hard_mining_weights_and_exact_resume(tmp_path):
 def test_elongated_weight_and_excluded_stems(tmp_path):
     """Images of rods are drawn ``elongated_weight`` times as often (on top of
     hard mining), stems can be left out of train-fit, and both are kept in
-    the checkpoint, so a resumed run draws as an uninterrupted one."""
+    the checkpoint (with the turned-crop probability), so a resumed run
+    draws as an uninterrupted one."""
     from PIL import Image
 
     from imageextract.datasets import split_stems
@@ -516,14 +556,14 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
 
     opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
                 device="cpu", model_config=TINY, pretrained=False, threads=None,
-                export_at_end=False, elongated_weight=4.0, exclude=[left_out])
+                export_at_end=False, elongated_weight=4.0, exclude=[left_out], p_rotate=0.5)
     train(data, tmp_path / "a", max_steps=2, **opts)
     train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
     train(data, tmp_path / "b", max_steps=3, **opts)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["recipe"]["exclude"] == [left_out] and a["recipe"]["elongated_weight"] == 4.0
-    assert a["recipe"]["elongated_images"] == 1
+    assert a["recipe"]["elongated_images"] == 1 and a["recipe"]["p_rotate"] == 0.5
     sw = np.asarray(b["sample_weights"])
     assert sw.size == len(fit) - 1 and sw.sum() == pytest.approx(1.0)
     assert sw.max() == pytest.approx(4 * sw.min()) and np.sum(sw == sw.max()) == 1
@@ -534,6 +574,8 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
         train(data, tmp_path / "c", max_steps=1, **{**opts, "exclude": ["nosuchstem"]})
     with pytest.raises(ImageExtractError, match="elongated weight"):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "elongated_weight": -2.0})
+    with pytest.raises(ImageExtractError, match="turned crop must be in"):
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "p_rotate": 1.5})
     assert not (tmp_path / "c" / "checkpoint.pt").exists()
     from imageextract.segment.bpartis.train import read_stems
 

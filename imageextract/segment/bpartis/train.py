@@ -105,7 +105,8 @@ def base_scale(labels: np.ndarray, target_diameter: float | None, *,
 def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, crop: int, *,
                  base: float = 1.0, scale_range=(0.7, 1.4),
                  p_invert: float = 0.15, p_shade: float = 0.0,
-                 p_illumination: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 p_illumination: float = 0.0,
+                 p_rotate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training crop.
 
     Random scale (``base`` times a log-uniform factor in ``scale_range``),
@@ -118,6 +119,11 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     ``p_illumination`` the crop is multiplied by a smooth random field
     (:func:`illumination_field`); both draw random numbers only when their
     probability is above 0, so older recipes keep their exact batches.
+    With ``p_rotate`` the crop is turned by a random angle in [0, 90)
+    degrees before the quarter turns and flips (:func:`rotate_crop`; a
+    window large enough to fill the turned crop is taken), so that rods lie
+    at every angle, not only at the few the training images show turned by
+    quarter turns.
 
     Returns
     -------
@@ -127,6 +133,11 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     h, w = labels.shape
     lo, hi = scale_range
     s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    angle, out_crop = 0.0, crop
+    if p_rotate > 0 and rng.random() < p_rotate:
+        angle = rng.uniform(0.0, 0.5 * math.pi)
+        # the window that holds the turned crop whole
+        crop = int(math.ceil(out_crop * (math.cos(angle) + math.sin(angle)))) + 2
     wy = min(h, max(1, int(round(crop / s))))
     wx = min(w, max(1, int(round(crop / s))))
     y0 = int(rng.integers(0, h - wy + 1))
@@ -147,6 +158,8 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         lcanvas = torch.zeros((crop, crop), dtype=torch.int64)
         lcanvas[py:py + oy, px:px + ox] = lab
         img, lab = canvas, lcanvas
+    if crop != out_crop:
+        img, lab = rotate_crop(img, lab, angle, out_crop)
     k = int(rng.integers(0, 4))
     if k:
         img, lab = torch.rot90(img, k, (1, 2)), torch.rot90(lab, k, (0, 1))
@@ -169,6 +182,33 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31)))
         img = img + torch.randn(img.shape, generator=gen) * rng.uniform(0.0, 0.04)
     return img.clamp(0.0, 1.0).contiguous(), lab.contiguous()
+
+
+def rotate_crop(img: torch.Tensor, labels: torch.Tensor, angle: float,
+                size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The central ``size`` x ``size`` crop of ``img`` (C, H, W) and
+    ``labels`` (H, W) turned by ``angle`` radians about their centre:
+    bilinear for the image, nearest for the labels (ids kept as they are).
+    Pixels the turned window takes from outside the input repeat its border
+    (image) and are background (labels); a window of side at least
+    ``size * (|cos| + |sin|)`` leaves none.
+
+    >>> lab = torch.zeros(9, 9, dtype=torch.int64); lab[4, :] = 1
+    >>> _, out = rotate_crop(torch.zeros(1, 9, 9), lab, math.pi / 2, 5)
+    >>> out[:, 2].tolist(), int(out.sum())
+    ([1, 1, 1, 1, 1], 5)
+    """
+    h, w = labels.shape
+    c, s = math.cos(angle), math.sin(angle)
+    # output pixel (normalised by the input's half sides) -> input pixel
+    theta = torch.tensor([[c * size / w, -s * size / w, 0.0],
+                          [s * size / h, c * size / h, 0.0]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, size, size], align_corners=False)
+    out = F.grid_sample(img[None].float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)[0]
+    lab = F.grid_sample(labels[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[0, 0].round().long()
+    return out, lab
 
 
 def shade_particles(img: torch.Tensor, labels: torch.Tensor, *, angle: float,
@@ -479,7 +519,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           init_weights: str | Path | None = None, workers: int = 0,
           hard_mining: float = 0.0, elongated_weight: float = 1.0,
           exclude: list[str] | tuple[str, ...] = (),
-          turn_consistency: tuple[float, float] | None = None) -> dict[str, Any]:
+          turn_consistency: tuple[float, float] | None = None,
+          p_rotate: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -535,6 +576,9 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
         each) and add ``w_offset`` x the offset and ``w_sigma`` x the sigma
         disagreement of :func:`~.loss.turn_consistency`: the x channels learn
         to behave as the turned y channels do.  Stored in the recipe.
+    p_rotate : float
+        Probability of turning a training crop by a random angle (see
+        :func:`augment_crop`); stored in the recipe.
 
     Returns
     -------
@@ -562,7 +606,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       pretrained=pretrained, threads=threads, export_at_end=export_at_end,
                       init_weights=init_weights, workers=workers, t_start=t_start,
                       hard_mining=hard_mining, elongated_weight=elongated_weight,
-                      exclude=exclude, turn_consistency=turn_consistency)
+                      exclude=exclude, turn_consistency=turn_consistency,
+                      p_rotate=p_rotate)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -573,7 +618,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
            t_start, hard_mining=0.0, elongated_weight=1.0, exclude=(),
-           turn_consistency=None) -> dict[str, Any]:
+           turn_consistency=None, p_rotate=0.0) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -613,6 +658,11 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 f"elongated weight must be > 0, got {elongated_weight!r}")
         recipe["elongated_weight"] = float(elongated_weight)
         recipe["exclude"] = sorted({str(s) for s in exclude})
+        if not 0.0 <= float(p_rotate) <= 1.0:
+            raise ImageExtractError(f"the probability of a turned crop must be in [0, 1], "
+                                    f"got {p_rotate!r}")
+        if float(p_rotate) > 0:
+            recipe["p_rotate"] = float(p_rotate)
         if turn_consistency is not None:
             w_off, w_sig = (float(v) for v in turn_consistency)
             if not all(v >= 0 and math.isfinite(v) for v in (w_off, w_sig)):
@@ -680,7 +730,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     loss_cfg = recipe["loss"]
     aug = {"scale_range": tuple(recipe["scale_range"]), "p_invert": recipe["p_invert"],
            "p_shade": recipe.get("p_shade", 0.0),
-           "p_illumination": recipe.get("p_illumination", 0.0)}
+           "p_illumination": recipe.get("p_illumination", 0.0),
+           "p_rotate": recipe.get("p_rotate", 0.0)}
     limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
@@ -1024,7 +1075,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         "contrast/brightness, gamma, noise"
         + (f", particle shading (p {recipe['p_shade']})" if recipe.get("p_shade") else "")
         + (f", illumination field (p {recipe['p_illumination']})"
-           if recipe.get("p_illumination") else ""),
+           if recipe.get("p_illumination") else "")
+        + (f", turns by any angle (p {recipe['p_rotate']})" if recipe.get("p_rotate") else ""),
         *([f"- quarter-turn consistency: half of each batch is the other half turned 90°; the "
            f"x offsets and x sigma learn the turned y ones (weights "
            f"{recipe['turn_consistency']['w_offset']:g} per px and "
@@ -1546,6 +1598,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
                    help="pair each crop with its quarter-turned copy and teach the x "
                         "channels the turned y channels (loss weights; e.g. 0.03 0.1)")
+    p.add_argument("--rotate", type=float, default=0.0, metavar="P",
+                   help="turn each training crop by a random angle with this probability "
+                        "(rods at every angle)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
@@ -1579,7 +1634,7 @@ def _run_main(a) -> int:
                 export_at_end=not a.no_finish, hard_mining=a.hard_mining,
                 elongated_weight=a.elongated_weight,
                 exclude=read_stems(a.exclude) if a.exclude else (),
-                turn_consistency=a.turn_consistency)
+                turn_consistency=a.turn_consistency, p_rotate=a.rotate)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
