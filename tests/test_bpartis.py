@@ -367,7 +367,8 @@ def test_turned_crops():
     big[20:180, 20:180] = np.arange(1, 161)[None, :] // 20 + 1  # stripes 1..9
     rgb = np.full((200, 200, 3), 128, np.uint8)
     for k in range(5):
-        im, lb = augment_crop(rng, rgb, big, 64, p_rotate=1.0, p_invert=0.0)
+        im, lb = augment_crop(rng, rgb, big, 64, p_rotate=1.0, p_invert=0.0, p_shade=0.5,
+                              p_illumination=0.5)
         assert im.shape == (3, 64, 64) and lb.shape == (64, 64)
         assert set(lb.unique().tolist()) <= set(range(10))
     # p_rotate 0 leaves the random stream as it was

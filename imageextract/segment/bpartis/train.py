@@ -160,6 +160,7 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         img, lab = canvas, lcanvas
     if crop != out_crop:
         img, lab = rotate_crop(img, lab, angle, out_crop)
+        crop = out_crop
     k = int(rng.integers(0, 4))
     if k:
         img, lab = torch.rot90(img, k, (1, 2)), torch.rot90(lab, k, (0, 1))
