@@ -196,8 +196,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
                  for p in check]
         res["check"] = {"split": check_split,
                         "rescored": score_filtered(check, probs, best, uncertainty_threshold=t_u)}
-    at = "" if tuple(factors) == (1.0,) else \
-        f" at {', '.join(f'{f:g}' for f in factors)} x the scale found"
+    at = _at_factors(factors, "the scale found")
     how = "given" if threshold is not None else f"by {folds}-fold CV"
     model.notes = (f"fitted on {len(y)} proposals of {n_images} {split} images{at}; threshold "
                    f"{best} {how} (held-out score {cv[best]['score']:.4f})")
@@ -206,6 +205,13 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     if write:
         install(model_dir, model, res)
     return res
+
+
+def _at_factors(factors, scale: str) -> str:
+    """``" at 0.8, 1, 1.25 x <scale>"`` for proposals at those factors; ``""``
+    for the scale found alone."""
+    factors = [float(f) for f in factors]
+    return "" if factors == [1.0] else f" at {', '.join(f'{f:g}' for f in factors)} x {scale}"
 
 
 def install(model_dir: Path, model, res: dict[str, Any]) -> None:
@@ -225,8 +231,7 @@ def install(model_dir: Path, model, res: dict[str, Any]) -> None:
         "(`imageextract.segment.bpartis.rescore`).",
         f"- fitted on {res['proposals']} proposals (clustering filters "
         f"{json.dumps(model.cluster)}) of {res['images']} `{res['split']}` images"
-        + (f" at {', '.join(f'{f:g}' for f in res['factors'])} x the working scale found"
-           if res.get("factors", [1.0]) != [1.0] else "")
+        + _at_factors(res.get("factors", [1.0]), "the working scale found")
         + f", {res['matched_fraction']:.1%} of them matched",
         (f"- threshold {model.threshold}, the best of {len(res['cv'])} by "
          if res.get("threshold_from", "cv") == "cv" else

@@ -133,34 +133,33 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     h, w = labels.shape
     lo, hi = scale_range
     s = base * math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    angle, out_crop = 0.0, crop
+    angle, win = 0.0, crop  # win: the side of the window cut before any turn
     if p_rotate > 0 and rng.random() < p_rotate:
         angle = rng.uniform(0.0, 0.5 * math.pi)
         # the window that holds the turned crop whole
-        crop = int(math.ceil(out_crop * (math.cos(angle) + math.sin(angle)))) + 2
-    wy = min(h, max(1, int(round(crop / s))))
-    wx = min(w, max(1, int(round(crop / s))))
+        win = int(math.ceil(crop * (math.cos(angle) + math.sin(angle)))) + 2
+    wy = min(h, max(1, int(round(win / s))))
+    wx = min(w, max(1, int(round(win / s))))
     y0 = int(rng.integers(0, h - wy + 1))
     x0 = int(rng.integers(0, w - wx + 1))
     img = torch.from_numpy(np.array(rgb[y0:y0 + wy, x0:x0 + wx], order="C")).permute(2, 0, 1)
     img = img.float().div_(255.0)[None]
     lab = torch.from_numpy(labels[y0:y0 + wy, x0:x0 + wx].astype(np.int64))[None, None]
-    oy, ox = min(crop, max(1, int(round(wy * s)))), min(crop, max(1, int(round(wx * s))))
+    oy, ox = min(win, max(1, int(round(wy * s)))), min(win, max(1, int(round(wx * s))))
     if (oy, ox) != (wy, wx):
         img = F.interpolate(img, size=(oy, ox), mode="bilinear", align_corners=False,
                             antialias=oy < wy or ox < wx)
         lab = F.interpolate(lab.float(), size=(oy, ox), mode="nearest").long()
     img, lab = img[0], lab[0, 0]
-    if (oy, ox) != (crop, crop):
-        py, px = int(rng.integers(0, crop - oy + 1)), int(rng.integers(0, crop - ox + 1))
-        canvas = img.mean((1, 2), keepdim=True).expand(3, crop, crop).clone()
+    if (oy, ox) != (win, win):
+        py, px = int(rng.integers(0, win - oy + 1)), int(rng.integers(0, win - ox + 1))
+        canvas = img.mean((1, 2), keepdim=True).expand(3, win, win).clone()
         canvas[:, py:py + oy, px:px + ox] = img
-        lcanvas = torch.zeros((crop, crop), dtype=torch.int64)
+        lcanvas = torch.zeros((win, win), dtype=torch.int64)
         lcanvas[py:py + oy, px:px + ox] = lab
         img, lab = canvas, lcanvas
-    if crop != out_crop:
-        img, lab = rotate_crop(img, lab, angle, out_crop)
-        crop = out_crop
+    if win != crop:
+        img, lab = rotate_crop(img, lab, angle, crop)
     k = int(rng.integers(0, 4))
     if k:
         img, lab = torch.rot90(img, k, (1, 2)), torch.rot90(lab, k, (0, 1))
