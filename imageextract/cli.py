@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rotate", type=float, default=0.0, metavar="P",
                    help="turn each training crop by a random angle with probability P (rods "
                         "at every angle, not only at quarter turns)")
+    t.add_argument("--paste", type=float, default=0.0, metavar="P",
+                   help="paste rods cut from the training images of rods onto each training "
+                        "crop with probability P (dense, crossing rods)")
     t.add_argument("--exclude", metavar="FILE",
                    help="text file of training stems to leave out, one per line (a held-out "
                         "set to judge the run on)")
@@ -291,6 +294,8 @@ def _cmd_train(args, progress: bool) -> int:
         opts["turn_consistency"] = tuple(args.turn_consistency)
     if args.rotate:
         opts["p_rotate"] = args.rotate
+    if args.paste:
+        opts["p_paste"] = args.paste
     if args.exclude:
         from .segment.bpartis.train import read_stems
 

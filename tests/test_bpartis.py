@@ -379,6 +379,54 @@ def test_turned_crops():
     assert not torch.equal(a[1], c[1])
 
 
+def test_pasted_rods():
+    """Rods of the paste bank land on the crop at the crop's scale: each
+    takes a new id over what it covers, keeps its area (times the zoom
+    squared) where it falls whole, and brings its own grey; pasting draws
+    random numbers only when asked for."""
+    from scipy import ndimage
+
+    from imageextract.segment.bpartis.train import augment_crop, paste_bank, paste_rods
+
+    lab = np.zeros((60, 80), np.int32)
+    lab[10:16, 10:50] = 1  # 6 x 40 rods
+    lab[30:36, 20:60] = 2
+    lab[45:52, 60:67] = 3  # a square: not a rod
+    rgb = np.full((60, 80, 3), 200, np.uint8)
+    rgb[lab > 0] = 40
+    bank = paste_bank([("r", rgb, lab)], [0.5])
+    assert [int(m.sum()) for _, m, _ in bank] == [240, 240]
+    img = torch.full((3, 64, 64), 0.9)
+    under = torch.zeros(64, 64, dtype=torch.int64)
+    under[20:44, 20:44] = 5  # a particle the rods may cover
+    rng = np.random.default_rng(3)
+    areas = []
+    for _ in range(20):
+        out, lb = paste_rods(rng, img, under, bank, zoom=2.0, count=(1, 1))
+        assert out.shape == img.shape and lb.dtype == torch.int64
+        assert set(lb.unique().tolist()) <= {0, 5, 6}
+        new = lb == 6
+        if new.any():
+            assert float(out[0][new].mean()) < 0.25  # the rod's own grey (40 / 255)
+            assert bool((under[new] == 5).any() or (under[new] == 0).all())
+            ys, xs = np.nonzero(new.numpy())
+            if ys.min() > 0 and xs.min() > 0 and ys.max() < 63 and xs.max() < 63:
+                areas.append(int(new.sum()))
+        # elsewhere nothing changes but the one-pixel blend of its outline
+        far = torch.from_numpy(~ndimage.binary_dilation(new.numpy(), iterations=2))
+        assert torch.equal(lb[~new], under[~new]) and torch.equal(out[:, far], img[:, far])
+    assert areas and all(abs(a - 240) <= 30 for a in areas)  # 240 px x 0.5^2 x 2^2
+    out, lb = paste_rods(np.random.default_rng(0), img, under, bank, count=(4, 4))
+    assert int(lb.max()) <= 9 and len(lb.unique()) >= 3  # several rods, ids 6..9
+    # p_paste 0 (or no bank) leaves the random stream as it was
+    a = augment_crop(np.random.default_rng(5), rgb, lab, 48)
+    b = augment_crop(np.random.default_rng(5), rgb, lab, 48, p_paste=0.0, paste_bank=bank)
+    c = augment_crop(np.random.default_rng(5), rgb, lab, 48, p_paste=1.0, paste_bank=())
+    assert all(torch.equal(x, y) for x, y in zip(a + b, b + c))
+    d = augment_crop(np.random.default_rng(5), rgb, lab, 48, p_paste=1.0, paste_bank=bank)
+    assert int(d[1].max()) > 3  # new ids
+
+
 def _tiny_emps(root, n=6):
     from PIL import Image
 
@@ -527,8 +575,8 @@ def test_hard_mining_weights_and_exact_resume(tmp_path):
 def test_elongated_weight_and_excluded_stems(tmp_path):
     """Images of rods are drawn ``elongated_weight`` times as often (on top of
     hard mining), stems can be left out of train-fit, and both are kept in
-    the checkpoint (with the turned-crop probability), so a resumed run
-    draws as an uninterrupted one."""
+    the checkpoint (with the turned-crop and paste probabilities), so a
+    resumed run draws as an uninterrupted one."""
     from PIL import Image
 
     from imageextract.datasets import split_stems
@@ -557,7 +605,8 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
 
     opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
                 device="cpu", model_config=TINY, pretrained=False, threads=None,
-                export_at_end=False, elongated_weight=4.0, exclude=[left_out], p_rotate=0.5)
+                export_at_end=False, elongated_weight=4.0, exclude=[left_out], p_rotate=0.5,
+                p_paste=0.5)
     train(data, tmp_path / "a", max_steps=2, **opts)
     train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
     train(data, tmp_path / "b", max_steps=3, **opts)
@@ -565,6 +614,9 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["recipe"]["exclude"] == [left_out] and a["recipe"]["elongated_weight"] == 4.0
     assert a["recipe"]["elongated_images"] == 1 and a["recipe"]["p_rotate"] == 0.5
+    assert a["recipe"]["p_paste"] == 0.5
+    assert "pasting rods onto 50 % of the crops (2 rods in the bank)" in (
+        tmp_path / "b" / "train.log").read_text()
     sw = np.asarray(b["sample_weights"])
     assert sw.size == len(fit) - 1 and sw.sum() == pytest.approx(1.0)
     assert sw.max() == pytest.approx(4 * sw.min()) and np.sum(sw == sw.max()) == 1
@@ -577,6 +629,10 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "elongated_weight": -2.0})
     with pytest.raises(ImageExtractError, match="turned crop must be in"):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "p_rotate": 1.5})
+    with pytest.raises(ImageExtractError, match="pasting rods onto a crop must be in"):
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "p_paste": -0.1})
+    with pytest.raises(ImageExtractError, match="no rods to paste"):  # the rod image left out
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "exclude": [rod]})
     assert not (tmp_path / "c" / "checkpoint.pt").exists()
     from imageextract.segment.bpartis.train import read_stems
 

@@ -128,3 +128,28 @@ def test_train_turn_consistency_reaches_the_trainer(tmp_path, monkeypatch, capsy
                "--turn-consistency", "-1", "0"])
     err = capsys.readouterr().err
     assert rc != 0 and "turn-consistency weights must be >= 0" in err and "Traceback" not in err
+
+
+def test_train_rotate_and_paste_reach_the_trainer(tmp_path, monkeypatch, capsys):
+    """``--rotate P`` and ``--paste P`` reach the trainer as probabilities
+    (absent when not given, so older recipes stay as they were); a bad one
+    is a message, not a traceback."""
+    pytest.importorskip("torch")
+    import importlib
+
+    bt = importlib.import_module("imageextract.segment.bpartis.train")
+
+    seen = {}
+    monkeypatch.setattr(bt, "train", lambda data, out, **kw: seen.update(kw))
+    assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--rotate", "0.5", "--paste", "0.3"]) == 0
+    assert seen["p_rotate"] == 0.5 and seen["p_paste"] == 0.3
+    seen.clear()
+    assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
+    assert "p_rotate" not in seen and "p_paste" not in seen
+    monkeypatch.undo()
+    rc = main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m2"),
+               "--paste", "2"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "pasting rods onto a crop must be in [0, 1]" in err
+    assert "Traceback" not in err

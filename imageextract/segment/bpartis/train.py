@@ -106,7 +106,8 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
                  base: float = 1.0, scale_range=(0.7, 1.4),
                  p_invert: float = 0.15, p_shade: float = 0.0,
                  p_illumination: float = 0.0,
-                 p_rotate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 p_rotate: float = 0.0, p_paste: float = 0.0,
+                 paste_bank: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training crop.
 
     Random scale (``base`` times a log-uniform factor in ``scale_range``),
@@ -123,7 +124,12 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     degrees before the quarter turns and flips (:func:`rotate_crop`; a
     window large enough to fill the turned crop is taken), so that rods lie
     at every angle, not only at the few the training images show turned by
-    quarter turns.
+    quarter turns.  With ``p_paste`` (and a non-empty ``paste_bank``, see
+    :func:`paste_bank`) rods cut from other training images are pasted onto
+    the crop at random angles and places (:func:`paste_rods`), so that dense,
+    crossing rods are seen far more often than the few training images of
+    them show.  Both draw random numbers only when their probability is
+    above 0.
 
     Returns
     -------
@@ -160,6 +166,8 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         img, lab = canvas, lcanvas
     if win != crop:
         img, lab = rotate_crop(img, lab, angle, crop)
+    if p_paste > 0 and len(paste_bank) and rng.random() < p_paste:
+        img, lab = paste_rods(rng, img, lab, paste_bank, zoom=s / base)
     k = int(rng.integers(0, 4))
     if k:
         img, lab = torch.rot90(img, k, (1, 2)), torch.rot90(lab, k, (0, 1))
@@ -184,6 +192,17 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     return img.clamp(0.0, 1.0).contiguous(), lab.contiguous()
 
 
+def _turn_grid(h: int, w: int, angle: float, size: int) -> torch.Tensor:
+    """Sampling grid of the central ``size`` x ``size`` window of an
+    ``h`` x ``w`` input turned by ``angle`` radians about its centre
+    (:func:`torch.nn.functional.grid_sample`, ``align_corners=False``)."""
+    c, s = math.cos(angle), math.sin(angle)
+    # output pixel (normalised by the input's half sides) -> input pixel
+    theta = torch.tensor([[c * size / w, -s * size / w, 0.0],
+                          [s * size / h, c * size / h, 0.0]], dtype=torch.float32)[None]
+    return F.affine_grid(theta, [1, 1, size, size], align_corners=False)
+
+
 def rotate_crop(img: torch.Tensor, labels: torch.Tensor, angle: float,
                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The central ``size`` x ``size`` crop of ``img`` (C, H, W) and
@@ -198,17 +217,112 @@ def rotate_crop(img: torch.Tensor, labels: torch.Tensor, angle: float,
     >>> out[:, 2].tolist(), int(out.sum())
     ([1, 1, 1, 1, 1], 5)
     """
-    h, w = labels.shape
-    c, s = math.cos(angle), math.sin(angle)
-    # output pixel (normalised by the input's half sides) -> input pixel
-    theta = torch.tensor([[c * size / w, -s * size / w, 0.0],
-                          [s * size / h, c * size / h, 0.0]], dtype=torch.float32)[None]
-    grid = F.affine_grid(theta, [1, 1, size, size], align_corners=False)
+    grid = _turn_grid(*labels.shape, angle, size)
     out = F.grid_sample(img[None].float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)[0]
     lab = F.grid_sample(labels[None, None].float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)[0, 0].round().long()
     return out, lab
+
+
+#: Particles of the paste bank (:func:`paste_bank`): at least this many px
+#: and this aspect ratio (major / minor axis of the ellipse of the same
+#: second moments).
+PASTE_MIN_AREA = 40
+PASTE_MIN_ASPECT = 2.0
+
+
+def paste_bank(items: list[tuple], bases: list[float], *,
+               min_area: int = PASTE_MIN_AREA,
+               min_aspect: float = PASTE_MIN_ASPECT) -> tuple[tuple, ...]:
+    """The rods that :func:`paste_rods` pastes: from the images of
+    ``items`` (``(stem, rgb, labels)``) whose particles are rods, wires or
+    fibres (:func:`elongated_images`), every particle that does not touch
+    the image border, has at least ``min_area`` px and an aspect ratio of at
+    least ``min_aspect``.
+
+    Returns
+    -------
+    tuple of ``(patch, mask, base)``: the particle's bounding box of the
+    image (uint8 (h, w, 3)), its pixels there (bool (h, w)) and its image's
+    base scale (``bases[i]``, :func:`base_scale`), so that a pasted rod has
+    the size the crop's own particles have.
+
+    >>> lab = np.zeros((40, 40), np.int32); lab[5:9, 4:30] = 1; lab[20:24, 6:36] = 2
+    >>> lab[30:40, 0:5] = 3  # touches the border
+    >>> rgb = np.zeros((40, 40, 3), np.uint8)
+    >>> [(p.shape, int(m.sum()), b) for p, m, b in paste_bank([("a", rgb, lab)], [0.5])]
+    [((4, 26, 3), 104, 0.5), ((4, 30, 3), 120, 0.5)]
+    """
+    from scipy import ndimage
+
+    bank = []
+    for (_, rgb, lab), base, rods in zip(items, bases, elongated_images(items)):
+        if not rods:
+            continue
+        h, w = lab.shape
+        for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is None or sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h \
+                    or sl[1].stop == w:
+                continue
+            mask = lab[sl] == i
+            ys, xs = np.nonzero(mask)
+            if ys.size < min_area:
+                continue
+            cov = np.cov(np.stack([ys, xs]).astype(float)) if ys.size > 1 else np.zeros((2, 2))
+            ev = np.linalg.eigvalsh(cov)
+            if not ev[0] > 0 or math.sqrt(ev[1] / ev[0]) < min_aspect:
+                continue
+            bank.append((np.ascontiguousarray(rgb[sl]), mask, float(base)))
+    return tuple(bank)
+
+
+def paste_rods(rng: np.random.Generator, img: torch.Tensor, labels: torch.Tensor,
+               bank: tuple, *, zoom: float = 1.0,
+               count: tuple[int, int] = (3, 12)) -> tuple[torch.Tensor, torch.Tensor]:
+    """``img`` (3, H, W) and ``labels`` (H, W) with between ``count[0]`` and
+    ``count[1]`` rods of ``bank`` (:func:`paste_bank`) pasted on top, one
+    after the other (simple copy-paste augmentation).
+
+    Each rod is resized by its image's base scale times ``zoom`` (the
+    crop's own random zoom), turned by a random angle and laid at a random
+    place (part of it may fall outside); its outline is blended over one
+    pixel (the bilinear mask) and it takes a new label id over whatever it
+    covers, so a rod it crosses is cut as it would be seen under it.
+    """
+    h, w = labels.shape
+    img, labels = img.clone(), labels.clone()
+    next_id = int(labels.max()) + 1
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        patch, mask, base = bank[int(rng.integers(0, len(bank)))]
+        angle = rng.uniform(0.0, 2.0 * math.pi)
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        ph, pw = mask.shape
+        oh, ow = max(1, round(ph * base * zoom)), max(1, round(pw * base * zoom))
+        t = torch.cat([torch.from_numpy(patch).permute(2, 0, 1).float().div(255.0),
+                       torch.from_numpy(mask)[None].float()])[None]
+        if (oh, ow) != (ph, pw):
+            t = F.interpolate(t, size=(oh, ow), mode="bilinear", align_corners=False,
+                              antialias=oh < ph or ow < pw)
+        side = int(math.ceil(math.hypot(oh, ow))) + 2
+        t = F.grid_sample(t, _turn_grid(oh, ow, angle, side), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)[0]
+        # the part of the turned rod's square that falls inside the crop
+        y0, x0 = cy - side // 2, cx - side // 2
+        ya, xa = max(0, y0), max(0, x0)
+        yb, xb = min(h, y0 + side), min(w, x0 + side)
+        if ya >= yb or xa >= xb:
+            continue
+        t = t[:, ya - y0:yb - y0, xa - x0:xb - x0]
+        alpha = t[3].clamp(0.0, 1.0)
+        inside = alpha > 0.5
+        if not bool(inside.any()):
+            continue
+        region = img[:, ya:yb, xa:xb]
+        img[:, ya:yb, xa:xb] = alpha * t[:3] + (1.0 - alpha) * region
+        labels[ya:yb, xa:xb][inside] = next_id
+        next_id += 1
+    return img, labels
 
 
 def shade_particles(img: torch.Tensor, labels: torch.Tensor, *, angle: float,
@@ -520,7 +634,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           hard_mining: float = 0.0, elongated_weight: float = 1.0,
           exclude: list[str] | tuple[str, ...] = (),
           turn_consistency: tuple[float, float] | None = None,
-          p_rotate: float = 0.0) -> dict[str, Any]:
+          p_rotate: float = 0.0, p_paste: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -579,6 +693,10 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
     p_rotate : float
         Probability of turning a training crop by a random angle (see
         :func:`augment_crop`); stored in the recipe.
+    p_paste : float
+        Probability of pasting rods cut from the training images of rods
+        onto a training crop (:func:`paste_rods`; the rods of the images
+        left out with ``exclude`` are not used); stored in the recipe.
 
     Returns
     -------
@@ -607,7 +725,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       init_weights=init_weights, workers=workers, t_start=t_start,
                       hard_mining=hard_mining, elongated_weight=elongated_weight,
                       exclude=exclude, turn_consistency=turn_consistency,
-                      p_rotate=p_rotate)
+                      p_rotate=p_rotate, p_paste=p_paste)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -618,7 +736,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
            t_start, hard_mining=0.0, elongated_weight=1.0, exclude=(),
-           turn_consistency=None, p_rotate=0.0) -> dict[str, Any]:
+           turn_consistency=None, p_rotate=0.0, p_paste=0.0) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -663,6 +781,11 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                                     f"got {p_rotate!r}")
         if float(p_rotate) > 0:
             recipe["p_rotate"] = float(p_rotate)
+        if not 0.0 <= float(p_paste) <= 1.0:
+            raise ImageExtractError(f"the probability of pasting rods onto a crop must be in "
+                                    f"[0, 1], got {p_paste!r}")
+        if float(p_paste) > 0:
+            recipe["p_paste"] = float(p_paste)
         if turn_consistency is not None:
             w_off, w_sig = (float(v) for v in turn_consistency)
             if not all(v >= 0 and math.isfinite(v) for v in (w_off, w_sig)):
@@ -735,6 +858,14 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
+    if recipe.get("p_paste", 0.0) > 0:
+        bank = paste_bank(train_items, bases)
+        if not bank:
+            raise ImageExtractError("no rods to paste: the training images hold no image of "
+                                    "rods (see elongated_images)")
+        aug.update(p_paste=recipe["p_paste"], paste_bank=bank)
+        logger.info("pasting rods onto %.0f %% of the crops (%d rods in the bank)",
+                    100 * recipe["p_paste"], len(bank))
 
     sample_weights = None
     if ckpt is not None and ckpt.get("sample_weights") is not None:
@@ -1076,7 +1207,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         + (f", particle shading (p {recipe['p_shade']})" if recipe.get("p_shade") else "")
         + (f", illumination field (p {recipe['p_illumination']})"
            if recipe.get("p_illumination") else "")
-        + (f", turns by any angle (p {recipe['p_rotate']})" if recipe.get("p_rotate") else ""),
+        + (f", turns by any angle (p {recipe['p_rotate']})" if recipe.get("p_rotate") else "")
+        + (f", rods of the training images pasted on (p {recipe['p_paste']})"
+           if recipe.get("p_paste") else ""),
         *([f"- quarter-turn consistency: half of each batch is the other half turned 90°; the "
            f"x offsets and x sigma learn the turned y ones (weights "
            f"{recipe['turn_consistency']['w_offset']:g} per px and "
@@ -1601,6 +1734,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--rotate", type=float, default=0.0, metavar="P",
                    help="turn each training crop by a random angle with this probability "
                         "(rods at every angle)")
+    p.add_argument("--paste", type=float, default=0.0, metavar="P",
+                   help="paste rods cut from the training images of rods onto a training "
+                        "crop with this probability (dense, crossing rods)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
@@ -1634,7 +1770,7 @@ def _run_main(a) -> int:
                 export_at_end=not a.no_finish, hard_mining=a.hard_mining,
                 elongated_weight=a.elongated_weight,
                 exclude=read_stems(a.exclude) if a.exclude else (),
-                turn_consistency=a.turn_consistency, p_rotate=a.rotate)
+                turn_consistency=a.turn_consistency, p_rotate=a.rotate, p_paste=a.paste)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
