@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--paste", type=float, default=0.0, metavar="P",
                    help="paste rods cut from the training images of rods onto each training "
                         "crop with probability P (dense, crossing rods)")
+    t.add_argument("--stretch", type=float, default=0.0, metavar="P",
+                   help="stretch each training crop along one axis (area kept, aspect ratio up "
+                        "to 2 x) with probability P (rods longer than the training images')")
     t.add_argument("--exclude", metavar="FILE",
                    help="text file of training stems to leave out, one per line (a held-out "
                         "set to judge the run on)")
@@ -296,6 +299,8 @@ def _cmd_train(args, progress: bool) -> int:
         opts["p_rotate"] = args.rotate
     if args.paste:
         opts["p_paste"] = args.paste
+    if args.stretch:
+        opts["p_stretch"] = args.stretch
     if args.exclude:
         from .segment.bpartis.train import read_stems
 

@@ -427,6 +427,30 @@ def test_pasted_rods():
     assert int(d[1].max()) > 3  # new ids
 
 
+def test_stretched_crops():
+    """A stretched crop keeps a particle's area (its equivalent diameter,
+    the scale convention) and changes its aspect ratio by at most
+    ``max_stretch``, both ways; it draws random numbers only when asked."""
+    from imageextract.segment.bpartis.train import augment_crop
+
+    lab = np.zeros((200, 200), np.int32)
+    lab[90:110, 60:140] = 1  # a 20 x 80 rod: aspect 4
+    rgb = np.where(lab > 0, 60, 200).astype(np.uint8)[..., None].repeat(3, -1)
+    rng = np.random.default_rng(0)
+    aspects = []
+    for _ in range(40):
+        im, lb = augment_crop(rng, rgb, lab, 256, scale_range=(1.0, 1.0), p_stretch=1.0,
+                              max_stretch=2.0, p_invert=0.0)
+        ys, xs = np.nonzero(lb.numpy())
+        assert abs(ys.size - 1600) <= 0.12 * 1600  # area kept
+        aspects.append(max(np.ptp(ys) + 1, np.ptp(xs) + 1) / min(np.ptp(ys) + 1, np.ptp(xs) + 1))
+    assert min(aspects) >= 2.0 * 0.9 and max(aspects) <= 8.0 * 1.1
+    assert max(aspects) > 6.0 and min(aspects) < 3.0  # longer and stubbier rods
+    a = augment_crop(np.random.default_rng(5), rgb, lab, 64)
+    b = augment_crop(np.random.default_rng(5), rgb, lab, 64, p_stretch=0.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def _tiny_emps(root, n=6):
     from PIL import Image
 
@@ -606,7 +630,7 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
                 device="cpu", model_config=TINY, pretrained=False, threads=None,
                 export_at_end=False, elongated_weight=4.0, exclude=[left_out], p_rotate=0.5,
-                p_paste=0.5)
+                p_paste=0.5, p_stretch=0.5)
     train(data, tmp_path / "a", max_steps=2, **opts)
     train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
     train(data, tmp_path / "b", max_steps=3, **opts)
@@ -614,7 +638,7 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["recipe"]["exclude"] == [left_out] and a["recipe"]["elongated_weight"] == 4.0
     assert a["recipe"]["elongated_images"] == 1 and a["recipe"]["p_rotate"] == 0.5
-    assert a["recipe"]["p_paste"] == 0.5
+    assert a["recipe"]["p_paste"] == 0.5 and a["recipe"]["p_stretch"] == 0.5
     assert "pasting rods onto 50 % of the crops (2 rods in the bank)" in (
         tmp_path / "b" / "train.log").read_text()
     sw = np.asarray(b["sample_weights"])
@@ -631,6 +655,8 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "p_rotate": 1.5})
     with pytest.raises(ImageExtractError, match="pasting rods onto a crop must be in"):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "p_paste": -0.1})
+    with pytest.raises(ImageExtractError, match="stretched crop must be in"):
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "p_stretch": 2.0})
     with pytest.raises(ImageExtractError, match="no rods to paste"):  # the rod image left out
         train(data, tmp_path / "d", max_steps=1, **{**opts, "exclude": [rod]})
     assert not (tmp_path / "c" / "checkpoint.pt").exists()

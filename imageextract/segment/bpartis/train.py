@@ -102,12 +102,18 @@ def base_scale(labels: np.ndarray, target_diameter: float | None, *,
     return float(np.clip(target_diameter / d, *limits))
 
 
+#: Largest factor by which a stretched training crop (``p_stretch`` of
+#: :func:`augment_crop`) changes the particles' aspect ratio.
+STRETCH_MAX = 2.0
+
+
 def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, crop: int, *,
                  base: float = 1.0, scale_range=(0.7, 1.4),
                  p_invert: float = 0.15, p_shade: float = 0.0,
                  p_illumination: float = 0.0,
                  p_rotate: float = 0.0, p_paste: float = 0.0,
-                 paste_bank: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                 paste_bank: tuple = (), p_stretch: float = 0.0,
+                 max_stretch: float = STRETCH_MAX) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training crop.
 
     Random scale (``base`` times a log-uniform factor in ``scale_range``),
@@ -128,8 +134,12 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
     :func:`paste_bank`) rods cut from other training images are pasted onto
     the crop at random angles and places (:func:`paste_rods`), so that dense,
     crossing rods are seen far more often than the few training images of
-    them show.  Both draw random numbers only when their probability is
-    above 0.
+    them show.  With ``p_stretch`` the crop is stretched along one axis and
+    shrunk along the other by the same factor (area, so the particles'
+    equivalent diameter, kept; the aspect ratio multiplied or divided by up
+    to ``max_stretch``), so that rods longer (and stubbier) than those of the
+    training images are seen.  All three draw random numbers only when their
+    probability is above 0.
 
     Returns
     -------
@@ -144,14 +154,18 @@ def augment_crop(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, 
         angle = rng.uniform(0.0, 0.5 * math.pi)
         # the window that holds the turned crop whole
         win = int(math.ceil(crop * (math.cos(angle) + math.sin(angle)))) + 2
-    wy = min(h, max(1, int(round(win / s))))
-    wx = min(w, max(1, int(round(win / s))))
+    sy = sx = s
+    if p_stretch > 0 and rng.random() < p_stretch:
+        r = math.exp(0.5 * rng.uniform(0.0, math.log(max_stretch)))
+        sy, sx = (s / r, s * r) if rng.random() < 0.5 else (s * r, s / r)
+    wy = min(h, max(1, int(round(win / sy))))
+    wx = min(w, max(1, int(round(win / sx))))
     y0 = int(rng.integers(0, h - wy + 1))
     x0 = int(rng.integers(0, w - wx + 1))
     img = torch.from_numpy(np.array(rgb[y0:y0 + wy, x0:x0 + wx], order="C")).permute(2, 0, 1)
     img = img.float().div_(255.0)[None]
     lab = torch.from_numpy(labels[y0:y0 + wy, x0:x0 + wx].astype(np.int64))[None, None]
-    oy, ox = min(win, max(1, int(round(wy * s)))), min(win, max(1, int(round(wx * s))))
+    oy, ox = min(win, max(1, int(round(wy * sy)))), min(win, max(1, int(round(wx * sx))))
     if (oy, ox) != (wy, wx):
         img = F.interpolate(img, size=(oy, ox), mode="bilinear", align_corners=False,
                             antialias=oy < wy or ox < wx)
@@ -634,7 +648,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           hard_mining: float = 0.0, elongated_weight: float = 1.0,
           exclude: list[str] | tuple[str, ...] = (),
           turn_consistency: tuple[float, float] | None = None,
-          p_rotate: float = 0.0, p_paste: float = 0.0) -> dict[str, Any]:
+          p_rotate: float = 0.0, p_paste: float = 0.0,
+          p_stretch: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -697,6 +712,9 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
         Probability of pasting rods cut from the training images of rods
         onto a training crop (:func:`paste_rods`; the rods of the images
         left out with ``exclude`` are not used); stored in the recipe.
+    p_stretch : float
+        Probability of stretching a training crop along one axis (see
+        :func:`augment_crop`); stored in the recipe.
 
     Returns
     -------
@@ -725,7 +743,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       init_weights=init_weights, workers=workers, t_start=t_start,
                       hard_mining=hard_mining, elongated_weight=elongated_weight,
                       exclude=exclude, turn_consistency=turn_consistency,
-                      p_rotate=p_rotate, p_paste=p_paste)
+                      p_rotate=p_rotate, p_paste=p_paste, p_stretch=p_stretch)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -736,7 +754,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
            checkpoint_minutes, progress, device, max_minutes, max_steps, model_config,
            pretrained, threads, export_at_end, init_weights, workers,
            t_start, hard_mining=0.0, elongated_weight=1.0, exclude=(),
-           turn_consistency=None, p_rotate=0.0, p_paste=0.0) -> dict[str, Any]:
+           turn_consistency=None, p_rotate=0.0, p_paste=0.0,
+           p_stretch=0.0) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -786,6 +805,12 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                                     f"[0, 1], got {p_paste!r}")
         if float(p_paste) > 0:
             recipe["p_paste"] = float(p_paste)
+        if not 0.0 <= float(p_stretch) <= 1.0:
+            raise ImageExtractError(f"the probability of a stretched crop must be in [0, 1], "
+                                    f"got {p_stretch!r}")
+        if float(p_stretch) > 0:
+            recipe["p_stretch"] = float(p_stretch)
+            recipe["max_stretch"] = STRETCH_MAX
         if turn_consistency is not None:
             w_off, w_sig = (float(v) for v in turn_consistency)
             if not all(v >= 0 and math.isfinite(v) for v in (w_off, w_sig)):
@@ -854,7 +879,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     aug = {"scale_range": tuple(recipe["scale_range"]), "p_invert": recipe["p_invert"],
            "p_shade": recipe.get("p_shade", 0.0),
            "p_illumination": recipe.get("p_illumination", 0.0),
-           "p_rotate": recipe.get("p_rotate", 0.0)}
+           "p_rotate": recipe.get("p_rotate", 0.0),
+           "p_stretch": recipe.get("p_stretch", 0.0),
+           "max_stretch": recipe.get("max_stretch", STRETCH_MAX)}
     limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
@@ -1209,7 +1236,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            if recipe.get("p_illumination") else "")
         + (f", turns by any angle (p {recipe['p_rotate']})" if recipe.get("p_rotate") else "")
         + (f", rods of the training images pasted on (p {recipe['p_paste']})"
-           if recipe.get("p_paste") else ""),
+           if recipe.get("p_paste") else "")
+        + (f", stretched along one axis, aspect ratio up to {recipe['max_stretch']} x "
+           f"(p {recipe['p_stretch']})" if recipe.get("p_stretch") else ""),
         *([f"- quarter-turn consistency: half of each batch is the other half turned 90°; the "
            f"x offsets and x sigma learn the turned y ones (weights "
            f"{recipe['turn_consistency']['w_offset']:g} per px and "
@@ -1737,6 +1766,9 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--paste", type=float, default=0.0, metavar="P",
                    help="paste rods cut from the training images of rods onto a training "
                         "crop with this probability (dense, crossing rods)")
+    p.add_argument("--stretch", type=float, default=0.0, metavar="P",
+                   help="stretch a training crop along one axis (area kept, aspect ratio up "
+                        "to 2 x) with this probability (longer rods)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     p.add_argument("--finish", action="store_true",
@@ -1770,7 +1802,8 @@ def _run_main(a) -> int:
                 export_at_end=not a.no_finish, hard_mining=a.hard_mining,
                 elongated_weight=a.elongated_weight,
                 exclude=read_stems(a.exclude) if a.exclude else (),
-                turn_consistency=a.turn_consistency, p_rotate=a.rotate, p_paste=a.paste)
+                turn_consistency=a.turn_consistency, p_rotate=a.rotate, p_paste=a.paste,
+                p_stretch=a.stretch)
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
