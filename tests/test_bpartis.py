@@ -799,6 +799,48 @@ def test_finish_fits_size_model_tunes_and_exports(tmp_path):
     assert seg.labels.shape == (48, 56)
 
 
+def test_held_out_stems_stay_out_of_the_fitted_parts(tmp_path, monkeypatch):
+    """Stems a run leaves out (``exclude``) are left out of everything fitted
+    on its network as well: the size model, the rescorer and the outline
+    refiner (what ``finish`` fits), so that they can judge the model."""
+    from imageextract.datasets import split_stems
+    from imageextract.segment.bpartis import outline_fit, rescore_fit, size
+    from imageextract.segment.bpartis.train import (export, fit_size, load_split, train,
+                                                    training_exclude)
+
+    data = _tiny_emps(tmp_path / "emps")
+    fit = split_stems(data, "train-fit")
+    held = fit[0]
+    assert [s for s, _, _ in load_split(data, "train-fit", exclude=[held])] == fit[1:]
+    run = tmp_path / "run"
+    train(data, run, max_steps=1, epochs=10, crop=32, batch_size=2, val_every=1000,
+          progress=False, device="cpu", model_config=TINY, pretrained=False, threads=None,
+          export_at_end=False, exclude=[held])
+    seen = {}
+
+    def spy(name, real):
+        def wrapped(first, items, *args, **kw):
+            seen.setdefault(name, [[s for s, _, _ in items]])  # the first call: the fit
+            return real(first, items, *args, **kw)
+        return wrapped
+
+    monkeypatch.setattr(size, "fit_size_model", spy("size", size.fit_size_model))
+    monkeypatch.setattr(rescore_fit, "collect_proposals",
+                        spy("rescore", rescore_fit.collect_proposals))
+    monkeypatch.setattr(outline_fit, "segment_items", spy("outline", outline_fit.segment_items))
+    fit_size(data, run, progress=False)
+    export(run)
+    assert training_exclude(run) == [held] and training_exclude(tmp_path) == []
+    rescore_fit.fit_for_model(run, data, progress=False, check_split=None, write=False)
+    outline_fit.fit_for_model(run, data, progress=False, every=1, write=False)
+    assert seen["size"] == seen["rescore"] == seen["outline"] == [fit[1:]]
+    # asked for, the excluded stems come back
+    seen.clear()
+    rescore_fit.fit_for_model(run, data, progress=False, check_split=None, write=False,
+                              exclude=())
+    assert seen["rescore"] == [fit]
+
+
 def test_finish_with_another_models_settings_and_the_last_weights(tmp_path, capsys):
     """A specialist is finished like its base: the base's inference settings
     (not its network-fitted rescorer and outline refiner) instead of tuning

@@ -144,11 +144,14 @@ def choose_passes(segs: list[dict], refiner, *, passes=PASSES,
 def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "train-fit",
                   every: int = 3, check_split: str = "val", band: float = 4.0,
                   max_pixels: int = 20000, later_passes: int = 0, write: bool = True,
-                  progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+                  progress: bool = True, device: str = "cpu",
+                  exclude=None) -> dict[str, Any]:
     """Fit, check and (``write``, if it helps on ``check_split``) install the
-    outline refiner of the model in ``model_dir``; returns the numbers."""
+    outline refiner of the model in ``model_dir``; returns the numbers.
+    Stems in ``exclude`` are left out of ``split`` (None: those the
+    network's own training left out, :func:`~.train.training_exclude`)."""
     from . import BPartIS
-    from .train import load_split
+    from .train import load_split, training_exclude
 
     if every < 1:  # before the model is loaded
         raise ValueError(f"every must be >= 1, got {every}")
@@ -156,7 +159,8 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
         raise ValueError(f"later_passes must be >= 0, got {later_passes}")
     model_dir = Path(model_dir)
     backend = BPartIS(model=str(model_dir), outline=False, device=device)
-    items = load_split(data_dir, split, progress=progress)[::every]
+    exclude = training_exclude(model_dir) if exclude is None else exclude
+    items = load_split(data_dir, split, progress=progress, exclude=exclude)[::every]
     segs = segment_items(backend, items, progress=progress)
     X, y = band_pixels(segs, band=band, max_pixels=max_pixels)
     res: dict[str, Any] = {"split": split, "every": every, "images": len(segs),

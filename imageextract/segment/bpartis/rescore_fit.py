@@ -147,24 +147,28 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
                   check_split: str | None = "val", folds: int = 5, write: bool = True,
                   progress: bool = True, device: str = "cpu",
                   kind: str = DEFAULT_KIND, factors=(1.0,),
-                  threshold: float | None = None) -> dict[str, Any]:
+                  threshold: float | None = None, exclude=None) -> dict[str, Any]:
     """Fit, cross-validate and (``write``) install the rescorer (of
     ``kind``, :data:`~.rescore.KINDS`) of the model in ``model_dir`` on its
     proposals at ``factors`` times the working scale found
     (:func:`collect_proposals`), with the threshold the cross-validation
     scores best (or ``threshold``, e.g. one chosen end to end by
     ``benchmarks/bench_rescorer_kind.py``); returns the numbers (also
-    logged)."""
+    logged).  Stems in ``exclude`` are left out of ``split`` (None: those
+    the network's own training left out, :func:`~.train.training_exclude`,
+    so that images held out to judge a model stay out of all its parts)."""
     rescorer_class(kind)  # an unknown kind fails before the model is loaded
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     from . import BPartIS
-    from .train import load_split
+    from .train import load_split, training_exclude
 
     model_dir = Path(model_dir)
     backend = BPartIS(model=str(model_dir), rescore=False, device=device)
     t_u = backend.uncertainty_threshold if backend.mc_samples > 1 else None
-    props = collect_proposals(backend, load_split(data_dir, split, progress=progress),
+    exclude = training_exclude(model_dir) if exclude is None else exclude
+    props = collect_proposals(backend, load_split(data_dir, split, progress=progress,
+                                                  exclude=exclude),
                               progress=progress, factors=factors)
     x, y, w = _stack(props)
     n_images = len({p["stem"] for p in props})

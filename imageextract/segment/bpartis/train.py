@@ -78,9 +78,12 @@ DEFAULTS: dict[str, Any] = {
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
-def load_split(data_dir: str | Path, split: str, *, progress: bool = False) -> list[tuple]:
-    """``[(stem, rgb uint8 (M, N, 3), labels int32 (M, N)), ...]`` in memory."""
-    stems = split_stems(data_dir, split)
+def load_split(data_dir: str | Path, split: str, *, progress: bool = False,
+               exclude=()) -> list[tuple]:
+    """``[(stem, rgb uint8 (M, N, 3), labels int32 (M, N)), ...]`` in memory,
+    without the stems in ``exclude``."""
+    left_out = set(exclude)
+    stems = [s for s in split_stems(data_dir, split) if s not in left_out]
     items = []
     for stem in tqdm(stems, desc=f"load {split}", disable=not progress, leave=False):
         rgb, lab = load_item(data_dir, stem)
@@ -1452,15 +1455,18 @@ def fit_size(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
              probes: tuple[float, ...] = (1.0,), final_weights: bool = False) -> dict:
     """Fit the size model (:mod:`.size`) on the best weights' encoder (the
     last weights' with ``final_weights``):
-    ``train-fit`` images at random scales, ridge alpha chosen on ``val``.
+    ``train-fit`` images at random scales (less those the run left out:
+    its recipe's ``exclude``), ridge alpha chosen on ``val``.
     Writes ``size_model.npz`` and ``size_model.json`` (its accuracy) into
     ``out_dir``; :func:`export` stores it inside ``weights.pt``."""
     from .size import fit_size_model
 
     out = Path(out_dir)
     dev = _resolve_device(device)
-    net, _ = _load_best(out, dev, final=final_weights)
-    model, stats = fit_size_model(net, load_split(data_dir, "train-fit", progress=progress),
+    net, recipe = _load_best(out, dev, final=final_weights)
+    fit_items = load_split(data_dir, "train-fit", progress=progress,
+                           exclude=recipe.get("exclude", ()))
+    model, stats = fit_size_model(net, fit_items,
                                   load_split(data_dir, "val", progress=progress),
                                   per_image=per_image, probes=probes, seed=seed,
                                   device=dev, progress=progress)
@@ -1714,6 +1720,16 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
         fitted = fit_outline(out_dir, data_dir, device=device, progress=progress)
         out["outline"] = {k: v for k, v in fitted.items() if k != "refiner"}
     return out
+
+
+def training_exclude(model_dir: str | Path) -> list[str]:
+    """The train-fit stems the network of the exported model in
+    ``model_dir`` was trained without (its ``config.json`` ``training``
+    ``exclude``; empty when none or no config)."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return []
+    return list(json.loads(cfg.read_text()).get("training", {}).get("exclude", []))
 
 
 def read_stems(path: str | Path) -> list[str]:
