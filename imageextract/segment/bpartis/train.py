@@ -273,22 +273,22 @@ def paste_bank(items: list[tuple], bases: list[float], *,
     """
     from scipy import ndimage
 
+    from ...evaluation.metrics import ecd_and_aspect
+
     bank = []
     for (_, rgb, lab), base, rods in zip(items, bases, elongated_images(items)):
         if not rods:
             continue
         h, w = lab.shape
+        # the aspect ratio that also tells rod images apart, per id present
+        _, aspect = ecd_and_aspect(lab, exclude_border=False)
+        aspect_of = dict(zip(np.unique(lab[lab > 0]).tolist(), aspect.tolist()))
         for i, sl in enumerate(ndimage.find_objects(lab), start=1):
             if sl is None or sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h \
                     or sl[1].stop == w:
                 continue
             mask = lab[sl] == i
-            ys, xs = np.nonzero(mask)
-            if ys.size < min_area:
-                continue
-            cov = np.cov(np.stack([ys, xs]).astype(float)) if ys.size > 1 else np.zeros((2, 2))
-            ev = np.linalg.eigvalsh(cov)
-            if not ev[0] > 0 or math.sqrt(ev[1] / ev[0]) < min_aspect:
+            if int(mask.sum()) < min_area or not aspect_of[i] >= min_aspect:  # NaN: thin
                 continue
             bank.append((np.ascontiguousarray(rgb[sl]), mask, float(base)))
     return tuple(bank)
@@ -798,21 +798,17 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 f"elongated weight must be > 0, got {elongated_weight!r}")
         recipe["elongated_weight"] = float(elongated_weight)
         recipe["exclude"] = sorted({str(s) for s in exclude})
-        if not 0.0 <= float(p_rotate) <= 1.0:
-            raise ImageExtractError(f"the probability of a turned crop must be in [0, 1], "
-                                    f"got {p_rotate!r}")
-        if float(p_rotate) > 0:
-            recipe["p_rotate"] = float(p_rotate)
-        if not 0.0 <= float(p_paste) <= 1.0:
-            raise ImageExtractError(f"the probability of pasting rods onto a crop must be in "
-                                    f"[0, 1], got {p_paste!r}")
-        if float(p_paste) > 0:
-            recipe["p_paste"] = float(p_paste)
-        if not 0.0 <= float(p_stretch) <= 1.0:
-            raise ImageExtractError(f"the probability of a stretched crop must be in [0, 1], "
-                                    f"got {p_stretch!r}")
-        if float(p_stretch) > 0:
-            recipe["p_stretch"] = float(p_stretch)
+        # the augmentations a probability turns on: stored only when on, so that an
+        # older recipe keeps its exact batches
+        for key, value, what in (("p_rotate", p_rotate, "a turned crop"),
+                                 ("p_paste", p_paste, "pasting rods onto a crop"),
+                                 ("p_stretch", p_stretch, "a stretched crop")):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ImageExtractError(f"the probability of {what} must be in [0, 1], "
+                                        f"got {value!r}")
+            if float(value) > 0:
+                recipe[key] = float(value)
+        if "p_stretch" in recipe:
             recipe["max_stretch"] = STRETCH_MAX
         if turn_consistency is not None:
             w_off, w_sig = (float(v) for v in turn_consistency)
