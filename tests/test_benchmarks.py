@@ -376,3 +376,42 @@ def test_rescorer_kinds_are_fitted_per_fold_and_compared_with_the_first(load_scr
     assert bench.main(["--kinds", "mlp", "forest@0.5", "--data", "/nonexistent"]) == 2
     assert bench.main(["--kinds", "mlp", "mlp", "--data", "/nonexistent"]) == 2
     assert bench.main(["--kinds", "mlp", "mlp@0.5", "--data", "/nonexistent"]) == 2  # no data
+
+
+def test_scale_coverage_replay_plays_the_backend_choice(load_script):
+    bench = load_script("benchmarks/bench_scale_coverage.py")
+
+    def factor(conf, covered, score, n=3):
+        return {"confidence": conf, "covered": covered, "n": n, "ap50": score, "aji_plus": score}
+
+    # a sure corner at 0.8 against most of the foreground at 1.0
+    row = {"stem": "a", "elongated": True, "tried": [0.8, 1.0], "grown": None,
+           "backend": {"ap50": 0.2, "aji_plus": 0.2},
+           "factors": {"0.8": factor(0.95, 0.1, 0.2), "1.0": factor(0.85, 0.9, 0.8)}}
+    assert bench.replay(row, 0.0) == "0.8"
+    assert bench.replay(row, 0.05) == "0.8"   # 0.955 against 0.895
+    assert bench.replay(row, 0.3) == "1.0"    # 0.98 against 1.12
+    # ties keep the scale found; a factor not tried is never chosen
+    tie = dict(row, factors={"0.8": factor(0.9, 0.5, 0.2), "1.0": factor(0.9, 0.5, 0.8),
+                             "1.25": factor(0.99, 1.0, 1.0)})
+    assert bench.replay(tie, 0.5) == "1.0"
+    # the growth rule overrides the judge, as in the backend
+    assert bench.replay(dict(row, grown=0.8), 1.0) == "0.8"
+    compact = dict(row, stem="b", elongated=False,
+                   factors={"0.8": factor(0.95, 0.9, 0.9), "1.0": factor(0.9, 0.95, 0.5)})
+    out = bench.summarize_factors([row, compact], (0.3,))
+    assert out["elongated"]["replayed_confidence"] == pytest.approx(0.2)
+    assert out["elongated"]["weights"]["0.3"]["difference"] == pytest.approx(0.6)
+    assert out["compact"]["weights"]["0.3"]["changed"] == 0   # 1.22 against 1.185
+    assert out["all"]["weights"]["0.3"]["difference"] == pytest.approx(0.3)
+    assert out["all"]["best_factor"] == pytest.approx(0.85)
+
+    models = ["base", "cand"]
+    rows = [{"stem": "a", "elongated": True, "base": {"ap50": 0.5, "aji_plus": 0.3},
+             "cand": {"ap50": 0.7, "aji_plus": 0.5}},
+            {"stem": "b", "elongated": False, "base": {"ap50": 1.0, "aji_plus": 0.8},
+             "cand": {"ap50": 1.0, "aji_plus": 0.8}}]
+    got = bench.summarize_models(rows, models)
+    assert got["all"]["cand"]["difference"] == pytest.approx(0.1)
+    assert got["elongated"]["cand"]["aji_plus"] == pytest.approx(0.5)
+    assert got["compact"]["cand"]["changed"] == 0

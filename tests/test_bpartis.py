@@ -508,6 +508,10 @@ def test_exact_resume(tmp_path):
                                       "sure_confidence": 0.97})
     assert ("(1 - uncertainty)), unless the particles at that scale are already that sure "
             "(at least 0.97)") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    export(tmp_path / "a", inference={"mc_samples": 2, "scale_factors": [0.8, 1, 1.25],
+                                      "scale_coverage": 0.3})
+    assert ("(mean score x (1 - uncertainty), plus 0.3 x the share of the network's "
+            "foreground they cover)") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
     assert "outline refiner" not in card
     # sparse factors alone (their passes are merged too)
@@ -1520,6 +1524,56 @@ def test_sure_confidence_skips_the_other_scale_factors_but_not_the_sparse_rules(
     for bad in ("high", True, float("nan")):
         with pytest.raises(ValueError, match="sure_confidence"):
             BPartIS.from_config({"model": TINY, "inference": {"sure_confidence": bad}})
+
+
+def test_scale_coverage_prefers_the_scale_whose_particles_cover_the_foreground(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    real_maps = inference.network_maps
+
+    def all_foreground(*a, **kw):
+        maps = real_maps(*a, **kw)
+        maps["seed"] = np.full_like(maps["seed"], 0.9)
+        return maps
+
+    def by_scale(maps, **kw):
+        # small working scales: one very sure particle on a corner of the
+        # image; larger ones: the whole image as four less sure particles
+        h, w = maps["seed"].shape
+        lab = np.zeros((h, w), np.int32)
+        if w < 45:
+            lab[:4, :4] = 1
+            return lab, np.array([0.95]), np.zeros(1)
+        lab[: h // 2, : w // 2], lab[: h // 2, w // 2:] = 1, 2
+        lab[h // 2:, : w // 2], lab[h // 2:, w // 2:] = 3, 4
+        return lab, np.full(4, 0.85), np.zeros(4)
+
+    monkeypatch.setattr(inference, "network_maps", all_foreground)
+    monkeypatch.setattr(inference, "segment_maps", by_scale)
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    s = 0.8  # fixed factors around a scale found at 0.8 x native: 0.64, 0.8, 1.0
+    monkeypatch.setattr(inference, "find_scale",
+                        lambda run, shape, **kw: (s, run(s), 1))
+    kw = dict(target_diameter=48.0, scale_factors=(0.8, 1.0, 1.25))
+    res = b.segment_rgb(rgb, **kw)
+    assert res["scale"] == pytest.approx(0.64) and res["scores"].size == 1
+    assert "scale_score" not in res
+    res = b.segment_rgb(rgb, scale_coverage=0.3, **kw)
+    assert res["scale"] == pytest.approx(0.8) and res["scores"].size == 4  # ties: scale found
+    assert res["scale_score"][1.0] == pytest.approx(0.85 + 0.3)
+    assert res["scale_confidence"][0.8] == pytest.approx(0.95)  # confidence still reported
+    # too small a weight keeps the surer corner
+    assert b.segment_rgb(rgb, scale_coverage=0.05, **kw)["scale"] == pytest.approx(0.64)
+    with pytest.raises(ValueError, match="scale_coverage"):
+        b.segment_rgb(rgb, scale_coverage=-0.1, **kw)
+    # the backend reads it from its config, and refuses a malformed entry
+    assert b.scale_coverage == 0.0
+    b2 = BPartIS.from_config({"model": TINY, "inference": {"scale_coverage": 0.3}})
+    assert b2.scale_coverage == 0.3
+    for bad in ("high", True, -1, float("nan"), None):
+        with pytest.raises(ValueError, match="scale_coverage"):
+            BPartIS.from_config({"model": TINY, "inference": {"scale_coverage": bad}})
 
 
 def test_growth_rule_keeps_the_scale_where_a_blob_breaks_into_many_particles(monkeypatch):

@@ -224,6 +224,21 @@ class BPartIS:
                              f"(the confidence above which scale_factors are skipped), "
                              f"got {sure!r}")
         self.sure_confidence = None if sure is None or all_scales else float(sure)
+        cover = inf.get("scale_coverage", 0.0)
+        if isinstance(cover, bool) or not isinstance(cover, (int, float)) \
+                or not (np.isfinite(cover) and cover >= 0):
+            raise ValueError("config inference.scale_coverage must be a number >= 0 (the "
+                             "weight of the foreground covered when choosing among scale "
+                             f"factors; 0: confidence alone), got {cover!r}")
+        self.scale_coverage = float(cover)
+        cover_el = inf.get("scale_coverage_min_elongation")
+        if cover_el is not None and (isinstance(cover_el, bool)
+                                     or not isinstance(cover_el, (int, float))
+                                     or not np.isfinite(cover_el)):
+            raise ValueError("config inference.scale_coverage_min_elongation must be null or a "
+                             "number (the median elongation from which scale_coverage counts), "
+                             f"got {cover_el!r}")
+        self.coverage_min_elongation = None if cover_el is None else float(cover_el)
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
         self.specialist = _specialist(inf.get("specialist"))
@@ -323,6 +338,8 @@ class BPartIS:
             tile=self.tile_px, overlap=self.overlap_px, canvas=self.canvas_px,
             scale_factors=self.scale_factors, merge=self.scale_merge,
             sparse_factors=self.sparse_factors, sure_confidence=self.sure_confidence,
+            scale_coverage=self.scale_coverage,
+            coverage_min_elongation=self.coverage_min_elongation,
             tta=self.tta["views"] if self.tta else (),
             tta_max_px=self.tta["max_px"] if self.tta else None,
             mc_layers=self.mc_layers, mc_maps=self.mc_maps, device=self.device,

@@ -636,6 +636,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   merge: dict | None = None, outline=None,
                   zoom_below: float | None = None,
                   sparse_factors: dict | None = None, sure_confidence: float | None = None,
+                  scale_coverage: float = 0.0, coverage_min_elongation: float | None = None,
                   tta: tuple[str, ...] = (),
                   tta_max_px: int | None = None) -> dict:
     """Segment ``rgb`` at the working scale where particles have the size the
@@ -689,7 +690,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     scale_factors : tuple of float
         When the working scale is searched (``scale`` None), also segment at
         these multiples of the scale found and keep the result with the
-        highest :func:`scale_confidence` (ties keep the scale found); each
+        highest :func:`scale_score` (ties keep the scale found); each
         factor other than 1 costs one more pass.
     sparse_factors : dict or sequence of dict, optional
         Rules ``{"factors": (f, ...), "max_particles": n}``, each optionally
@@ -710,6 +711,17 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         When the result at the scale found has a :func:`scale_confidence`
         of at least this, ``scale_factors`` are not tried (the sparse
         rules still are: a blob read at too small a scale can be sure).
+    scale_coverage : float
+        Among the scales tried, keep the one with the highest
+        :func:`scale_score`: its :func:`scale_confidence` plus this much of
+        the share of the network's foreground its kept particles cover
+        (0: confidence alone).  At a scale where the rescorer keeps only the
+        few particles it is sure of (dense rods read at the wrong size), the
+        mean confidence can be high while most particles are missing.
+    coverage_min_elongation : float, optional
+        Weigh the coverage only where the particles at the scale found have
+        a median elongation (:func:`particle_axes`) of at least this (rods);
+        elsewhere confidence alone decides.  None: everywhere.
     merge : dict, optional
         With ``scale_factors``: keyword arguments of :func:`merge_scales`
         (``min_score``, ``max_overlap``); the particles that only the other
@@ -730,7 +742,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     ``scale`` (the working scale used) and
     ``passes`` (network passes run); with a rescorer also ``seed_scores``
     (K,), the mean seed of the kept particles; with ``scale_factors``,
-    ``scale_confidence`` (factor -> :func:`scale_confidence`); with
+    ``scale_confidence`` (factor -> :func:`scale_confidence`; with
+    the coverage weighed also ``scale_score``, factor -> :func:`scale_score`); with
     ``merge``, ``merged`` (particles added from the other scales); where a
     sparse rule's ``growth`` chose the scale, ``grown`` (its factor); with
     ``outline``, ``refined`` (True).
@@ -753,6 +766,11 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
 
+    if not (np.isfinite(scale_coverage) and scale_coverage >= 0):
+        raise ValueError(f"scale_coverage must be a number >= 0, got {scale_coverage!r}")
+    if coverage_min_elongation is not None and not np.isfinite(coverage_min_elongation):
+        raise ValueError("coverage_min_elongation must be None or a number, "
+                         f"got {coverage_min_elongation!r}")
     if any(not f > 0 for f in scale_factors):
         raise ValueError(f"scale_factors must be positive, got {scale_factors}")
     sparse_rules = _sparse_rules(sparse_factors)
@@ -825,8 +843,18 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     if searched and any(f != 1.0 for f in scale_factors):
         # the size model's guess is often off by 20-30 %: look at a few
         # multiples of it and keep the one whose particles the network is surest of
-        best = scale_confidence(out)
-        confidence = {1.0: best}
+        fg_threshold = opts.get("fg_threshold", 0.5)
+        weight = scale_coverage
+        if weight and coverage_min_elongation is not None \
+                and not particle_axes(out["labels"])[1] >= coverage_min_elongation:
+            weight = 0.0  # not rods (nan: no particles)
+
+        def judged(r: dict) -> float:
+            return scale_score(r, coverage=weight, fg_threshold=fg_threshold)
+
+        confidence = {1.0: scale_confidence(out)}
+        best = judged(out)
+        score = {1.0: best}
         results = [out]
         by_factor = {1.0: out}
         for f in scale_factors:
@@ -837,7 +865,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
             passes += 1
             results.append(cand)
             by_factor[float(f)] = cand
-            confidence[float(f)] = c = scale_confidence(cand)
+            confidence[float(f)] = scale_confidence(cand)
+            score[float(f)] = c = judged(cand)
             if c > best:
                 out, best = cand, c
         grown = grown_factor({f: r["scores"].size for f, r in by_factor.items()}, growth)
@@ -846,6 +875,8 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
         if merge is not None:
             out = merge_scales(out, [r for r in results if r is not out], **merge)
         out["scale_confidence"] = confidence
+        if weight:
+            out["scale_score"] = score
         if grown is not None:
             out["grown"] = grown
     if outline is not None:
@@ -1026,6 +1057,45 @@ def scale_confidence(result: dict) -> float:
         return -1.0
     un = np.asarray(result["uncertainty"], dtype=np.float64)
     return float(np.mean(sc * (1.0 - un)))
+
+
+def covered_foreground(result: dict, *, fg_threshold: float = 0.5) -> float:
+    """The share of the network's foreground (``seed`` above
+    ``fg_threshold``, at the working scale) that the kept particles of a
+    :func:`segment_image` ``result`` cover (``labels``, at full
+    resolution); 0 without foreground.  Both are fractions of the image, so
+    the two resolutions compare.
+
+    >>> seed = np.zeros((4, 4)); seed[:2] = 0.9
+    >>> lab = np.zeros((8, 8), np.int32); lab[:2] = 1
+    >>> covered_foreground({"seed": seed, "labels": lab})
+    0.5
+    """
+    fg = float(np.mean(np.asarray(result["seed"]) > fg_threshold))
+    if fg <= 0.0:
+        return 0.0
+    return float(np.mean(np.asarray(result["labels"]) > 0)) / fg
+
+
+def scale_score(result: dict, *, coverage: float = 0.0, fg_threshold: float = 0.5) -> float:
+    """How :func:`segment_image` judges a working scale: the result's
+    :func:`scale_confidence` plus ``coverage`` times its
+    :func:`covered_foreground`.
+
+    >>> seed = np.full((4, 4), 0.9); lab = np.zeros((4, 4), np.int32); lab[:1] = 1
+    >>> few = {"seed": seed, "labels": lab, "scores": np.array([0.95]),
+    ...        "uncertainty": np.zeros(1)}
+    >>> lab2 = lab.copy(); lab2[1:] = 2
+    >>> most = dict(few, labels=lab2, scores=np.array([0.9, 0.8]), uncertainty=np.zeros(2))
+    >>> scale_score(few) > scale_score(most)
+    True
+    >>> scale_score(few, coverage=0.3) < scale_score(most, coverage=0.3)
+    True
+    """
+    c = scale_confidence(result)
+    if coverage and result["scores"].size:
+        c += coverage * covered_foreground(result, fg_threshold=fg_threshold)
+    return c
 
 
 def particle_axes(labels: np.ndarray) -> tuple[float, float]:

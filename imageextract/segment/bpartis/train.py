@@ -1260,7 +1260,13 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            "its mean grey, as training shows it" if inf.get("canvas_px") else "")
         + (f"; then also at {', '.join(f'{f:g}' for f in extra_factors)} x "
            "that scale, keeping the result whose particles are surest (mean score x "
-           "(1 - uncertainty))" if extra_factors else "")
+           "(1 - uncertainty)"
+           + (f", plus {inf['scale_coverage']:g} x the share of the network's foreground "
+              "they cover" + (" where the particles found have a median elongation of at "
+                              f"least {inf['scale_coverage_min_elongation']:g}"
+                              if inf.get("scale_coverage_min_elongation") is not None else "")
+              if inf.get("scale_coverage") else "")
+           + ")" if extra_factors else "")
         + (f", unless the particles at that scale are already that sure (at least "
            f"{inf['sure_confidence']:g})"
            if extra_factors and inf.get("sure_confidence") is not None else "")
