@@ -54,6 +54,56 @@ def _backend_option(text: str) -> tuple[str, object]:
     return k.strip(), parse_value(v)
 
 
+def add_training_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The training options that ``imageextract train bpartis`` and
+    ``python -m imageextract.segment.bpartis.train`` share, added to ``p``
+    (one place for their names, types and help)."""
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="model folder, e.g. models/bpartis-emps")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--epochs", type=_positive_int, help="total epochs")
+    p.add_argument("--max-minutes", type=_positive_float,
+                   help="stop (with a checkpoint) after this long")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes building training batches ahead of the step (for a GPU)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start a new run from these weights (best.pt)")
+    p.add_argument("--hard-mining", type=float, default=0.0, metavar="K",
+                   help="with --init: draw the training images the starting weights get wrong "
+                        "up to 1+K times as often (0 = uniform)")
+    p.add_argument("--elongated-weight", type=_positive_float, default=1.0, metavar="K",
+                   help="draw the training images of rods, wires and fibres (median aspect "
+                        "ratio above 2.5) K times as often")
+    p.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
+                   help="pair each crop with its quarter-turned copy and teach the x channels "
+                        "what the turned y channels do (loss weights, e.g. 0.03 0.1)")
+    p.add_argument("--rotate", type=float, default=0.0, metavar="P",
+                   help="turn each training crop by a random angle with probability P (rods "
+                        "at every angle, not only at quarter turns)")
+    p.add_argument("--paste", type=float, default=0.0, metavar="P",
+                   help="paste rods cut from the training images of rods onto each training "
+                        "crop with probability P (dense, crossing rods)")
+    p.add_argument("--stretch", type=float, default=0.0, metavar="P",
+                   help="stretch each training crop along one axis (area kept, aspect ratio up "
+                        "to 2 x) with probability P (rods longer than the training images')")
+    p.add_argument("--exclude", metavar="FILE",
+                   help="text file of training stems to leave out, one per line (a held-out "
+                        "set to judge the run on)")
+    p.add_argument("--finish", action="store_true",
+                   help="skip training: fit the size model, tune MC samples and the uncertainty "
+                        "threshold on the validation split and export (runs by itself when "
+                        "training completes)")
+    p.add_argument("--inference-from", metavar="MODEL",
+                   help="with --finish: take the inference settings of this exported model "
+                        "instead of tuning them on val (a specialist finished like its base); "
+                        "the rescorer and outline refiner are refitted")
+    p.add_argument("--final-weights", action="store_true",
+                   help="with --finish: ship the last weights of the schedule rather than the "
+                        "best on the trainer's val check (best.pt)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imageextract",
@@ -122,47 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a backend (resumable)")
     t.add_argument("name", help="backend to train (bpartis)")
-    t.add_argument("--data", required=True, metavar="DIR")
-    t.add_argument("--out", required=True, metavar="DIR", help="model folder, e.g. models/bpartis-emps")
-    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    t.add_argument("--epochs", type=_positive_int, help="total epochs")
-    t.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this long")
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="processes building training batches ahead of the step (for a GPU)")
-    t.add_argument("--init", metavar="WEIGHTS", help="start a new run from these weights (best.pt)")
-    t.add_argument("--hard-mining", type=float, default=0.0, metavar="K",
-                   help="with --init: draw the training images the starting weights get wrong "
-                        "up to 1+K times as often (0 = uniform)")
-    t.add_argument("--elongated-weight", type=_positive_float, default=1.0, metavar="K",
-                   help="draw the training images of rods, wires and fibres (median aspect "
-                        "ratio above 2.5) K times as often")
-    t.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
-                   help="pair each crop with its quarter-turned copy and teach the x channels "
-                        "what the turned y channels do (loss weights, e.g. 0.03 0.1)")
-    t.add_argument("--rotate", type=float, default=0.0, metavar="P",
-                   help="turn each training crop by a random angle with probability P (rods "
-                        "at every angle, not only at quarter turns)")
-    t.add_argument("--paste", type=float, default=0.0, metavar="P",
-                   help="paste rods cut from the training images of rods onto each training "
-                        "crop with probability P (dense, crossing rods)")
-    t.add_argument("--stretch", type=float, default=0.0, metavar="P",
-                   help="stretch each training crop along one axis (area kept, aspect ratio up "
-                        "to 2 x) with probability P (rods longer than the training images')")
-    t.add_argument("--exclude", metavar="FILE",
-                   help="text file of training stems to leave out, one per line (a held-out "
-                        "set to judge the run on)")
-    t.add_argument("--finish", action="store_true",
-                   help="skip training: fit the size model, tune MC samples and the uncertainty "
-                        "threshold on the validation split and export (runs by itself when "
-                        "training completes)")
-    t.add_argument("--inference-from", metavar="MODEL",
-                   help="with --finish: take the inference settings of this exported model "
-                        "instead of tuning them on val (a specialist finished like its base); "
-                        "the rescorer and outline refiner are refitted")
-    t.add_argument("--final-weights", action="store_true",
-                   help="with --finish: ship the last weights of the schedule rather than the "
-                        "best on the trainer's val check (best.pt)")
+    add_training_options(t)
     return p
 
 

@@ -153,3 +153,19 @@ def test_train_rotate_and_paste_reach_the_trainer(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert rc != 0 and "pasting rods onto a crop must be in [0, 1]" in err
     assert "Traceback" not in err
+
+
+def test_both_training_command_lines_check_the_shared_options_alike(capsys):
+    # `imageextract train` and the trainer's own command line declare the
+    # shared training options in one place (cli.add_training_options)
+    from imageextract.segment.bpartis.train import _main
+
+    for argv, run in ((["train", "bpartis"], main), ([], _main)):
+        for bad in (["--elongated-weight", "0"], ["--epochs", "0"], ["--max-minutes", "-1"]):
+            try:  # main returns the exit code, the trainer's parser exits with it
+                code = run([*argv, "--data", "d", "--out", "o", *bad])
+            except SystemExit as exc:
+                code = exc.code
+            assert code == 2
+            err = capsys.readouterr().err
+            assert bad[0] in err and "expected" in err and "Traceback" not in err

@@ -1748,54 +1748,22 @@ def read_stems(path: str | Path) -> list[str]:
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ...cli import add_training_options  # shared with `imageextract train`
+
     p = argparse.ArgumentParser(prog="python -m imageextract.segment.bpartis.train",
                                 description="Train the bpartis backend (resumable).")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--epochs", type=int)
+    add_training_options(p)
     p.add_argument("--crop", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--max-minutes", type=float)
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes building batches ahead of the step (for a GPU)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--hard-mining", type=float, default=0.0,
-                   help="draw images the starting network gets wrong more often "
-                        "(strength; 0 = uniform)")
-    p.add_argument("--elongated-weight", type=float, default=1.0,
-                   help="draw images of rods, wires and fibres this many times as often")
-    p.add_argument("--exclude", metavar="FILE",
-                   help="text file of train-fit stems to leave out (one per line)")
-    p.add_argument("--init", help="start from these network weights (best.pt / weights.pt)")
-    p.add_argument("--turn-consistency", type=float, nargs=2, metavar=("W_OFFSET", "W_SIGMA"),
-                   help="pair each crop with its quarter-turned copy and teach the x "
-                        "channels the turned y channels (loss weights; e.g. 0.03 0.1)")
-    p.add_argument("--rotate", type=float, default=0.0, metavar="P",
-                   help="turn each training crop by a random angle with this probability "
-                        "(rods at every angle)")
-    p.add_argument("--paste", type=float, default=0.0, metavar="P",
-                   help="paste rods cut from the training images of rods onto a training "
-                        "crop with this probability (dense, crossing rods)")
-    p.add_argument("--stretch", type=float, default=0.0, metavar="P",
-                   help="stretch a training crop along one axis (area kept, aspect ratio up "
-                        "to 2 x) with this probability (longer rods)")
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
-    p.add_argument("--finish", action="store_true",
-                   help="only fit the size model, tune on val and export (done after training)")
-    p.add_argument("--inference-from", metavar="MODEL",
-                   help="with --finish: take the inference settings of this exported model "
-                        "instead of tuning on val (rescorer and outline refiner refitted)")
-    p.add_argument("--final-weights", action="store_true",
-                   help="with --finish: ship the last weights of the schedule, not best.pt")
     a = p.parse_args(argv)
     if (a.inference_from or a.final_weights) and not a.finish:
         p.error("--inference-from and --final-weights go with --finish")
