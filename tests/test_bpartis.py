@@ -396,6 +396,10 @@ def test_pasted_rods():
     rgb[lab > 0] = 40
     bank = paste_bank([("r", rgb, lab)], [0.5])
     assert [int(m.sum()) for _, m, _ in bank] == [240, 240]
+    # the caller's own finding of the rod images is used when given
+    same = paste_bank([("r", rgb, lab)], [0.5], rods=np.array([True]))
+    assert all((p == q).all() and (m == n).all() for (p, m, _), (q, n, _) in zip(same, bank))
+    assert paste_bank([("r", rgb, lab)], [0.5], rods=np.array([False])) == ()
     img = torch.full((3, 64, 64), 0.9)
     under = torch.zeros(64, 64, dtype=torch.int64)
     under[20:44, 20:44] = 5  # a particle the rods may cover

@@ -251,12 +251,13 @@ PASTE_MIN_ASPECT = 2.0
 
 def paste_bank(items: list[tuple], bases: list[float], *,
                min_area: int = PASTE_MIN_AREA,
-               min_aspect: float = PASTE_MIN_ASPECT) -> tuple[tuple, ...]:
+               min_aspect: float = PASTE_MIN_ASPECT,
+               rods: np.ndarray | None = None) -> tuple[tuple, ...]:
     """The rods that :func:`paste_rods` pastes: from the images of
     ``items`` (``(stem, rgb, labels)``) whose particles are rods, wires or
-    fibres (:func:`elongated_images`), every particle that does not touch
-    the image border, has at least ``min_area`` px and an aspect ratio of at
-    least ``min_aspect``.
+    fibres (:func:`elongated_images`, or ``rods`` when the caller has it
+    already), every particle that does not touch the image border, has at
+    least ``min_area`` px and an aspect ratio of at least ``min_aspect``.
 
     Returns
     -------
@@ -276,8 +277,10 @@ def paste_bank(items: list[tuple], bases: list[float], *,
     from ...evaluation.metrics import ecd_and_aspect
 
     bank = []
-    for (_, rgb, lab), base, rods in zip(items, bases, elongated_images(items)):
-        if not rods:
+    if rods is None:
+        rods = elongated_images(items)
+    for (_, rgb, lab), base, is_rods in zip(items, bases, rods):
+        if not is_rods:
             continue
         h, w = lab.shape
         # the aspect ratio that also tells rod images apart, per id present
@@ -884,8 +887,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
     limits = tuple(recipe.get("scale_limits", (0.05, 2.5)))
     bases = [base_scale(lab, recipe.get("target_diameter"), limits=limits)
              for _, _, lab in train_items]
+    elongated = None  # the images of rods, found once for the bank and the draw weights
     if recipe.get("p_paste", 0.0) > 0:
-        bank = paste_bank(train_items, bases)
+        elongated = elongated_images(train_items)
+        bank = paste_bank(train_items, bases, rods=elongated)
         if not bank:
             raise ImageExtractError("no rods to paste: the training images hold no image of "
                                     "rods (see elongated_images)")
@@ -913,7 +918,8 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                     recipe["hard_mining_scores"]["below_0.5"], time.monotonic() - t0,
                     sample_weights.min() * len(scores), sample_weights.max() * len(scores))
     if ckpt is None and float(recipe.get("elongated_weight", 1.0)) != 1.0:
-        elongated = elongated_images(train_items)
+        if elongated is None:
+            elongated = elongated_images(train_items)
         sample_weights = shape_weights(elongated, sample_weights,
                                        elongated_weight=float(recipe["elongated_weight"]))
         recipe["elongated_images"] = int(elongated.sum())
