@@ -1567,14 +1567,26 @@ def test_scale_coverage_prefers_the_scale_whose_particles_cover_the_foreground(m
     assert res["scale"] == pytest.approx(0.8) and res["scores"].size == 4  # ties: scale found
     assert res["scale_score"][1.0] == pytest.approx(0.85 + 0.3)
     assert res["scale_confidence"][0.8] == pytest.approx(0.95)  # confidence still reported
+    # gated on rods: the square quarters found at the scale found are not elongated
+    res = b.segment_rgb(rgb, scale_coverage=0.3, coverage_min_elongation=2.0, **kw)
+    assert res["scale"] == pytest.approx(0.64) and "scale_score" not in res
+    res = b.segment_rgb(rgb, scale_coverage=0.3, coverage_min_elongation=0.5, **kw)
+    assert res["scale"] == pytest.approx(0.8)
     # too small a weight keeps the surer corner
     assert b.segment_rgb(rgb, scale_coverage=0.05, **kw)["scale"] == pytest.approx(0.64)
-    with pytest.raises(ValueError, match="scale_coverage"):
-        b.segment_rgb(rgb, scale_coverage=-0.1, **kw)
+    for bad in (-0.1, None, "0.3"):
+        with pytest.raises(ValueError, match="scale_coverage"):
+            b.segment_rgb(rgb, scale_coverage=bad, **kw)
+    with pytest.raises(ValueError, match="coverage_min_elongation"):
+        b.segment_rgb(rgb, scale_coverage=0.3, coverage_min_elongation=float("nan"), **kw)
     # the backend reads it from its config, and refuses a malformed entry
     assert b.scale_coverage == 0.0
-    b2 = BPartIS.from_config({"model": TINY, "inference": {"scale_coverage": 0.3}})
-    assert b2.scale_coverage == 0.3
+    b2 = BPartIS.from_config({"model": TINY, "inference": {
+        "scale_coverage": 0.3, "scale_coverage_min_elongation": 2}})
+    assert (b2.scale_coverage, b2.coverage_min_elongation) == (0.3, 2.0)
+    assert b.coverage_min_elongation is None
+    with pytest.raises(ValueError, match="scale_coverage_min_elongation"):
+        BPartIS.from_config({"model": TINY, "inference": {"scale_coverage_min_elongation": "2"}})
     for bad in ("high", True, -1, float("nan"), None):
         with pytest.raises(ValueError, match="scale_coverage"):
             BPartIS.from_config({"model": TINY, "inference": {"scale_coverage": bad}})

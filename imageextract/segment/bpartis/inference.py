@@ -766,9 +766,12 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
 
-    if not (np.isfinite(scale_coverage) and scale_coverage >= 0):
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    if not (number(scale_coverage) and scale_coverage >= 0):
         raise ValueError(f"scale_coverage must be a number >= 0, got {scale_coverage!r}")
-    if coverage_min_elongation is not None and not np.isfinite(coverage_min_elongation):
+    if coverage_min_elongation is not None and not number(coverage_min_elongation):
         raise ValueError("coverage_min_elongation must be None or a number, "
                          f"got {coverage_min_elongation!r}")
     if any(not f > 0 for f in scale_factors):
@@ -843,6 +846,7 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     if searched and any(f != 1.0 for f in scale_factors):
         # the size model's guess is often off by 20-30 %: look at a few
         # multiples of it and keep the one whose particles the network is surest of
+        # (with scale_coverage: and that covers most of its foreground)
         fg_threshold = opts.get("fg_threshold", 0.5)
         weight = scale_coverage
         if weight and coverage_min_elongation is not None \
