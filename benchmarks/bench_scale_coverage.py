@@ -35,7 +35,6 @@ score = mean of AP50 and AJI+, per image.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,15 +43,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_val_views import paired_difference, score  # noqa: E402
+
+from imageextract.evaluation.harness import write_json  # noqa: E402
 from imageextract.evaluation.metrics import all_metrics  # noqa: E402
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
 SHAPES = ("all", "compact", "elongated")
-
-
-def _score(m: dict) -> float:
-    return (m["ap50"] + m["aji_plus"]) / 2
 
 
 def _items(data: Path, split: str, shape: str) -> list:
@@ -113,10 +112,12 @@ def replay(row: dict, weight: float) -> str:
 
 
 def paired(base: np.ndarray, cand: np.ndarray) -> dict:
-    d = cand - base
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-    return {"images": int(d.size), "score": float(cand.mean()), "difference": float(d.mean()),
-            "standard_error": se, "changed": int(np.sum(np.abs(d) > 1e-9))}
+    """Candidate against baseline per image (:func:`paired_difference`),
+    with the candidate's mean score and the images whose score changed."""
+    d = paired_difference(base, cand)
+    return {"images": int(cand.size), "score": float(cand.mean()), "difference": d["mean"],
+            "standard_error": d["standard_error"], "win_rate": d["candidate_win_rate"],
+            "changed": int(np.sum(np.abs(cand - base) > 1e-9))}
 
 
 def summarize_factors(rows: list[dict], weights) -> dict:
@@ -125,15 +126,15 @@ def summarize_factors(rows: list[dict], weights) -> dict:
         sel = [r for r in rows if shape == "all" or (shape == "elongated") == r["elongated"]]
         if not sel:
             continue
-        base = np.array([_score(r["factors"][replay(r, 0.0)]) for r in sel])
+        base = np.array([score(r["factors"][replay(r, 0.0)]) for r in sel])
         out[shape] = {
             "images": len(sel),
-            "backend": float(np.mean([_score(r["backend"]) for r in sel])),
+            "backend": float(np.mean([score(r["backend"]) for r in sel])),
             "replayed_confidence": float(base.mean()),
-            "best_factor": float(np.mean([max(_score(v) for v in r["factors"].values())
+            "best_factor": float(np.mean([max(score(v) for v in r["factors"].values())
                                           for r in sel])),
             "weights": {str(w): paired(base, np.array(
-                [_score(r["factors"][replay(r, w)]) for r in sel]))
+                [score(r["factors"][replay(r, w)]) for r in sel]))
                 for w in weights}}
     return out
 
@@ -163,8 +164,8 @@ def summarize_models(rows: list[dict], models: list[str]) -> dict:
         sel = [r for r in rows if shape == "all" or (shape == "elongated") == r["elongated"]]
         if not sel:
             continue
-        base = np.array([_score(r[models[0]]) for r in sel])
-        out[shape] = {m: paired(base, np.array([_score(r[m]) for r in sel]))
+        base = np.array([score(r[models[0]]) for r in sel])
+        out[shape] = {m: paired(base, np.array([score(r[m]) for r in sel]))
                       | {k: float(np.mean([r[m][k] for r in sel])) for k in ("ap50", "aji_plus")}
                       for m in models}
     return out
@@ -216,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_models(models, items, threads=args.threads)
         res |= {"models": models, "summary": summarize_models(rows, models)}
     res |= {"rows": rows, "total_wall_seconds": round(time.perf_counter() - t0, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    out = write_json(res, args.out)
     for shape, s in res["summary"].items():
         if args.mode == "factors":
             ws = ", ".join(f"w {w}: {v['difference']:+.4f} (s.e. {v['standard_error']:.4f})"

@@ -104,6 +104,38 @@ def add_training_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def training_options(args: argparse.Namespace) -> dict:
+    """The ``train`` keywords of the options :func:`add_training_options`
+    declared (not those of ``--finish``): ``resume``, ``device`` and
+    ``workers`` always, the recipe's options only where given, so that a
+    run without them keeps the trainer's defaults and an older recipe stays
+    as it was."""
+    opts = {"resume": args.resume, "device": args.device, "workers": args.workers}
+    if args.epochs:
+        opts["epochs"] = args.epochs
+    if args.max_minutes:
+        opts["max_minutes"] = args.max_minutes
+    if args.init:
+        opts["init_weights"] = args.init
+    if args.hard_mining:
+        opts["hard_mining"] = args.hard_mining
+    if args.elongated_weight != 1.0:
+        opts["elongated_weight"] = args.elongated_weight
+    if args.turn_consistency:
+        opts["turn_consistency"] = tuple(args.turn_consistency)
+    if args.rotate:
+        opts["p_rotate"] = args.rotate
+    if args.paste:
+        opts["p_paste"] = args.paste
+    if args.stretch:
+        opts["p_stretch"] = args.stretch
+    if args.exclude:
+        from .segment.bpartis.train import read_stems
+
+        opts["exclude"] = read_stems(args.exclude)
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imageextract",
@@ -292,31 +324,7 @@ def _cmd_train(args, progress: bool) -> int:
         return EXIT_OK
     if args.inference_from or args.final_weights:
         raise ImageExtractError("--inference-from and --final-weights go with --finish")
-    opts = {}
-    if args.epochs:
-        opts["epochs"] = args.epochs
-    if args.max_minutes:
-        opts["max_minutes"] = args.max_minutes
-    if args.init:
-        opts["init_weights"] = args.init
-    if args.hard_mining:
-        opts["hard_mining"] = args.hard_mining
-    if args.elongated_weight != 1.0:
-        opts["elongated_weight"] = args.elongated_weight
-    if args.turn_consistency:
-        opts["turn_consistency"] = tuple(args.turn_consistency)
-    if args.rotate:
-        opts["p_rotate"] = args.rotate
-    if args.paste:
-        opts["p_paste"] = args.paste
-    if args.stretch:
-        opts["p_stretch"] = args.stretch
-    if args.exclude:
-        from .segment.bpartis.train import read_stems
-
-        opts["exclude"] = read_stems(args.exclude)
-    train(args.data, args.out, resume=args.resume, device=args.device, progress=progress,
-          workers=args.workers, **opts)
+    train(args.data, args.out, progress=progress, **training_options(args))
     return EXIT_OK
 
 

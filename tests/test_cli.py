@@ -169,3 +169,19 @@ def test_both_training_command_lines_check_the_shared_options_alike(capsys):
             assert code == 2
             err = capsys.readouterr().err
             assert bad[0] in err and "expected" in err and "Traceback" not in err
+
+
+def test_the_trainers_own_command_line_passes_the_shared_options_alike(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import importlib
+
+    bt = importlib.import_module("imageextract.segment.bpartis.train")
+    seen = {}
+    monkeypatch.setattr(bt, "train", lambda data, out, **kw: seen.update(kw) or {})
+    assert bt._main(["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--crop", "128",
+                     "--paste", "0.3", "--turn-consistency", "0.03", "0.1"]) == 0
+    assert seen["p_paste"] == 0.3 and seen["turn_consistency"] == (0.03, 0.1)
+    assert seen["crop"] == 128 and seen["workers"] == 0 and seen["resume"] is False
+    seen.clear()
+    assert bt._main(["--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
+    assert not {"p_rotate", "p_paste", "p_stretch", "exclude", "epochs"} & set(seen)

@@ -1786,16 +1786,12 @@ def _run_main(a) -> int:
                      inference_from=a.inference_from, final_weights=a.final_weights)
         logging.getLogger(__name__).info("result: %s", res)
         return 0
-    res = train(a.data, a.out, resume=a.resume, epochs=a.epochs, crop=a.crop,
-                batch_size=a.batch_size, lr=a.lr, seed=a.seed, val_every=a.val_every,
-                checkpoint_minutes=a.checkpoint_minutes, progress=not a.no_progress,
-                device=a.device, max_minutes=a.max_minutes, max_steps=a.max_steps,
-                threads=a.threads, init_weights=a.init, workers=a.workers,
-                export_at_end=not a.no_finish, hard_mining=a.hard_mining,
-                elongated_weight=a.elongated_weight,
-                exclude=read_stems(a.exclude) if a.exclude else (),
-                turn_consistency=a.turn_consistency, p_rotate=a.rotate, p_paste=a.paste,
-                p_stretch=a.stretch)
+    from ...cli import training_options
+
+    res = train(a.data, a.out, crop=a.crop, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                val_every=a.val_every, checkpoint_minutes=a.checkpoint_minutes,
+                progress=not a.no_progress, max_steps=a.max_steps, threads=a.threads,
+                export_at_end=not a.no_finish, **training_options(a))
     logging.getLogger(__name__).info("result: %s", res)
     return 0
 
