@@ -415,3 +415,32 @@ def test_scale_coverage_replay_plays_the_backend_choice(load_script):
     assert got["all"]["cand"]["difference"] == pytest.approx(0.1)
     assert got["elongated"]["cand"]["aji_plus"] == pytest.approx(0.5)
     assert got["compact"]["cand"]["changed"] == 0
+
+
+def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
+    bench = load_script("benchmarks/bench_join_fragments.py")
+    n = '{}'
+
+    def row(s, key, rod, off, on, joined):
+        return {"set": s, "key": key, "rod": rod, "off": off, n: on, "joined": {n: joined}}
+
+    rows = [row("val-views", "val/a/plain", True, 0.2, 0.6, 2),
+            row("val-views", "val/a/rot90", True, 0.4, 0.4, 0),   # image a: 0.3 -> 0.5
+            row("val-views", "val/b/plain", False, 0.9, 0.9, 0),
+            row("test", "test/c/plain", False, 0.5, 0.4, 1)]
+    out = bench.summarize(rows, [n])
+    assert set(out) == {"val-views", "test"}
+    v = out["val-views"]
+    assert v["all"]["n_images"] == 2 and v["all"]["n_views"] == 3
+    assert v["elongated"]["off"] == pytest.approx(0.3)
+    assert v["elongated"][n]["score"] == pytest.approx(0.5)
+    assert v["elongated"][n]["changed_views"] == 1
+    assert v["all"][n]["difference"]["mean"] == pytest.approx(0.1)  # (0.2 + 0) / 2
+    assert v["compact"][n]["difference"]["mean"] == pytest.approx(0.0)
+    assert "elongated" not in out["test"]
+    assert out["test"]["compact"][n]["difference"]["mean"] == pytest.approx(-0.1)
+    # refused before anything runs
+    for bad in (["--set", "nope"], ["--set", "stretched-x"], ["--set", "stretched--1"],
+                ["--set", "val-views", "--options", "[1]"],
+                ["--set", "val-views", "--options", '{"max_angle": 95}']):
+        assert bench.main(bad + ["--data", "/nonexistent"]) == 2

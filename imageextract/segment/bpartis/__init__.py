@@ -241,6 +241,7 @@ class BPartIS:
         self.coverage_min_elongation = None if cover_el is None else float(cover_el)
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
+        self.join_fragments = _join_fragments(inf.get("join_fragments"))
         self.specialist = _specialist(inf.get("specialist"))
         self._specialist_backend = None
         if scale is not None and not float(scale) > 0:
@@ -349,6 +350,7 @@ class BPartIS:
             outline=self.outline)
         turn = overrides.pop("turn_rods", self.turn_rods)
         spec = overrides.pop("specialist", self.specialist)
+        join = overrides.pop("join_fragments", self.join_fragments)
         kw.update(overrides)
         res = segment_image(self.net, rgb, **kw)
         if turn is not None:
@@ -363,6 +365,10 @@ class BPartIS:
         if spec is not None and kw["scale"] is None and _calls_specialist(res, spec):
             # a fixed working scale is the user's: the specialist would find its own
             res = self._ask_specialist(rgb, res, spec)
+        if join is not None:
+            from .fragments import join_fragments
+
+            res = join_fragments(res, **join)
         return res
 
     def _ask_specialist(self, rgb: np.ndarray, res: dict, spec: dict) -> dict:
@@ -468,6 +474,33 @@ def _turn_rods(spec) -> dict | None:
         raise ValueError("config inference.turn_rods must be null or an object with numbers "
                          "min_along_x (0 to 1) and min_elongation (>= 1), "
                          f"got {spec!r}")
+    return opts
+
+
+def _join_fragments(spec) -> dict | None:
+    """Validated ``inference.join_fragments`` of a config: None (off) or an
+    object with any of the keys of :data:`~.fragments.DEFAULTS` (numbers;
+    ``gap`` a whole number of pixels), the rest taking their defaults: the
+    final particles are passed through :func:`~.fragments.join_fragments`,
+    which joins the pieces of a long rod cut across."""
+    from .fragments import DEFAULTS
+
+    if spec is None:
+        return None
+    bad = not isinstance(spec, dict) or bool(set(spec) - set(DEFAULTS)) \
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+               for v in spec.values())
+    opts = {} if bad else {**DEFAULTS, **spec}
+    if bad or opts["min_elongation"] < 1.0 or not 0.0 <= opts["max_angle"] < 90.0 \
+            or opts["max_width_ratio"] < 1.0 or opts["min_gain"] < 1.0 \
+            or opts["min_union_elongation"] < 1.0 or opts["gap"] < 0 \
+            or int(opts["gap"]) != opts["gap"]:
+        raise ValueError("config inference.join_fragments must be null or an object with "
+                         f"numbers among {sorted(DEFAULTS)} (min_elongation, "
+                         "max_width_ratio, min_gain and min_union_elongation >= 1, max_angle "
+                         "in [0, 90) degrees, gap a whole number of pixels >= 0), "
+                         f"got {spec!r}")
+    opts["gap"] = int(opts["gap"])
     return opts
 
 

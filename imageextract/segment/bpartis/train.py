@@ -1310,6 +1310,17 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
                f"{sp['max_confidence']:g})" if sp.get("max_confidence") is not None else "")
             + f", the network `{sp['model']}` (its own size model, rescorer and outline "
             "refiner) segments it too, and the result whose particles are surer is kept")
+    if inf.get("join_fragments") is not None:
+        from .fragments import DEFAULTS
+
+        jf = {**DEFAULTS, **inf["join_fragments"]}
+        lines.append(
+            "- pieces of a long rod cut across are joined: two touching particles (at most "
+            f"{jf['gap']:g} px apart) lying end to end along the more elongated one's axis "
+            f"(elongation at least {jf['min_elongation']:g}, within {jf['max_angle']:g}°), "
+            f"when the joined particle is at most {jf['max_width_ratio']:g} x as wide, at least "
+            f"{jf['min_gain']:g} x as elongated as either and at least "
+            f"{jf['min_union_elongation']:g} in all")
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
