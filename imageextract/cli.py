@@ -104,6 +104,18 @@ def add_training_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def finish_options(args: argparse.Namespace) -> dict | None:
+    """The ``finish`` keywords of the options :func:`add_training_options`
+    declared when ``--finish`` is given, else None; ``--inference-from`` and
+    ``--final-weights`` without it are refused (ImageExtractError)."""
+    if args.finish:
+        return {"device": args.device, "inference_from": args.inference_from,
+                "final_weights": args.final_weights}
+    if args.inference_from or args.final_weights:
+        raise ImageExtractError("--inference-from and --final-weights go with --finish")
+    return None
+
+
 def training_options(args: argparse.Namespace) -> dict:
     """The ``train`` keywords of the options :func:`add_training_options`
     declared (not those of ``--finish``): ``resume``, ``device`` and
@@ -318,12 +330,10 @@ def _cmd_train(args, progress: bool) -> int:
         raise ImageExtractError(f"no trainer for backend {args.name!r}; trainable: bpartis")
     from .segment.bpartis.train import finish, train
 
-    if args.finish:
-        finish(args.data, args.out, device=args.device, progress=progress,
-               inference_from=args.inference_from, final_weights=args.final_weights)
+    fin = finish_options(args)
+    if fin is not None:
+        finish(args.data, args.out, progress=progress, **fin)
         return EXIT_OK
-    if args.inference_from or args.final_weights:
-        raise ImageExtractError("--inference-from and --final-weights go with --finish")
     train(args.data, args.out, progress=progress, **training_options(args))
     return EXIT_OK
 

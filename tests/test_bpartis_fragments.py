@@ -9,6 +9,7 @@ from skimage.draw import ellipse, polygon
 
 from imageextract.segment.bpartis.fragments import (
     DEFAULTS,
+    elongations,
     join_fragments,
     label_moments,
     shape_of,
@@ -153,6 +154,11 @@ def test_moments_and_shape():
     assert c == pytest.approx([25, 25], abs=0.6)
     assert e > 6 and 3.5 < w < 6
     assert abs(d[0]) == pytest.approx(abs(d[1]), abs=0.05)  # the diagonal
+    # the vectorised elongation agrees with shape_of's, label by label
+    lab = cut_rod(pieces=5, angle=33)
+    lab[ellipse(20, 20, 8, 14, lab.shape)] = 6
+    m = label_moments(lab)
+    assert elongations(m)[1:] == pytest.approx([shape_of(r)[1] for r in m[1:]])
     assert set(DEFAULTS) == {"min_elongation", "max_angle", "max_width_ratio", "min_gain",
                              "min_union_elongation", "gap"}
 

@@ -77,6 +77,27 @@ def shape_of(m: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
     return c, math.sqrt(big / small), 4.0 * math.sqrt(small), d
 
 
+def elongations(moments: np.ndarray) -> np.ndarray:
+    """The elongation :func:`shape_of` gives, for every row of ``moments``
+    at once (rows without pixels: 1).
+
+    >>> lab = np.zeros((10, 40), np.int32); lab[4:7, 5:35] = 1
+    >>> elongations(label_moments(lab)).round(1).tolist()
+    [1.0, 10.0]
+    """
+    m = np.atleast_2d(moments).astype(np.float64)
+    n = np.maximum(m[:, 0], 1.0)
+    cy, cx = m[:, 1] / n, m[:, 2] / n
+    vyy = m[:, 3] / n - cy ** 2 + 1.0 / 12.0
+    vxx = m[:, 4] / n - cx ** 2 + 1.0 / 12.0
+    vxy = m[:, 5] / n - cy * cx
+    half = (vyy + vxx) / 2.0
+    root = np.sqrt(np.maximum(half * half - (vyy * vxx - vxy * vxy), 0.0))
+    out = np.sqrt((half + root) / np.maximum(half - root, 1e-9))
+    out[m[:, 0] <= 0] = 1.0
+    return out
+
+
 def touching_pairs(labels: np.ndarray, *, gap: int = 2) -> list[tuple[int, int]]:
     """The pairs ``(a, b)``, ``a < b``, of labels with pixels at most ``gap``
     pixels apart (chessboard distance), sorted.
@@ -188,8 +209,9 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
     joined = 0
     while True:
         cand = []
+        elong = elongations(moments)  # pairs of two short particles never join
         for a, b in {tuple(sorted((root(a), root(b)))) for a, b in pairs}:
-            if a != b:
+            if a != b and max(elong[a], elong[b]) >= min_elongation:
                 along = _joinable(moments[a], moments[b], **tests)
                 if along is not None:
                     cand.append((-along, a, b))

@@ -1782,8 +1782,6 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-finish", action="store_true",
                    help="stop after training; run --finish later (e.g. off the GPU machine)")
     a = p.parse_args(argv)
-    if (a.inference_from or a.final_weights) and not a.finish:
-        p.error("--inference-from and --final-weights go with --finish")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         return _run_main(a)
@@ -1792,12 +1790,13 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _run_main(a) -> int:
-    if a.finish:
-        res = finish(a.data, a.out, device=a.device, progress=not a.no_progress,
-                     inference_from=a.inference_from, final_weights=a.final_weights)
+    from ...cli import finish_options, training_options
+
+    fin = finish_options(a)  # refuses --inference-from / --final-weights without --finish
+    if fin is not None:
+        res = finish(a.data, a.out, progress=not a.no_progress, **fin)
         logging.getLogger(__name__).info("result: %s", res)
         return 0
-    from ...cli import training_options
 
     res = train(a.data, a.out, crop=a.crop, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                 val_every=a.val_every, checkpoint_minutes=a.checkpoint_minutes,
