@@ -530,7 +530,7 @@ def test_exact_resume(tmp_path):
     assert "specialist" not in card and "long rod" not in card
     export(tmp_path / "a", inference={"mc_samples": 2, "join_fragments": {"max_angle": 10}})
     assert ("lying end to end along the more elongated one's axis (elongation at least 2, "
-            "within 10°), when the joined particle is at most 1.3 x as wide, at least 1.2 x "
+            "within 10°) and touching across at least 0.5 of its width, when the joined particle is at most 1.3 x as wide, at least 1.2 x "
             "as elongated as either and at least 6 in all") \
         in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,

@@ -84,8 +84,19 @@ def test_distinct_particles_stay_apart():
     chain[ellipse(80, 107, 12, 24, shape)] = 2
     assert touching_pairs(chain) == [(1, 2)]
     assert join_fragments(result(chain))["joined"] == 0
-    # ... which the elongation floor alone keeps apart
-    assert join_fragments(result(chain), min_union_elongation=1.0)["joined"] == 1
+    # ... which the elongation floor and the contact (two rounded ends touch
+    # at a few pixels, a rod cut across along its width) each keep apart
+    assert join_fragments(result(chain), min_union_elongation=1.0)["joined"] == 0
+    assert join_fragments(result(chain), min_contact=0.0)["joined"] == 0
+    assert join_fragments(result(chain), min_union_elongation=1.0,
+                          min_contact=0.0)["joined"] == 1
+    # a row of five ellipsoids of elongation 3, each touching the next end to end
+    row = np.zeros((40, 300), np.int32)
+    for i in range(5):
+        row[ellipse(20, 30 + 59 * i, 10, 30, row.shape)] = i + 1
+    assert len(touching_pairs(row)) == 4
+    assert join_fragments(result(row))["joined"] == 0
+    assert join_fragments(result(row), min_contact=0.0)["joined"] > 0
     # two rods side by side, touching along their length
     side = np.zeros(shape, np.int32)
     side[70:80, 20:220], side[80:90, 20:220] = 1, 2
@@ -160,7 +171,7 @@ def test_moments_and_shape():
     m = label_moments(lab)
     assert elongations(m)[1:] == pytest.approx([shape_of(r)[1] for r in m[1:]])
     assert set(DEFAULTS) == {"min_elongation", "max_angle", "max_width_ratio", "min_gain",
-                             "min_union_elongation", "gap"}
+                             "min_union_elongation", "gap", "min_contact"}
 
 
 def test_the_backend_joins_when_its_config_says_so(monkeypatch):
@@ -187,6 +198,6 @@ def test_the_backend_joins_when_its_config_says_so(monkeypatch):
     seg = on.predict(rgb)
     assert seg.scores.shape == (1,) and seg.uncertainty.shape == (1,)
     for bad in ({"max_angle": 95}, {"gap": 1.5}, {"min_gain": "2"}, {"width": 3}, [1],
-                {"min_union_elongation": 0.5}, {"gap": True}):
+                {"min_union_elongation": 0.5}, {"gap": True}, {"min_contact": -1}):
         with pytest.raises(ValueError, match="join_fragments"):
             BPartIS.from_config({"model": tiny, "inference": {"join_fragments": bad}})

@@ -493,12 +493,13 @@ def _join_fragments(spec) -> dict | None:
     opts = {} if bad else {**DEFAULTS, **spec}
     if bad or opts["min_elongation"] < 1.0 or not 0.0 <= opts["max_angle"] < 90.0 \
             or opts["max_width_ratio"] < 1.0 or opts["min_gain"] < 1.0 \
-            or opts["min_union_elongation"] < 1.0 or opts["gap"] < 0 \
+            or opts["min_union_elongation"] < 1.0 or opts["gap"] < 0 or opts["min_contact"] < 0 \
             or int(opts["gap"]) != opts["gap"]:
         raise ValueError("config inference.join_fragments must be null or an object with "
                          f"numbers among {sorted(DEFAULTS)} (min_elongation, "
                          "max_width_ratio, min_gain and min_union_elongation >= 1, max_angle "
-                         "in [0, 90) degrees, gap a whole number of pixels >= 0), "
+                         "in [0, 90) degrees, min_contact >= 0, gap a whole number of pixels "
+                         ">= 0), "
                          f"got {spec!r}")
     opts["gap"] = int(opts["gap"])
     return opts

@@ -26,7 +26,10 @@ import numpy as np
 
 #: the defaults of :func:`join_fragments`, the keys of ``inference.join_fragments``
 DEFAULTS = {"min_elongation": 2.0, "max_angle": 15.0, "max_width_ratio": 1.3,
-            "min_gain": 1.2, "min_union_elongation": 6.0, "gap": 2}
+            "min_gain": 1.2, "min_union_elongation": 6.0, "gap": 2, "min_contact": 0.5}
+
+#: the short axis of :func:`shape_of` (4 standard deviations) over a bar's width
+SHORT_AXIS_PER_WIDTH = 4.0 / math.sqrt(12.0)
 
 
 def label_moments(labels: np.ndarray) -> np.ndarray:
@@ -106,25 +109,48 @@ def touching_pairs(labels: np.ndarray, *, gap: int = 2) -> list[tuple[int, int]]
     >>> touching_pairs(lab, gap=1), touching_pairs(lab, gap=2)
     ([(2, 3)], [(1, 2), (2, 3)])
     """
+    return sorted(contacts(labels, gap=gap))
+
+
+def contacts(labels: np.ndarray, *, gap: int = 2) -> dict[tuple[int, int], int]:
+    """For each pair ``(a, b)``, ``a < b``, of labels with pixels at most
+    ``gap`` pixels apart (chessboard distance): the length of their contact,
+    the most pixels of ``a`` that face a pixel of ``b`` across one offset
+    ``(dy, dx)`` of the shortest chessboard length at which they meet.  A rod
+    cut straight across touches its other piece along its whole width; two
+    rounded ends touch at a few pixels.
+
+    >>> lab = np.zeros((8, 20), np.int32); lab[2:7, :10] = 1; lab[2:7, 10:] = 2  # a cut bar
+    >>> lab[0, 0] = 3  # a pixel two rows above the bar's corner
+    >>> contacts(lab)
+    {(1, 2): 5, (1, 3): 1}
+    """
     lab = np.asarray(labels)
     h, w = lab.shape
-    found = set()
-    for dy in range(gap + 1):
-        for dx in range(-gap, gap + 1):
-            if (dy == 0 and dx <= 0) or dy >= h or abs(dx) >= w:
-                continue
-            a = lab[:h - dy, max(0, -dx):w - max(0, dx)]
-            b = lab[dy:, max(0, dx):w - max(0, -dx)]
-            hit = (a > 0) & (b > 0) & (a != b)
-            if hit.any():
-                lo, hi = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
-                found.update(zip(lo.tolist(), hi.tolist()))
-    return sorted(found)
+    base = np.int64(lab.max()) + 1 if lab.size else 1
+    found: dict[tuple[int, int], int] = {}
+    shortest: dict[tuple[int, int], int] = {}
+    offsets = [(dy, dx) for dy in range(gap + 1) for dx in range(-gap, gap + 1)
+               if not (dy == 0 and dx <= 0) and dy < h and abs(dx) < w]
+    for dy, dx in sorted(offsets, key=lambda o: max(o[0], abs(o[1]))):
+        length = max(dy, abs(dx))
+        a = lab[:h - dy, max(0, -dx):w - max(0, dx)]
+        b = lab[dy:, max(0, dx):w - max(0, -dx)]
+        hit = (a > 0) & (b > 0) & (a != b)
+        if hit.any():
+            lo = np.minimum(a[hit], b[hit]).astype(np.int64)
+            codes, n = np.unique(lo * base + np.maximum(a[hit], b[hit]),
+                                 return_counts=True)
+            for c, k in zip(codes.tolist(), n.tolist()):
+                key = (c // int(base), c % int(base))
+                if shortest.setdefault(key, length) == length:
+                    found[key] = max(found.get(key, 0), k)
+    return found
 
 
-def _joinable(ma: np.ndarray, mb: np.ndarray, *, min_elongation: float, cos_max: float,
-              max_width_ratio: float, min_gain: float,
-              min_union_elongation: float) -> float | None:
+def _joinable(ma: np.ndarray, mb: np.ndarray, contact: int, *, min_elongation: float,
+              cos_max: float, max_width_ratio: float, min_gain: float,
+              min_union_elongation: float, min_contact: float) -> float | None:
     """How well two touching particles line up (cosine of the angle between
     the line through their centroids and the rod's axis) when they pass every
     test of :func:`join_fragments`, else None."""
@@ -143,7 +169,7 @@ def _joinable(ma: np.ndarray, mb: np.ndarray, *, min_elongation: float, cos_max:
     if dist == 0.0:
         return None
     along = abs(float(v @ axis)) / dist
-    if along < cos_max:
+    if along < cos_max or contact < min_contact * width / SHORT_AXIS_PER_WIDTH:
         return None
     _, eu, wu, _ = shape_of(ma + mb)
     if wu > max_width_ratio * width or eu < min_gain * max(ea, eb) or eu < min_union_elongation:
@@ -153,7 +179,8 @@ def _joinable(ma: np.ndarray, mb: np.ndarray, *, min_elongation: float, cos_max:
 
 def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: float = 15.0,
                    max_width_ratio: float = 1.3, min_gain: float = 1.2,
-                   min_union_elongation: float = 6.0, gap: int = 2) -> dict:
+                   min_union_elongation: float = 6.0, gap: int = 2,
+                   min_contact: float = 0.5) -> dict:
     """Join touching pieces of one rod in a ``segment_image`` result.
 
     Two particles at most ``gap`` pixels apart are joined when
@@ -163,6 +190,8 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
       most ``max_angle`` degrees);
     - the line through their centroids lies within ``max_angle`` degrees of
       that particle's long axis (end to end, not side by side);
+    - they touch across at least ``min_contact`` of its width
+      (:func:`contacts`: a rod cut straight across, not two rounded ends);
     - the joined particle is at most ``max_width_ratio`` times as wide
       (short axis) as the elongated one (the wider of the two when both
       are), and at least ``min_gain`` times as elongated as the more
@@ -191,10 +220,14 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
     out = dict(result)
     out["joined"] = 0
     k = int(labels.max()) if labels.size else 0
-    pairs = touching_pairs(labels, gap=int(gap)) if k > 1 else []
-    if not pairs:
+    if k < 2:
         return out
     moments = label_moments(labels)
+    if not (elongations(moments) >= min_elongation).any():
+        return out  # no rod, nothing can join (the common case, at no pair search)
+    touching = contacts(labels, gap=int(gap))
+    if not touching:
+        return out
     parent = np.arange(k + 1)
 
     def root(i: int) -> int:
@@ -205,14 +238,18 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
 
     tests = dict(min_elongation=min_elongation, cos_max=math.cos(math.radians(max_angle)),
                  max_width_ratio=max_width_ratio, min_gain=min_gain,
-                 min_union_elongation=min_union_elongation)
+                 min_union_elongation=min_union_elongation, min_contact=min_contact)
     joined = 0
     while True:
         cand = []
         elong = elongations(moments)  # pairs of two short particles never join
-        for a, b in {tuple(sorted((root(a), root(b)))) for a, b in pairs}:
+        between: dict[tuple[int, int], int] = {}  # the parts' longest contact
+        for (a, b), c in touching.items():
+            key = (min(root(a), root(b)), max(root(a), root(b)))
+            between[key] = max(between.get(key, 0), c)
+        for (a, b), c in between.items():
             if a != b and max(elong[a], elong[b]) >= min_elongation:
-                along = _joinable(moments[a], moments[b], **tests)
+                along = _joinable(moments[a], moments[b], c, **tests)
                 if along is not None:
                     cand.append((-along, a, b))
         if not cand:

@@ -1317,7 +1317,8 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
         lines.append(
             "- pieces of a long rod cut across are joined: two touching particles (at most "
             f"{jf['gap']:g} px apart) lying end to end along the more elongated one's axis "
-            f"(elongation at least {jf['min_elongation']:g}, within {jf['max_angle']:g}°), "
+            f"(elongation at least {jf['min_elongation']:g}, within {jf['max_angle']:g}°) and "
+            f"touching across at least {jf['min_contact']:g} of its width, "
             f"when the joined particle is at most {jf['max_width_ratio']:g} x as wide, at least "
             f"{jf['min_gain']:g} x as elongated as either and at least "
             f"{jf['min_union_elongation']:g} in all")
