@@ -123,24 +123,14 @@ def training_options(args: argparse.Namespace) -> dict:
     run without them keeps the trainer's defaults and an older recipe stays
     as it was."""
     opts = {"resume": args.resume, "device": args.device, "workers": args.workers}
-    if args.epochs:
-        opts["epochs"] = args.epochs
-    if args.max_minutes:
-        opts["max_minutes"] = args.max_minutes
-    if args.init:
-        opts["init_weights"] = args.init
-    if args.hard_mining:
-        opts["hard_mining"] = args.hard_mining
+    given = {"epochs": "epochs", "max_minutes": "max_minutes", "init": "init_weights",
+             "hard_mining": "hard_mining", "rotate": "p_rotate", "paste": "p_paste",
+             "stretch": "p_stretch"}  # option -> train() keyword, passed when not 0/None
+    opts.update({kw: getattr(args, name) for name, kw in given.items() if getattr(args, name)})
     if args.elongated_weight != 1.0:
         opts["elongated_weight"] = args.elongated_weight
     if args.turn_consistency:
         opts["turn_consistency"] = tuple(args.turn_consistency)
-    if args.rotate:
-        opts["p_rotate"] = args.rotate
-    if args.paste:
-        opts["p_paste"] = args.paste
-    if args.stretch:
-        opts["p_stretch"] = args.stretch
     if args.exclude:
         from .segment.bpartis.train import read_stems
 

@@ -53,63 +53,44 @@ def label_moments(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def shapes(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centroids ``(y, x)`` (N, 2), elongations (long over short axis of the
+    pixels' covariance ellipse; 1 for a row without pixels), short-axis
+    lengths (4 standard deviations; 1.15 x the width of a bar) and unit long
+    axes ``(dy, dx)`` (N, 2) of rows of :func:`label_moments`.
+
+    >>> lab = np.zeros((10, 40), np.int32); lab[4:7, 5:35] = 1  # a 30 x 3 bar along x
+    >>> c, e, w, d = shapes(label_moments(lab))
+    >>> c[1].tolist(), e.round(1).tolist(), round(float(w[1]), 2), np.abs(d[1]).tolist()
+    ([5.0, 19.5], [1.0, 10.0], 3.46, [0.0, 1.0])
+    """
+    m = np.atleast_2d(moments).astype(np.float64)
+    n = np.maximum(m[:, 0], 1.0)
+    c = np.stack([m[:, 1] / n, m[:, 2] / n], axis=1)
+    vyy = m[:, 3] / n - c[:, 0] ** 2 + 1.0 / 12.0  # a pixel's own spread
+    vxx = m[:, 4] / n - c[:, 1] ** 2 + 1.0 / 12.0
+    vxy = m[:, 5] / n - c[:, 0] * c[:, 1]
+    half = (vyy + vxx) / 2.0
+    root = np.sqrt(np.maximum(half * half - (vyy * vxx - vxy * vxy), 0.0))
+    big, small = half + root, np.maximum(half - root, 1e-9)
+    tilted = np.abs(vxy) > 1e-12
+    d = np.where(tilted[:, None], np.stack([big - vxx, vxy], axis=1),
+                 np.where((vyy >= vxx)[:, None], [1.0, 0.0], [0.0, 1.0]))
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    return c, np.sqrt(big / small), 4.0 * np.sqrt(small), d
+
+
 def shape_of(m: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
-    """Centroid ``(y, x)``, elongation (long over short axis of the pixels'
-    covariance ellipse), short-axis length (4 standard deviations; 1.15 x
-    the width of a bar) and the unit long axis ``(dy, dx)`` of one row of
-    :func:`label_moments`.
+    """:func:`shapes` of one row of :func:`label_moments`: centroid,
+    elongation, short-axis length and unit long axis.
 
     >>> lab = np.zeros((10, 40), np.int32); lab[4:7, 5:35] = 1  # a 30 x 3 bar along x
     >>> c, e, w, d = shape_of(label_moments(lab)[1])
     >>> c.tolist(), round(e, 1), round(w, 2), np.abs(d).round(3).tolist()
     ([5.0, 19.5], 10.0, 3.46, [0.0, 1.0])
     """
-    n = max(m[0], 1.0)
-    c = np.array([m[1] / n, m[2] / n])
-    vyy = m[3] / n - c[0] ** 2 + 1.0 / 12.0  # a pixel's own spread
-    vxx = m[4] / n - c[1] ** 2 + 1.0 / 12.0
-    vxy = m[5] / n - c[0] * c[1]
-    half = (vyy + vxx) / 2.0
-    root = math.sqrt(max(half * half - (vyy * vxx - vxy * vxy), 0.0))
-    big, small = half + root, max(half - root, 1e-9)
-    if abs(vxy) > 1e-12:
-        d = np.array([big - vxx, vxy])
-    else:
-        d = np.array([1.0, 0.0]) if vyy >= vxx else np.array([0.0, 1.0])
-    d = d / np.linalg.norm(d)
-    return c, math.sqrt(big / small), 4.0 * math.sqrt(small), d
-
-
-def elongations(moments: np.ndarray) -> np.ndarray:
-    """The elongation :func:`shape_of` gives, for every row of ``moments``
-    at once (rows without pixels: 1).
-
-    >>> lab = np.zeros((10, 40), np.int32); lab[4:7, 5:35] = 1
-    >>> elongations(label_moments(lab)).round(1).tolist()
-    [1.0, 10.0]
-    """
-    m = np.atleast_2d(moments).astype(np.float64)
-    n = np.maximum(m[:, 0], 1.0)
-    cy, cx = m[:, 1] / n, m[:, 2] / n
-    vyy = m[:, 3] / n - cy ** 2 + 1.0 / 12.0
-    vxx = m[:, 4] / n - cx ** 2 + 1.0 / 12.0
-    vxy = m[:, 5] / n - cy * cx
-    half = (vyy + vxx) / 2.0
-    root = np.sqrt(np.maximum(half * half - (vyy * vxx - vxy * vxy), 0.0))
-    out = np.sqrt((half + root) / np.maximum(half - root, 1e-9))
-    out[m[:, 0] <= 0] = 1.0
-    return out
-
-
-def touching_pairs(labels: np.ndarray, *, gap: int = 2) -> list[tuple[int, int]]:
-    """The pairs ``(a, b)``, ``a < b``, of labels with pixels at most ``gap``
-    pixels apart (chessboard distance), sorted.
-
-    >>> lab = np.zeros((3, 9), np.int32); lab[:, :3] = 1; lab[:, 4:6] = 2; lab[:, 6] = 3
-    >>> touching_pairs(lab, gap=1), touching_pairs(lab, gap=2)
-    ([(2, 3)], [(1, 2), (2, 3)])
-    """
-    return sorted(contacts(labels, gap=gap))
+    c, e, w, d = shapes(m)
+    return c[0], float(e[0]), float(w[0]), d[0]
 
 
 def contacts(labels: np.ndarray, *, gap: int = 2) -> dict[tuple[int, int], int]:
@@ -148,14 +129,15 @@ def contacts(labels: np.ndarray, *, gap: int = 2) -> dict[tuple[int, int], int]:
     return found
 
 
-def _joinable(ma: np.ndarray, mb: np.ndarray, contact: int, *, min_elongation: float,
-              cos_max: float, max_width_ratio: float, min_gain: float,
+def _joinable(part_a: tuple, part_b: tuple, union: np.ndarray, contact: int, *,
+              min_elongation: float, cos_max: float, max_width_ratio: float, min_gain: float,
               min_union_elongation: float, min_contact: float) -> float | None:
     """How well two touching particles line up (cosine of the angle between
     the line through their centroids and the rod's axis) when they pass every
-    test of :func:`join_fragments`, else None."""
-    ca, ea, wa, da = shape_of(ma)
-    cb, eb, wb, db = shape_of(mb)
+    test of :func:`join_fragments`, else None.  ``part_a``, ``part_b``: their
+    :func:`shape_of`; ``union``: the moments of the two together."""
+    ca, ea, wa, da = part_a
+    cb, eb, wb, db = part_b
     if max(ea, eb) < min_elongation:
         return None
     both = min(ea, eb) >= min_elongation
@@ -171,7 +153,7 @@ def _joinable(ma: np.ndarray, mb: np.ndarray, contact: int, *, min_elongation: f
     along = abs(float(v @ axis)) / dist
     if along < cos_max or contact < min_contact * width / SHORT_AXIS_PER_WIDTH:
         return None
-    _, eu, wu, _ = shape_of(ma + mb)
+    _, eu, wu, _ = shape_of(union)
     if wu > max_width_ratio * width or eu < min_gain * max(ea, eb) or eu < min_union_elongation:
         return None
     return along
@@ -223,7 +205,8 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
     if k < 2:
         return out
     moments = label_moments(labels)
-    if not (elongations(moments) >= min_elongation).any():
+    area = moments[1:, 0].copy()  # of the particles as given (moments[a] grows with joins)
+    if not (shapes(moments)[1] >= min_elongation).any():
         return out  # no rod, nothing can join (the common case, at no pair search)
     touching = contacts(labels, gap=int(gap))
     if not touching:
@@ -242,14 +225,16 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
     joined = 0
     while True:
         cand = []
-        elong = elongations(moments)  # pairs of two short particles never join
+        cen, elong, wid, axis = shapes(moments)  # once per round, for every particle
         between: dict[tuple[int, int], int] = {}  # the parts' longest contact
         for (a, b), c in touching.items():
             key = (min(root(a), root(b)), max(root(a), root(b)))
             between[key] = max(between.get(key, 0), c)
         for (a, b), c in between.items():
-            if a != b and max(elong[a], elong[b]) >= min_elongation:
-                along = _joinable(moments[a], moments[b], c, **tests)
+            if a != b and max(elong[a], elong[b]) >= min_elongation:  # else never joined
+                along = _joinable((cen[a], elong[a], wid[a], axis[a]),
+                                  (cen[b], elong[b], wid[b], axis[b]),
+                                  moments[a] + moments[b], c, **tests)
                 if along is not None:
                     cand.append((-along, a, b))
         if not cand:
@@ -268,7 +253,6 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
     kept = np.flatnonzero(roots == np.arange(k + 1))[1:]  # roots are their lowest part
     new_id = np.zeros(k + 1, np.int32)
     new_id[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-    area = label_moments(labels)[1:, 0]
     group = new_id[roots[1:]] - 1  # 0-based new index of each old particle
 
     def pooled(values) -> np.ndarray:
