@@ -35,6 +35,13 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _unit_interval(text: str) -> float:
+    v = _positive_float(text)
+    if not v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -101,18 +108,29 @@ def add_training_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--final-weights", action="store_true",
                    help="with --finish: ship the last weights of the schedule rather than the "
                         "best on the trainer's val check (best.pt)")
+    p.add_argument("--rescore-factors", type=_positive_float, nargs="+", metavar="F",
+                   help="with --finish: fit the rescorer on the proposals at these multiples "
+                        "of the working scale found (default 1; the shipped model: 0.8 1 1.25)")
+    p.add_argument("--rescore-threshold", type=_unit_interval, metavar="T",
+                   help="with --finish: the rescorer's threshold (default: the one its "
+                        "cross-validation scores best; the shipped model: 0.7)")
     return p
 
 
 def finish_options(args: argparse.Namespace) -> dict | None:
     """The ``finish`` keywords of the options :func:`add_training_options`
-    declared when ``--finish`` is given, else None; ``--inference-from`` and
-    ``--final-weights`` without it are refused (ImageExtractError)."""
+    declared when ``--finish`` is given, else None (the rescorer's options
+    only where given, so that ``finish`` keeps its defaults); the finishing
+    options without ``--finish`` are refused (ImageExtractError)."""
+    given = {"rescore_factors": args.rescore_factors,
+             "rescore_threshold": args.rescore_threshold}
+    given = {k: v for k, v in given.items() if v is not None}
     if args.finish:
         return {"device": args.device, "inference_from": args.inference_from,
-                "final_weights": args.final_weights}
-    if args.inference_from or args.final_weights:
-        raise ImageExtractError("--inference-from and --final-weights go with --finish")
+                "final_weights": args.final_weights} | given
+    if args.inference_from or args.final_weights or given:
+        raise ImageExtractError("--inference-from, --final-weights, --rescore-factors and "
+                                "--rescore-threshold go with --finish")
     return None
 
 

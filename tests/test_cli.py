@@ -185,3 +185,54 @@ def test_the_trainers_own_command_line_passes_the_shared_options_alike(tmp_path,
     seen.clear()
     assert bt._main(["--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
     assert not {"p_rotate", "p_paste", "p_stretch", "exclude", "epochs"} & set(seen)
+
+
+def test_both_training_command_lines_pass_the_rescorers_finishing_options(tmp_path, monkeypatch,
+                                                                           capsys):
+    # one command finishes a network as the shipped model was: rescorer on the
+    # proposals at 0.8, 1 and 1.25 x the scale found, threshold 0.7
+    pytest.importorskip("torch")
+    import importlib
+
+    bt = importlib.import_module("imageextract.segment.bpartis.train")
+    seen = {}
+    monkeypatch.setattr(bt, "finish", lambda data, out, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(bt, "train", lambda data, out, **kw: pytest.fail("trained"))
+    d, o = str(tmp_path), str(tmp_path / "m")
+    for run in (lambda a: main(["train", "bpartis", *a]), bt._main):
+        assert run(["--data", d, "--out", o, "--finish", "--rescore-factors", "0.8", "1",
+                    "1.25", "--rescore-threshold", "0.7"]) == 0
+        assert seen["rescore_factors"] == [0.8, 1.0, 1.25] and seen["rescore_threshold"] == 0.7
+        seen.clear()
+        assert run(["--data", d, "--out", o, "--finish"]) == 0  # finish keeps its defaults
+        assert not {"rescore_factors", "rescore_threshold"} & set(seen)
+        for bad in (["--rescore-factors", "1"], ["--finish", "--rescore-threshold", "1"],
+                    ["--finish", "--rescore-factors", "0"]):
+            try:  # main returns the exit code, the trainer's parser exits with it
+                code = run(["--data", d, "--out", o, *bad])
+            except SystemExit as exc:
+                code = exc.code
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err
+            assert ("go with --finish" if bad[0] != "--finish" else "expected a number") in err
+
+
+def test_finish_hands_the_rescorers_options_to_its_fit(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import importlib
+
+    bt = importlib.import_module("imageextract.segment.bpartis.train")
+    rf = importlib.import_module("imageextract.segment.bpartis.rescore_fit")
+    seen = {}
+    monkeypatch.setattr(bt, "fit_size", lambda *a, **kw: {})
+    monkeypatch.setattr(bt, "export", lambda *a, **kw: None)
+    monkeypatch.setattr(rf, "fit_for_model", lambda *a, **kw: seen.update(kw) or {})
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"inference": {"mc_samples": 8}}))
+    bt.finish(tmp_path, tmp_path / "m", progress=False, outline=False, inference_from=base,
+              rescore_factors=[0.8, 1, 1.25], rescore_threshold=0.7)
+    assert seen["factors"] == (0.8, 1, 1.25) and seen["threshold"] == 0.7
+    seen.clear()
+    bt.finish(tmp_path, tmp_path / "m", progress=False, outline=False, inference_from=base)
+    assert seen["factors"] == (1.0,) and seen["threshold"] is None

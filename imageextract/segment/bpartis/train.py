@@ -1699,7 +1699,8 @@ def inference_of(model_dir: str | Path) -> dict[str, Any]:
 def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
            progress: bool = True, rescore: bool = True, outline: bool = True,
            inference_from: str | Path | None = None,
-           final_weights: bool = False) -> dict[str, Any]:
+           final_weights: bool = False, rescore_factors=(1.0,),
+           rescore_threshold: float | None = None) -> dict[str, Any]:
     """After training: fit the size model, tune the MC samples, dropout
     layers and uncertainty threshold on ``val``, export the model folder
     (``weights.pt``, ``config.json``, ``MODEL_CARD.md``), with ``rescore``
@@ -1717,6 +1718,12 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
     final_weights : bool
         Ship the last weights of the schedule (the checkpoint's) rather than
         ``best.pt``, the best on the trainer's val check.
+    rescore_factors : sequence of float
+        Fit the rescorer on the proposals at these multiples of the working
+        scale found (the shipped model's: 0.8, 1, 1.25).
+    rescore_threshold : float, optional
+        The rescorer's threshold; None: the one its cross-validation scores
+        best.
     """
     inference = None if inference_from is None else inference_of(inference_from)
     stats = fit_size(data_dir, out_dir, device=device, progress=progress,
@@ -1732,7 +1739,8 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
     if rescore:
         from .rescore_fit import fit_for_model
 
-        fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress)
+        fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress,
+                               factors=tuple(rescore_factors), threshold=rescore_threshold)
         out["rescore"] = {k: v for k, v in fitted.items() if k != "rescorer"}
     if outline:
         from .outline_fit import fit_for_model as fit_outline
