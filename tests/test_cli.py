@@ -236,3 +236,9 @@ def test_finish_hands_the_rescorers_options_to_its_fit(tmp_path, monkeypatch):
     seen.clear()
     bt.finish(tmp_path, tmp_path / "m", progress=False, outline=False, inference_from=base)
     assert seen["factors"] == (1.0,) and seen["threshold"] is None
+    # bad options are refused before the size model is fitted
+    monkeypatch.setattr(bt, "fit_size", lambda *a, **kw: pytest.fail("fitted"))
+    for bad in ({"rescore_factors": []}, {"rescore_factors": [0.8, -1]},
+                {"rescore_threshold": 1.5}):
+        with pytest.raises(ValueError, match="rescore_"):
+            bt.finish(tmp_path, tmp_path / "m", progress=False, **bad)

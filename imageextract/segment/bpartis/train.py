@@ -1725,6 +1725,11 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
         The rescorer's threshold; None: the one its cross-validation scores
         best.
     """
+    factors = tuple(float(f) for f in rescore_factors)
+    if not factors or not all(0.0 < f < math.inf for f in factors):  # before the long steps
+        raise ValueError(f"rescore_factors must be numbers > 0, got {rescore_factors!r}")
+    if rescore_threshold is not None and not 0.0 < rescore_threshold < 1.0:
+        raise ValueError(f"rescore_threshold must be between 0 and 1, got {rescore_threshold}")
     inference = None if inference_from is None else inference_of(inference_from)
     stats = fit_size(data_dir, out_dir, device=device, progress=progress,
                      final_weights=final_weights)
@@ -1740,7 +1745,7 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
         from .rescore_fit import fit_for_model
 
         fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress,
-                               factors=tuple(rescore_factors), threshold=rescore_threshold)
+                               factors=factors, threshold=rescore_threshold)
         out["rescore"] = {k: v for k, v in fitted.items() if k != "rescorer"}
     if outline:
         from .outline_fit import fit_for_model as fit_outline
