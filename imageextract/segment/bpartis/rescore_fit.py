@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_KIND = "logistic-quadratic"
 
 
+def fit_options(factors, threshold: float | None) -> tuple[tuple[float, ...], float | None]:
+    """``factors`` (as floats) and ``threshold`` of a rescorer fit, checked
+    before anything is loaded or collected: the factors positive finite
+    numbers, at least one; the threshold None (chosen by cross-validation)
+    or between 0 and 1 (ValueError otherwise)."""
+    factors = tuple(float(f) for f in factors)
+    if not factors or not all(0.0 < f < math.inf for f in factors):
+        raise ValueError(f"factors must be positive numbers, got {factors}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    return factors, threshold
+
+
 def collect_proposals(backend, items, *, cluster: dict | None = None,
                       progress: bool = True, factors=(1.0,)) -> list[dict[str, Any]]:
     """Proposals of ``backend`` (a :class:`~imageextract.segment.bpartis.BPartIS`)
@@ -57,9 +71,7 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     outline-refined: the backend rescores its particles before the outline
     refiner runs, so a model that has one would otherwise be refitted on
     outlines its rescorer never sees."""
-    factors = tuple(float(f) for f in factors)
-    if not factors or not all(f > 0 for f in factors):
-        raise ValueError(f"factors must be positive numbers, got {factors}")
+    factors, _ = fit_options(factors, None)
     opts = dict(backend.cluster_options)
     opts.update(PROPOSAL_CLUSTER if cluster is None else cluster)
     raw = dict(uncertainty_threshold=None, cluster_options=opts, rescorer=None,
@@ -158,8 +170,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     the network's own training left out, :func:`~.train.training_exclude`,
     so that images held out to judge a model stay out of all its parts)."""
     rescorer_class(kind)  # an unknown kind fails before the model is loaded
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    factors, threshold = fit_options(factors, threshold)
     from . import BPartIS
     from .train import load_split, training_exclude
 

@@ -1725,11 +1725,12 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
         The rescorer's threshold; None: the one its cross-validation scores
         best.
     """
-    factors = tuple(float(f) for f in rescore_factors)
-    if not factors or not all(0.0 < f < math.inf for f in factors):  # before the long steps
-        raise ValueError(f"rescore_factors must be numbers > 0, got {rescore_factors!r}")
-    if rescore_threshold is not None and not 0.0 < rescore_threshold < 1.0:
-        raise ValueError(f"rescore_threshold must be between 0 and 1, got {rescore_threshold}")
+    from .rescore_fit import fit_options
+
+    try:  # checked before the long steps, not when the rescorer is fitted
+        factors, threshold = fit_options(rescore_factors, rescore_threshold)
+    except ValueError as exc:
+        raise ValueError(f"rescore_{exc}") from exc
     inference = None if inference_from is None else inference_of(inference_from)
     stats = fit_size(data_dir, out_dir, device=device, progress=progress,
                      final_weights=final_weights)
@@ -1745,7 +1746,7 @@ def finish(data_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
         from .rescore_fit import fit_for_model
 
         fitted = fit_for_model(out_dir, data_dir, device=device, progress=progress,
-                               factors=factors, threshold=rescore_threshold)
+                               factors=factors, threshold=threshold)
         out["rescore"] = {k: v for k, v in fitted.items() if k != "rescorer"}
     if outline:
         from .outline_fit import fit_for_model as fit_outline
@@ -1806,7 +1807,7 @@ def _main(argv: list[str] | None = None) -> int:
 def _run_main(a) -> int:
     from ...cli import finish_options, training_options
 
-    fin = finish_options(a)  # refuses --inference-from / --final-weights without --finish
+    fin = finish_options(a)  # refuses the finishing options without --finish
     if fin is not None:
         res = finish(a.data, a.out, progress=not a.no_progress, **fin)
         logging.getLogger(__name__).info("result: %s", res)
