@@ -533,6 +533,13 @@ def test_exact_resume(tmp_path):
             "within 10°) and touching across at least 0.5 of its width, when the joined particle is at most 1.3 x as wide, at least 1.2 x "
             "as elongated as either and at least 6 in all") \
         in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "made whole" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    export(tmp_path / "a", inference={"mc_samples": 2, "whole_rods": {"min_waist": 0.5}})
+    assert ("is made whole from the network's foreground (seed above 0.5): a band of it at "
+            "least 6 x as long as wide, nowhere in its middle narrower than 0.5 x its median "
+            "width, whose particles are all pieces of it (as wide within 1.3 x, on its axis, "
+            "along it within 15°), becomes one particle") \
+        in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
                                       "specialist": {"model": "bpartis-emps-rods",
                                                      "max_particles": 5,

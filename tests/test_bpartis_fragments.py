@@ -9,11 +9,15 @@ from skimage.draw import ellipse, polygon
 
 from imageextract.segment.bpartis.fragments import (
     DEFAULTS,
+    ROD_DEFAULTS,
     contacts,
+    grown_map,
     join_fragments,
     label_moments,
     shape_of,
     shapes,
+    whole_rods,
+    width_profile,
 )
 
 
@@ -201,3 +205,148 @@ def test_the_backend_joins_when_its_config_says_so(monkeypatch):
                 {"min_union_elongation": 0.5}, {"gap": True}, {"min_contact": -1}):
         with pytest.raises(ValueError, match="join_fragments"):
             BPartIS.from_config({"model": tiny, "inference": {"join_fragments": bad}})
+
+
+def gapped_rod(keep=(1, 3), **kw):
+    """A rod cut into five pieces of which only ``keep`` were found (the
+    others and its ends dropped), and the foreground of the whole rod, as
+    the network's seed map would light it, at half the labels' resolution."""
+    lab = cut_rod(pieces=5, **kw)
+    whole = lab > 0
+    found = np.where(np.isin(lab, keep), lab, 0)
+    _, found = np.unique(found, return_inverse=True)
+    seed = np.where(whole, 0.9, 0.05)[::2, ::2]
+    return found.reshape(lab.shape).astype(np.int32), whole, seed
+
+
+@pytest.mark.parametrize("angle", [0, 25, 90, 137])
+def test_a_rod_found_in_pieces_apart_is_made_whole_from_the_foreground(angle):
+    lab, whole, seed = gapped_rod(angle=angle)
+    area = np.bincount(lab.ravel())[1:].astype(float)
+    assert join_fragments(result(lab))["joined"] == 0  # the pieces do not touch
+    res = whole_rods(dict(result(lab, [0.6, 0.9]), seed=seed))
+    assert res["whole_rods"] == 1 and int(res["labels"].max()) == 1
+    iou = ((res["labels"] > 0) & whole).sum() / ((res["labels"] > 0) | whole).sum()
+    assert iou > 0.85  # the rod as a whole, ends included (the seed at half resolution)
+    assert (res["labels"][lab > 0] == 1).all()  # no pixel of a piece lost
+    assert res["scores"] == pytest.approx([(area * [0.6, 0.9]).sum() / area.sum()])
+    assert res["uncertainty"] == pytest.approx([0.1])
+    # one piece of the five, covering a fifth of the band, is made whole too
+    one, _, _ = gapped_rod(keep=(3,), angle=angle)
+    assert whole_rods(dict(result(one), seed=seed))["whole_rods"] == 1
+
+
+def test_bands_that_are_not_one_rod_are_left_alone():
+    shape = (160, 260)
+
+    def seeded(lab, fg):
+        return dict(result(lab), seed=np.where(fg, 0.9, 0.0))
+
+    # a chain of touching disks along a line: a long band with waists
+    chain = np.zeros(shape, np.int32)
+    for i, x in enumerate(range(30, 231, 40)):
+        chain[ellipse(80, x, 20, 20, shape)] = i + 1
+    fg = chain > 0
+    assert shapes(label_moments(fg.astype(np.int32)))[1][1] > 6
+    kept = np.where(chain % 2 == 1, chain, 0)  # every other disk found
+    kept = np.unique(kept, return_inverse=True)[1].reshape(shape).astype(np.int32)
+    assert whole_rods(seeded(kept, fg))["whole_rods"] == 0
+    # two rods side by side: the band is twice as wide as either
+    side = np.zeros(shape, np.int32)
+    side[70:80, 20:110], side[80:90, 150:240] = 1, 2
+    fg = np.zeros(shape, bool)
+    fg[70:90, 20:240] = True
+    assert whole_rods(seeded(side, fg))["whole_rods"] == 0
+    # a compact particle on the band's axis is not a piece of a rod
+    rod = np.zeros(shape, np.int32)
+    rod[76:84, 20:100] = 1
+    rod[ellipse(80, 200, 3, 3, shape)] = 2
+    fg = np.zeros(shape, bool)
+    fg[76:84, 20:240] = True
+    assert whole_rods(seeded(rod, fg))["whole_rods"] == 0
+    # a piece at 45 degrees to the band
+    tilted = np.zeros(shape, np.int32)
+    tilted[bar(shape, (80, 60), 14, 7, 45)] = 1
+    assert whole_rods(seeded(tilted, fg | (tilted > 0)))["whole_rods"] == 0
+    # a band whose one particle already covers nearly all of it
+    nearly = np.zeros(shape, np.int32)
+    nearly[76:84, 30:240] = 1
+    assert whole_rods(seeded(nearly, fg))["whole_rods"] == 0
+    # a band that holds no particle is not made one (it may be a scale bar)
+    none = np.zeros(shape, np.int32)
+    none[5:15, 5:15] = 1
+    assert whole_rods(seeded(none, fg | (none > 0)))["whole_rods"] == 0
+    # two rods crossing: not elongated as one band
+    cross = np.zeros(shape, np.int32)
+    cross[bar(shape, (80, 130), 120, 8, 20)] = 1
+    cross[bar(shape, (80, 130), 40, 8, 110)] = 2
+    fg = cross > 0
+    fg[bar(shape, (80, 130), 120, 8, 110)] = True
+    assert whole_rods(seeded(cross, fg))["whole_rods"] == 0
+
+
+def test_only_the_rod_changes_and_the_labels_stay_consecutive():
+    lab, whole, seed = gapped_rod(keep=(2, 4), angle=0)
+    lab[lab > 0] += 1  # the pieces are 2 and 3
+    lab[5:20, 5:20] = 1  # a square away from the rod
+    lab[185:195, 5:15] = 4
+    res = whole_rods(dict(result(lab, [0.5, 0.8, 0.8, 0.7]), seed=seed))
+    out = res["labels"]
+    assert res["whole_rods"] == 1 and sorted(np.unique(out).tolist()) == [0, 1, 2, 3]
+    assert (out[lab == 1] == 1).all() and (out[lab == 4] == 3).all()
+    assert ((out == 2) == (whole & ~(lab == 1) & ~(lab == 4))).mean() > 0.995
+    assert res["scores"] == pytest.approx([0.5, 0.8, 0.7])
+
+
+def test_whole_rods_without_a_seed_map_or_particles_changes_nothing():
+    lab, _, seed = gapped_rod()
+    r = result(lab)
+    res = whole_rods(r)
+    assert res["whole_rods"] == 0 and res["labels"] is lab and "whole_rods" not in r
+    empty = np.zeros_like(lab)
+    assert whole_rods(dict(result(empty), seed=seed))["labels"] is empty
+    assert set(ROD_DEFAULTS) == {"fg_threshold", "min_elongation", "max_angle",
+                                 "max_width_ratio", "max_offset", "min_inside", "max_stray",
+                                 "max_cover", "min_waist"}
+
+
+def test_grown_map_is_the_backends_bilinear_resize_and_profiles_measure_width():
+    pytest.importorskip("torch")
+    from imageextract.segment.bpartis.inference import resize_map
+
+    m = np.random.default_rng(0).random((23, 31)).astype(np.float32)
+    for shape in ((23, 31), (50, 70), (69, 93), (11, 15)):
+        assert grown_map(m, shape) == pytest.approx(resize_map(m, shape), abs=1e-5)
+    lab = np.zeros((60, 200), np.int32)
+    lab[25:35, 20:180] = 1  # 160 x 10 along x, centred at (29.5, 99.5)
+    lab[:, 100:110] = 0  # cut: one slice of it empty
+    ys, xs = np.nonzero(lab)
+    prof = width_profile(ys, xs, np.array([29.5, 99.5]), np.array([0.0, 1.0]), 10.0)
+    assert prof.tolist() == [10.0] * 8 + [0.0] + [10.0] * 7
+
+
+def test_the_backend_makes_rods_whole_when_its_config_says_so(monkeypatch):
+    pytest.importorskip("torch")
+    from imageextract.segment.bpartis import BPartIS, inference
+
+    tiny = {"width": 0.25, "depth": 0.34, "dec_channels": [16, 16, 8, 8, 8], "freeze": 0}
+    lab, _, seed = gapped_rod(angle=10)
+
+    def apart(net, rgb, **kw):
+        return dict(result(lab), scale=1.0, passes=1, mi=np.zeros(lab.shape, np.float32),
+                    seed=seed.astype(np.float32))
+
+    monkeypatch.setattr(inference, "segment_image", apart)
+    rgb = np.zeros(lab.shape + (3,), np.uint8)
+    off = BPartIS.from_config({"model": tiny})
+    assert off.whole_rods is None and off.segment_rgb(rgb)["scores"].size == 2
+    on = BPartIS.from_config({"model": tiny, "inference": {"whole_rods": {"max_angle": 10}}})
+    assert on.whole_rods == {**ROD_DEFAULTS, "max_angle": 10.0}
+    res = on.segment_rgb(rgb)
+    assert res["whole_rods"] == 1 and res["scores"].size == 1
+    assert on.segment_rgb(rgb, whole_rods=None)["scores"].size == 2
+    for bad in ({"max_angle": 95}, {"fg_threshold": 1}, {"min_waist": "0.5"}, {"width": 3}, [1],
+                {"min_elongation": 0.5}, {"max_cover": True}, {"max_stray": 0.6},
+                {"max_offset": float("nan")}):
+        with pytest.raises(ValueError, match="whole_rods"):
+            BPartIS.from_config({"model": tiny, "inference": {"whole_rods": bad}})

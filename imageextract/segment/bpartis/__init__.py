@@ -242,6 +242,7 @@ class BPartIS:
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
         self.join_fragments = _join_fragments(inf.get("join_fragments"))
+        self.whole_rods = _whole_rods(inf.get("whole_rods"))
         self.specialist = _specialist(inf.get("specialist"))
         self._specialist_backend = None
         if scale is not None and not float(scale) > 0:
@@ -351,6 +352,7 @@ class BPartIS:
         turn = overrides.pop("turn_rods", self.turn_rods)
         spec = overrides.pop("specialist", self.specialist)
         join = overrides.pop("join_fragments", self.join_fragments)
+        rods = overrides.pop("whole_rods", self.whole_rods)
         kw.update(overrides)
         res = segment_image(self.net, rgb, **kw)
         if turn is not None:
@@ -365,6 +367,10 @@ class BPartIS:
         if spec is not None and kw["scale"] is None and _calls_specialist(res, spec):
             # a fixed working scale is the user's: the specialist would find its own
             res = self._ask_specialist(rgb, res, spec)
+        if rods is not None:
+            from .fragments import whole_rods
+
+            res = whole_rods(res, **rods)
         if join is not None:
             from .fragments import join_fragments
 
@@ -503,6 +509,32 @@ def _join_fragments(spec) -> dict | None:
                          f"got {spec!r}")
     opts["gap"] = int(opts["gap"])
     return opts
+
+
+def _whole_rods(spec) -> dict | None:
+    """Validated ``inference.whole_rods`` of a config: None (off) or an
+    object with any of the keys of :data:`~.fragments.ROD_DEFAULTS`
+    (numbers), the rest taking their defaults: the final particles are
+    passed through :func:`~.fragments.whole_rods`, which makes a long rod
+    whole from the network's foreground where its pieces were found apart."""
+    from .fragments import ROD_DEFAULTS
+
+    if spec is None:
+        return None
+    bad = not isinstance(spec, dict) or bool(set(spec) - set(ROD_DEFAULTS)) \
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+               for v in spec.values())
+    o = {} if bad else {**ROD_DEFAULTS, **spec}
+    if bad or not 0.0 < o["fg_threshold"] < 1.0 or o["min_elongation"] < 1.0 \
+            or not 0.0 <= o["max_angle"] < 90.0 or o["max_width_ratio"] < 1.0 \
+            or o["max_offset"] < 0.0 or not 0.0 <= o["max_stray"] < o["min_inside"] <= 1.0 \
+            or not 0.0 < o["max_cover"] <= 1.0 or not 0.0 <= o["min_waist"] <= 1.0:
+        raise ValueError("config inference.whole_rods must be null or an object with numbers "
+                         f"among {sorted(ROD_DEFAULTS)} (fg_threshold in (0, 1), "
+                         "min_elongation and max_width_ratio >= 1, max_angle in [0, 90) "
+                         "degrees, max_offset >= 0, 0 <= max_stray < min_inside <= 1, "
+                         f"max_cover in (0, 1], min_waist in [0, 1]), got {spec!r}")
+    return {key: float(v) for key, v in o.items()}
 
 
 def _specialist(spec) -> dict | None:

@@ -14,8 +14,13 @@ must also be a long rod (``min_union_elongation``); on the EMPS training
 and validation images no pair of distinct particles came close to the
 default.
 
-Pure numpy: the geometry comes from each label's pixel moments, and the
-moments of a union are the sums of its parts'.
+Where the pieces do not touch (a piece between them, or the rod's ends, was
+dropped), :func:`whole_rods` takes the rod from the network's foreground
+instead: a straight, even band of foreground whose particles are all pieces
+of it becomes one particle.
+
+Pure numpy (and scipy.ndimage): the geometry comes from each label's pixel
+moments, and the moments of a union are the sums of its parts'.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 
 #: the defaults of :func:`join_fragments`, the keys of ``inference.join_fragments``
 DEFAULTS = {"min_elongation": 2.0, "max_angle": 15.0, "max_width_ratio": 1.3,
@@ -265,4 +271,186 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
         if key in result and np.size(result[key]) == k:
             out[key] = pooled(result[key])
     out["joined"] = joined
+    return out
+
+
+#: the defaults of :func:`whole_rods`, the keys of ``inference.whole_rods``
+ROD_DEFAULTS = {"fg_threshold": 0.5, "min_elongation": 6.0, "max_angle": 15.0,
+                "max_width_ratio": 1.3, "max_offset": 0.25, "min_inside": 0.5,
+                "max_stray": 0.1, "max_cover": 0.8, "min_waist": 0.6}
+
+
+def grown_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``shape`` (pixel centres aligned,
+    as ``torch``'s ``align_corners=False``).
+
+    >>> grown_map(np.array([[0.0, 1.0]]), (1, 4)).round(2).tolist()
+    [[0.0, 0.25, 0.75, 1.0]]
+    """
+    v = np.asarray(values, dtype=np.float32)
+    if v.shape == tuple(shape):
+        return v
+    grid = [np.clip((np.arange(n) + 0.5) * v.shape[i] / n - 0.5, 0, v.shape[i] - 1)
+            for i, n in enumerate(shape)]
+    return ndi.map_coordinates(v, np.meshgrid(*grid, indexing="ij"), order=1, mode="nearest")
+
+
+def width_profile(ys: np.ndarray, xs: np.ndarray, centre: np.ndarray, axis: np.ndarray,
+                  step: float) -> np.ndarray:
+    """Width of a band of pixels ``(ys, xs)`` along its ``axis`` (unit
+    ``(dy, dx)`` through ``centre``): pixels per unit length in consecutive
+    slices ``step`` long across it.
+
+    >>> ys, xs = np.nonzero(np.ones((4, 12)))  # a 4-wide band along x
+    >>> width_profile(ys, xs, np.array([1.5, 5.5]), np.array([0.0, 1.0]), 3.0).tolist()
+    [4.0, 4.0, 4.0, 4.0]
+    """
+    t = (ys - centre[0]) * axis[0] + (xs - centre[1]) * axis[1]
+    lo = float(t.min())
+    n = max(int(math.ceil((float(t.max()) - lo + 1.0) / step - 1e-9)), 1)
+    idx = np.minimum(((t - lo + 0.5) / step).astype(np.int64), n - 1)
+    return np.bincount(idx, minlength=n) / step
+
+
+def _rod_pieces(c: int, parts: list[tuple[int, int]], band: tuple, pieces: tuple, *,
+                cos_max: float, max_width_ratio: float, max_offset: float,
+                min_inside: float, max_stray: float, max_cover: float,
+                comp_area: float) -> list[int] | None:
+    """The particles that are pieces of band ``c`` when every particle it
+    holds is one (see :func:`whole_rods`), else None.  ``parts``: ``(label,
+    pixels in the band)``; ``band``: its ``shapes`` centroid, width and axis;
+    ``pieces``: ``(area, centroid, elongation, width, axis)`` arrays of all
+    particles."""
+    area, cen, elong, wid, axis = pieces
+    bc, bw, bd = band
+    inside = [p for p, n in parts if n >= min_inside * area[p]]
+    if not inside or any(max_stray * area[p] < n < min_inside * area[p] for p, n in parts):
+        return None  # nothing to make whole, or a particle half in, half out
+    if len(inside) == 1 and area[inside[0]] >= max_cover * comp_area:
+        return None  # already (nearly) the whole band
+    for p in inside:
+        if elong[p] >= 2.0 and abs(float(axis[p] @ bd)) < cos_max:
+            return None  # a piece across the band
+        if not bw / max_width_ratio <= wid[p] <= max_width_ratio * bw:
+            return None  # a piece narrower or wider than the band: not its width
+        off = cen[p] - bc
+        if abs(off[0] * bd[1] - off[1] * bd[0]) > max_offset * bw:
+            return None  # a piece beside the band's axis, not on it
+    return inside
+
+
+def whole_rods(result: dict, *, fg_threshold: float = 0.5, min_elongation: float = 6.0,
+               max_angle: float = 15.0, max_width_ratio: float = 1.3, max_offset: float = 0.25,
+               min_inside: float = 0.5, max_stray: float = 0.1, max_cover: float = 0.8,
+               min_waist: float = 0.6) -> dict:
+    """Make a long rod whole from the network's foreground, in a
+    ``segment_image`` result with a ``seed`` map.
+
+    The bands are the connected pieces of the foreground (``seed`` above
+    ``fg_threshold``, grown to the labels' size) together with the
+    particles.  A band replaces the particles it holds (they become one
+    particle: the band and their pixels) when
+
+    - it is a long rod: elongation (:func:`shapes`) at least
+      ``min_elongation``;
+    - it is even: across its middle (the slices of :func:`width_profile`,
+      one width long, less a tenth at each end) it is nowhere narrower than
+      ``min_waist`` times its median width (two particles touching end to
+      end have a waist);
+    - every particle with at least ``min_inside`` of its pixels in it is a
+      piece of it: as wide as the band (short axes within
+      ``max_width_ratio``), on its axis (centroid at most ``max_offset``
+      band widths from it) and, when elongated (2 or more), along it
+      (within ``max_angle`` degrees);
+    - no particle lies partly in it (more than ``max_stray`` of its pixels
+      but less than ``min_inside``);
+    - it holds at least one piece, and more than one or a single piece
+      covering less than ``max_cover`` of it (else it is whole already).
+
+    A particle the band leaves out is kept as it is.  The new particle
+    takes its lowest piece's place; ``scores``, ``uncertainty`` and (when
+    present) ``seed_scores`` become the area-weighted means of the pieces'.
+    Labels are renumbered ``1..K'``; ``whole_rods`` counts the bands made
+    whole.  Without a ``seed`` map the result comes back unchanged.  The
+    input dict is not modified.
+
+    >>> lab = np.zeros((20, 120), np.int32)
+    >>> lab[8:13, 10:40] = 1; lab[8:13, 60:100] = 2  # a rod whose middle was dropped
+    >>> seed = np.zeros((20, 120)); seed[8:13, 5:110] = 0.9
+    >>> r = whole_rods({"labels": lab, "seed": seed, "scores": np.array([0.8, 0.9]),
+    ...                 "uncertainty": np.zeros(2)})
+    >>> r["whole_rods"], int(r["labels"].max()), int((r["labels"] == 1).sum())
+    (1, 1, 525)
+    """
+    labels = np.asarray(result["labels"])
+    out = dict(result)
+    out["whole_rods"] = 0
+    seed = result.get("seed")
+    k = int(labels.max()) if labels.size else 0
+    if seed is None or k == 0:
+        return out
+    seed = np.asarray(seed)
+    if seed.shape != labels.shape:  # a first look at the seed map's size: most images stop
+        ys = (np.arange(seed.shape[0]) + 0.5) * labels.shape[0] / seed.shape[0]
+        xs = (np.arange(seed.shape[1]) + 0.5) * labels.shape[1] / seed.shape[1]
+        small = labels[ys.astype(np.int64)][:, xs.astype(np.int64)] > 0
+        coarse, _ = ndi.label((seed > fg_threshold) | small)
+        long = shapes(label_moments(coarse))[1] >= 0.8 * min_elongation
+        long[0] = False
+        if not long[coarse[small]].any():  # no long band that holds a particle
+            return out
+    band_lab, n = ndi.label((grown_map(seed, labels.shape) > fg_threshold) | (labels > 0))
+    bm = label_moments(band_lab)
+    bc, be, bw, bd = shapes(bm)
+    rods = np.flatnonzero(be[1:] >= min_elongation) + 1
+    if rods.size == 0:
+        return out
+    pm = label_moments(labels)
+    pc, pe, pw, pd = shapes(pm)
+    fg = labels > 0
+    codes, counts = np.unique(labels[fg].astype(np.int64) * (n + 1) + band_lab[fg],
+                              return_counts=True)
+    held: dict[int, list[tuple[int, int]]] = {}
+    for code, m in zip(codes.tolist(), counts.tolist()):
+        held.setdefault(code % (n + 1), []).append((code // (n + 1), m))
+    tests = dict(cos_max=math.cos(math.radians(max_angle)), max_width_ratio=max_width_ratio,
+                 max_offset=max_offset, min_inside=min_inside, max_stray=max_stray,
+                 max_cover=max_cover)
+    pieces = (pm[:, 0], pc, pe, pw, pd)
+    boxes = ndi.find_objects(band_lab)
+    group = np.arange(k + 1)
+    new = labels.copy()
+    made = 0
+    for c in rods.tolist():
+        inside = _rod_pieces(c, held.get(c, []), (bc[c], bw[c], bd[c]), pieces,
+                             comp_area=bm[c, 0], **tests)
+        if inside is None:
+            continue
+        box = boxes[c - 1]
+        ys, xs = np.nonzero(band_lab[box] == c)
+        ys, xs = ys + box[0].start, xs + box[1].start
+        prof = width_profile(ys, xs, bc[c], bd[c], max(bw[c] / SHORT_AXIS_PER_WIDTH, 2.0))
+        cut = prof.size // 10
+        middle = prof[cut:prof.size - cut] if prof.size > 2 * cut else prof
+        if middle.min() < min_waist * np.median(middle):
+            continue
+        first = min(inside)
+        new[ys, xs] = np.where((labels[ys, xs] == 0) | np.isin(labels[ys, xs], inside), first,
+                               new[ys, xs])
+        group[inside] = first
+        made += 1
+    if not made:
+        return out
+    kept = np.unique(group[1:])
+    new_id = np.zeros(k + 1, np.int32)
+    new_id[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    which = new_id[group[1:]] - 1
+    area = pm[1:, 0]
+    for key in ("scores", "uncertainty", "seed_scores"):
+        if key in result and np.size(result[key]) == k:
+            v = np.asarray(result[key], dtype=np.float64)
+            out[key] = (np.bincount(which, area * v, minlength=kept.size)
+                        / np.maximum(np.bincount(which, area, minlength=kept.size), 1.0))
+    out["labels"] = new_id[new]
+    out["whole_rods"] = made
     return out

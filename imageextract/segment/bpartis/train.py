@@ -1322,6 +1322,17 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
             f"when the joined particle is at most {jf['max_width_ratio']:g} x as wide, at least "
             f"{jf['min_gain']:g} x as elongated as either and at least "
             f"{jf['min_union_elongation']:g} in all")
+    if inf.get("whole_rods") is not None:
+        from .fragments import ROD_DEFAULTS
+
+        wr = {**ROD_DEFAULTS, **inf["whole_rods"]}
+        lines.append(
+            "- a long rod whose pieces were found apart is made whole from the network's "
+            f"foreground (seed above {wr['fg_threshold']:g}): a band of it at least "
+            f"{wr['min_elongation']:g} x as long as wide, nowhere in its middle narrower than "
+            f"{wr['min_waist']:g} x its median width, whose particles are all pieces of it "
+            f"(as wide within {wr['max_width_ratio']:g} x, on its axis, along it within "
+            f"{wr['max_angle']:g}°), becomes one particle")
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
