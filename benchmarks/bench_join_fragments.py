@@ -4,6 +4,8 @@
         --set stretched-3 --out benchmarks/results/join_fragments.json
     python benchmarks/bench_join_fragments.py --set test \\
         --out benchmarks/results/join_fragments_test.json   # reported only
+    python benchmarks/bench_join_fragments.py --step whole_rods --set val-views \\
+        --set stretched-3 --out benchmarks/results/whole_rods.json
 
 Why: shown a rod or wire longer than those it was trained on, the
 ``bpartis`` backend often returns it as a few pieces lying end to end
@@ -15,6 +17,13 @@ run it (specialist included) with the join off; then each option set of
 offline, which is what the backend does last.  Scores (mean of AP50 and
 AJI+) are paired per image against the join off, per set and per shape
 (rods: median ground-truth aspect ratio above 2.5).
+
+``--step whole_rods`` judges the step before the join instead
+(``inference.whole_rods``, :func:`~imageextract.segment.bpartis.fragments.whole_rods`:
+a rod whose pieces were found apart made whole from the network's
+foreground): each image is segmented with both steps off, the baseline is
+the model's own join (as shipped) and each option set of ``--options`` is
+a ``whole_rods`` run before that join.
 
 Sets:
 
@@ -94,7 +103,7 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
             for n in names:
                 on = per_image(n)
                 out[s][shape][n] = {"score": float(np.mean(on)),
-                                    "changed_views": sum(r["joined"][n] > 0 for r in rr),
+                                    "changed_views": sum(r["changed"][n] > 0 for r in rr),
                                     "difference": paired_difference(off, on)}
     return out
 
@@ -106,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", dest="sets", required=True,
                     help="val-views, train-fit, stretched-N (N a factor, e.g. 3) or test; "
                          "repeat for several")
+    ap.add_argument("--step", choices=("join", "whole_rods"), default="join",
+                    help="the step judged: join_fragments (default) or whole_rods (before "
+                         "the model's own join)")
     ap.add_argument("--options", action="append", default=None,
-                    help='a JSON object of join_fragments options (default: \'{}\', the '
+                    help='a JSON object of the step\'s options (default: \'{}\', the '
                          'defaults); repeat for several')
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "emps"))
     ap.add_argument("--threads", type=int, default=2)
@@ -133,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
-    from imageextract.segment.bpartis import BPartIS, _join_fragments
-    from imageextract.segment.bpartis.fragments import join_fragments
+    from imageextract.segment.bpartis import BPartIS, _join_fragments, _whole_rods
+    from imageextract.segment.bpartis.fragments import join_fragments, whole_rods
 
+    check, step = ((_join_fragments, join_fragments) if args.step == "join"
+                   else (_whole_rods, whole_rods))
+    count = "joined" if args.step == "join" else "whole_rods"
     try:
-        checked = [_join_fragments(o) for o in options]
+        checked = [check(o) for o in options]
     except ValueError as err:
         print(f"--options: {err}", file=sys.stderr)
         return 2
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = [json.dumps(o, sort_keys=True) for o in options]
     bp = BPartIS(model=args.model, threads=args.threads)
+    join = bp.join_fragments if args.step == "whole_rods" else None  # the shipped join after
 
     def scored(gt, labels) -> float:
         return float(score(all_metrics(gt, labels)))
@@ -154,16 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for s in args.sets:
         for key, rgb, gt, rod in tqdm(list(set_views(Path(args.data), s)), desc=s):
-            res = bp.segment_rgb(rgb, join_fragments=None)
-            off = scored(gt, res["labels"])
-            row = {"set": s, "key": key, "rod": rod, "off": off, "joined": {}}
+            res = bp.segment_rgb(rgb, join_fragments=None, whole_rods=None)
+            base = res if join is None else join_fragments(res, **join)
+            off = scored(gt, base["labels"])
+            row = {"set": s, "key": key, "rod": rod, "off": off, "changed": {}}
             for n, opts in zip(names, checked):
-                j = join_fragments(res, **opts)
-                row["joined"][n] = j["joined"]
-                row[n] = scored(gt, j["labels"]) if j["joined"] else off
+                j = step(res, **opts)
+                row["changed"][n] = j[count]
+                if j[count] and join is not None:
+                    j = join_fragments(j, **join)
+                row[n] = scored(gt, j["labels"]) if row["changed"][n] else off
             rows.append(row)
     summary = summarize(rows, names)
-    res = {"model": args.model, "weights": bp.weights, "options": dict(zip(names, checked)),
+    res = {"model": args.model, "weights": bp.weights, "step": args.step,
+           "after": join, "options": dict(zip(names, checked)),
            "summary": summary, "rows": rows, "total_wall_seconds": round(time.time() - t0, 1)}
     write_json(res, Path(args.out))
     for s, by_shape in summary.items():

@@ -422,7 +422,7 @@ def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
     n = '{}'
 
     def row(s, key, rod, off, on, joined):
-        return {"set": s, "key": key, "rod": rod, "off": off, n: on, "joined": {n: joined}}
+        return {"set": s, "key": key, "rod": rod, "off": off, n: on, "changed": {n: joined}}
 
     rows = [row("val-views", "val/a/plain", True, 0.2, 0.6, 2),
             row("val-views", "val/a/rot90", True, 0.4, 0.4, 0),   # image a: 0.3 -> 0.5
@@ -442,5 +442,6 @@ def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
     # refused before anything runs
     for bad in (["--set", "nope"], ["--set", "stretched-x"], ["--set", "stretched--1"],
                 ["--set", "val-views", "--options", "[1]"],
-                ["--set", "val-views", "--options", '{"max_angle": 95}']):
+                ["--set", "val-views", "--options", '{"max_angle": 95}'],
+                ["--set", "val-views", "--step", "whole_rods", "--options", '{"gap": 2}']):
         assert bench.main(bad + ["--data", "/nonexistent"]) == 2
