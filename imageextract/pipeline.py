@@ -208,6 +208,14 @@ def _process_micrograph(mic, *, out_dir, backend, backend_options, run_id) -> di
         t0 = time.perf_counter()
         seg = seg_model.predict(image)
         seconds = time.perf_counter() - t0
+        if cal is not None and cal.bar_box is not None:
+            from .segment.base import drop_in_boxes
+
+            n_seg = seg.n_instances
+            seg = drop_in_boxes(seg, [cal.bar_box])  # the scale bar is not a particle
+            if seg.n_instances < n_seg:
+                logger.debug("%s: %d instance(s) on the scale bar dropped", micrograph_id,
+                             n_seg - seg.n_instances)
         stage = "measure"
         unc_t = getattr(seg_model, "uncertainty_threshold", None)
         table = measure(seg.labels, nm_per_px=cal.nm_per_px if cal else None,

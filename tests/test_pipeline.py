@@ -217,3 +217,30 @@ def test_micrograph_without_particles_is_reported_not_failed(image_folder, tmp_p
                    progress=False)
     assert res2.empty == []
     assert "with no particles" not in (tmp_path / "out2" / "report.html").read_text()
+
+
+def test_particles_on_the_scale_bar_are_dropped(tmp_path, monkeypatch):
+    """A scale bar segmented as a rod is not a particle: with the bar found
+    by the calibration, instances lying on its box are left out."""
+    from skimage.draw import disk
+
+    from imageextract.types import Calibration
+
+    img = np.full((240, 320), 200, np.uint8)
+    for y, x in ((50, 60), (60, 160), (120, 100), (110, 250), (170, 180)):
+        img[disk((y, x), 12, shape=img.shape)] = 60
+    img[215:222, 220:300] = 20  # the bar, 80 x 7 px
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(img).save(folder / "bar.png")
+    bar = Calibration(nm_per_px=2.0, source="scalebar", confidence=0.9, text="100 nm",
+                      bar_px=80.0, bar_box=(220.0, 215.0, 300.0, 222.0))
+    monkeypatch.setattr(pipeline, "calibrate", lambda image: bar)
+    res = analyze([folder], tmp_path / "out", progress=False)
+    assert res.n_done == 1
+    parts = pd.read_csv(tmp_path / "out" / "particles.csv")
+    assert len(parts) == 5 and parts.aspect_ratio.max() < 1.5
+    # the same micrograph with the scale given by hand: nothing tells the bar apart
+    res = analyze([folder], tmp_path / "manual", nm_per_px=2.0, progress=False)
+    parts = pd.read_csv(tmp_path / "manual" / "particles.csv")
+    assert len(parts) == 6 and parts.aspect_ratio.max() > 5

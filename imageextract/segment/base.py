@@ -82,3 +82,47 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
     lut[uniq] = np.arange(1, uniq.size + 1, dtype=np.int32)
     return lut[labels]
+
+
+def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
+                  pad: int = 2) -> Segmentation:
+    """``seg`` without the instances that lie mostly in ``boxes``.
+
+    ``boxes``: ``(x0, y0, x1, y1)`` pixel boxes (exclusive ends, as
+    :attr:`~imageextract.types.Calibration.bar_box`), each grown by ``pad``
+    pixels; an instance with at least ``min_inside`` of its pixels in their
+    union is dropped (a scale bar segmented as a rod is not a particle).
+    The labels of the rest are renumbered ``1..K'`` in order, with their
+    scores and uncertainties; ``seg`` itself is returned when nothing is
+    dropped.
+
+    >>> lab = np.zeros((20, 40), np.int32); lab[2:6, 2:6] = 1; lab[15:18, 5:35] = 2
+    >>> seg = Segmentation(labels=lab, scores=np.array([0.9, 0.8]))
+    >>> out = drop_in_boxes(seg, [(5.0, 15.0, 35.0, 18.0)])
+    >>> int(out.labels.max()), out.scores.tolist()
+    (1, [0.9])
+    """
+    if not 0.0 < min_inside <= 1.0:
+        raise ValueError(f"min_inside must be in (0, 1], got {min_inside}")
+    labels = seg.labels
+    k = int(labels.max()) if labels.size else 0
+    h, w = labels.shape
+    mask = np.zeros((h, w), bool)
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        mask[max(0, int(np.floor(y0)) - pad):max(0, int(np.ceil(y1)) + pad),
+             max(0, int(np.floor(x0)) - pad):max(0, int(np.ceil(x1)) + pad)] = True
+    if k == 0 or not mask.any():
+        return seg
+    area = np.bincount(labels.ravel(), minlength=k + 1)
+    inside = np.bincount(labels[mask], minlength=k + 1)
+    drop = inside[1:] >= min_inside * np.maximum(area[1:], 1)
+    if not drop.any():
+        return seg
+    keep = np.flatnonzero(~drop)
+    lut = np.zeros(k + 1, np.int32)
+    lut[keep + 1] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return Segmentation(labels=lut[labels], scores=seg.scores[keep],
+                        uncertainty=None if seg.uncertainty is None else seg.uncertainty[keep],
+                        backend=seg.backend, weights=seg.weights,
+                        pixel_uncertainty=seg.pixel_uncertainty)
