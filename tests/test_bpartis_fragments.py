@@ -350,3 +350,20 @@ def test_the_backend_makes_rods_whole_when_its_config_says_so(monkeypatch):
                 {"max_offset": float("nan")}):
         with pytest.raises(ValueError, match="whole_rods"):
             BPartIS.from_config({"model": tiny, "inference": {"whole_rods": bad}})
+
+
+def test_a_short_rod_with_round_ends_is_made_whole():
+    """The end slices of a band are partial (a rod has round ends): they are
+    not taken for a waist, even where the band is only a few slices long."""
+    shape = (60, 140)
+    rod = np.zeros(shape, bool)
+    rod[23:37, 27:113] = True  # 86 x 14 with round caps: about 100 x 14 in all
+    rod[ellipse(30, 27, 7, 7, shape)] = True
+    rod[ellipse(30, 112, 7, 7, shape)] = True
+    c, e, w, d = shapes(label_moments(rod.astype(np.int32)))
+    assert 6 < e[1] < 8
+    lab = np.zeros(shape, np.int32)
+    lab[24:36, 35:60], lab[24:36, 75:100] = 1, 2  # two pieces, the middle and ends dropped
+    res = whole_rods(dict(result(lab), seed=np.where(rod, 0.9, 0.0)))
+    assert res["whole_rods"] == 1
+    assert np.array_equal(res["labels"] > 0, rod)

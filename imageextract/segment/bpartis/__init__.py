@@ -483,6 +483,17 @@ def _turn_rods(spec) -> dict | None:
     return opts
 
 
+def _numbers_over(spec, defaults: dict) -> dict | None:
+    """``defaults`` updated with ``spec`` when ``spec`` is an object whose
+    keys are among theirs and whose values are finite numbers (not bools),
+    else None."""
+    if not isinstance(spec, dict) or set(spec) - set(defaults) \
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+                   for v in spec.values()):
+        return None
+    return {**defaults, **spec}
+
+
 def _join_fragments(spec) -> dict | None:
     """Validated ``inference.join_fragments`` of a config: None (off) or an
     object with any of the keys of :data:`~.fragments.DEFAULTS` (numbers;
@@ -493,11 +504,8 @@ def _join_fragments(spec) -> dict | None:
 
     if spec is None:
         return None
-    bad = not isinstance(spec, dict) or bool(set(spec) - set(DEFAULTS)) \
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-               for v in spec.values())
-    opts = {} if bad else {**DEFAULTS, **spec}
-    if bad or opts["min_elongation"] < 1.0 or not 0.0 <= opts["max_angle"] < 90.0 \
+    opts = _numbers_over(spec, DEFAULTS)
+    if opts is None or opts["min_elongation"] < 1.0 or not 0.0 <= opts["max_angle"] < 90.0 \
             or opts["max_width_ratio"] < 1.0 or opts["min_gain"] < 1.0 \
             or opts["min_union_elongation"] < 1.0 or opts["gap"] < 0 or opts["min_contact"] < 0 \
             or int(opts["gap"]) != opts["gap"]:
@@ -521,11 +529,8 @@ def _whole_rods(spec) -> dict | None:
 
     if spec is None:
         return None
-    bad = not isinstance(spec, dict) or bool(set(spec) - set(ROD_DEFAULTS)) \
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-               for v in spec.values())
-    o = {} if bad else {**ROD_DEFAULTS, **spec}
-    if bad or not 0.0 < o["fg_threshold"] < 1.0 or o["min_elongation"] < 1.0 \
+    o = _numbers_over(spec, ROD_DEFAULTS)
+    if o is None or not 0.0 < o["fg_threshold"] < 1.0 or o["min_elongation"] < 1.0 \
             or not 0.0 <= o["max_angle"] < 90.0 or o["max_width_ratio"] < 1.0 \
             or o["max_offset"] < 0.0 or not 0.0 <= o["max_stray"] < o["min_inside"] <= 1.0 \
             or not 0.0 < o["max_cover"] <= 1.0 or not 0.0 <= o["min_waist"] <= 1.0:

@@ -354,9 +354,9 @@ def whole_rods(result: dict, *, fg_threshold: float = 0.5, min_elongation: float
     - it is a long rod: elongation (:func:`shapes`) at least
       ``min_elongation``;
     - it is even: across its middle (the slices of :func:`width_profile`,
-      one width long, less a tenth at each end) it is nowhere narrower than
-      ``min_waist`` times its median width (two particles touching end to
-      end have a waist);
+      one width long, less a tenth, at least one, at each end) it is
+      nowhere narrower than ``min_waist`` times its median width (two
+      particles touching end to end have a waist);
     - every particle with at least ``min_inside`` of its pixels in it is a
       piece of it: as wide as the band (short axes within
       ``max_width_ratio``), on its axis (centroid at most ``max_offset``
@@ -430,7 +430,7 @@ def whole_rods(result: dict, *, fg_threshold: float = 0.5, min_elongation: float
         ys, xs = np.nonzero(band_lab[box] == c)
         ys, xs = ys + box[0].start, xs + box[1].start
         prof = width_profile(ys, xs, bc[c], bd[c], max(bw[c] / SHORT_AXIS_PER_WIDTH, 2.0))
-        cut = prof.size // 10
+        cut = max(prof.size // 10, 1)  # the end slices are partial: a rod has ends
         middle = prof[cut:prof.size - cut] if prof.size > 2 * cut else prof
         if middle.min() < min_waist * np.median(middle):
             continue
