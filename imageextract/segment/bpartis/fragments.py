@@ -255,22 +255,38 @@ def join_fragments(result: dict, *, min_elongation: float = 2.0, max_angle: floa
             joined += 1
     if not joined:
         return out
-    roots = np.array([root(i) for i in range(k + 1)])
-    kept = np.flatnonzero(roots == np.arange(k + 1))[1:]  # roots are their lowest part
+    out = regrouped(result, labels, np.array([root(i) for i in range(k + 1)]), area)
+    out["joined"] = joined
+    return out
+
+
+def regrouped(result: dict, labels: np.ndarray, roots: np.ndarray, area: np.ndarray) -> dict:
+    """A copy of ``result`` with its particles put together in groups:
+    ``roots[i]`` is the lowest label of particle ``i``'s group (``roots[0]``
+    0), ``labels`` the label image (each pixel a particle's label or its
+    group's lowest), ``area`` the particles' pixel counts (``K``,).  The
+    groups are renumbered ``1..K'`` in the order of their lowest part;
+    ``scores``, ``uncertainty`` and (when present) ``seed_scores`` become
+    the area-weighted means of their parts'.
+
+    >>> lab = np.array([[1, 2, 0, 3]])
+    >>> r = regrouped({"labels": lab, "scores": np.array([0.2, 0.4, 0.9])}, lab,
+    ...               np.array([0, 1, 1, 3]), np.array([1.0, 1.0, 1.0]))
+    >>> r["labels"].tolist(), r["scores"].round(2).tolist()
+    ([[1, 1, 0, 2]], [0.3, 0.9])
+    """
+    k = roots.size - 1
+    kept = np.unique(roots[1:])
     new_id = np.zeros(k + 1, np.int32)
     new_id[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-    group = new_id[roots[1:]] - 1  # 0-based new index of each old particle
-
-    def pooled(values) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64)
-        total = np.bincount(group, area * v, minlength=kept.size)
-        return total / np.maximum(np.bincount(group, area, minlength=kept.size), 1.0)
-
+    which = new_id[roots[1:]] - 1  # 0-based new index of each old particle
+    out = dict(result)
     out["labels"] = new_id[roots][labels]
     for key in ("scores", "uncertainty", "seed_scores"):
         if key in result and np.size(result[key]) == k:
-            out[key] = pooled(result[key])
-    out["joined"] = joined
+            v = np.asarray(result[key], dtype=np.float64)
+            out[key] = (np.bincount(which, area * v, minlength=kept.size)
+                        / np.maximum(np.bincount(which, area, minlength=kept.size), 1.0))
     return out
 
 
@@ -312,12 +328,12 @@ def width_profile(ys: np.ndarray, xs: np.ndarray, centre: np.ndarray, axis: np.n
     return np.bincount(idx, minlength=n) / step
 
 
-def _rod_pieces(c: int, parts: list[tuple[int, int]], band: tuple, pieces: tuple, *,
+def _rod_pieces(parts: list[tuple[int, int]], band: tuple, pieces: tuple, *,
                 cos_max: float, max_width_ratio: float, max_offset: float,
                 min_inside: float, max_stray: float, max_cover: float,
                 comp_area: float) -> list[int] | None:
-    """The particles that are pieces of band ``c`` when every particle it
-    holds is one (see :func:`whole_rods`), else None.  ``parts``: ``(label,
+    """The particles that are pieces of a band when every particle it holds
+    is one (see :func:`whole_rods`), else None.  ``parts``: ``(label,
     pixels in the band)``; ``band``: its ``shapes`` centroid, width and axis;
     ``pieces``: ``(area, centroid, elongation, width, axis)`` arrays of all
     particles."""
@@ -422,7 +438,7 @@ def whole_rods(result: dict, *, fg_threshold: float = 0.5, min_elongation: float
     new = labels.copy()
     made = 0
     for c in rods.tolist():
-        inside = _rod_pieces(c, held.get(c, []), (bc[c], bw[c], bd[c]), pieces,
+        inside = _rod_pieces(held.get(c, []), (bc[c], bw[c], bd[c]), pieces,
                              comp_area=bm[c, 0], **tests)
         if inside is None:
             continue
@@ -441,16 +457,6 @@ def whole_rods(result: dict, *, fg_threshold: float = 0.5, min_elongation: float
         made += 1
     if not made:
         return out
-    kept = np.unique(group[1:])
-    new_id = np.zeros(k + 1, np.int32)
-    new_id[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
-    which = new_id[group[1:]] - 1
-    area = pm[1:, 0]
-    for key in ("scores", "uncertainty", "seed_scores"):
-        if key in result and np.size(result[key]) == k:
-            v = np.asarray(result[key], dtype=np.float64)
-            out[key] = (np.bincount(which, area * v, minlength=kept.size)
-                        / np.maximum(np.bincount(which, area, minlength=kept.size), 1.0))
-    out["labels"] = new_id[new]
+    out = regrouped(result, new, group, pm[1:, 0])
     out["whole_rods"] = made
     return out
