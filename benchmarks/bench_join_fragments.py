@@ -1,4 +1,4 @@
-"""Join the pieces of long rods cut across: what it changes, set by set.
+"""The bpartis backend's last steps (join, whole rods, scale bars): what each changes, by set.
 
     python benchmarks/bench_join_fragments.py --set val-views --set train-fit \\
         --set stretched-3 --out benchmarks/results/join_fragments.json
@@ -6,6 +6,8 @@
         --out benchmarks/results/join_fragments_test.json   # reported only
     python benchmarks/bench_join_fragments.py --step whole_rods --set val-views \\
         --set stretched-3 --out benchmarks/results/whole_rods.json
+    python benchmarks/bench_join_fragments.py --step scale_bars --set val-views \\
+        --set train-fit --out benchmarks/results/scale_bars.json
 
 Why: shown a rod or wire longer than those it was trained on, the
 ``bpartis`` backend often returns it as a few pieces lying end to end
@@ -24,6 +26,12 @@ a rod whose pieces were found apart made whole from the network's
 foreground): each image is segmented with both steps off, the baseline is
 the model's own join (as shipped) and each option set of ``--options`` is
 a ``whole_rods`` run before that join.
+
+``--step scale_bars`` judges the step after the join
+(``inference.drop_scale_bars``, :func:`~imageextract.segment.bpartis.off_scale_bars`:
+particles lying on a scale bar drawn on the image dropped): each image is
+segmented as shipped with that step off, which is the baseline, and each
+option set of ``--options`` is an ``off_scale_bars`` run on its result.
 
 Sets:
 
@@ -115,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", dest="sets", required=True,
                     help="val-views, train-fit, stretched-N (N a factor, e.g. 3) or test; "
                          "repeat for several")
-    ap.add_argument("--step", choices=("join", "whole_rods"), default="join",
-                    help="the step judged: join_fragments (default) or whole_rods (before "
-                         "the model's own join)")
+    ap.add_argument("--step", choices=("join", "whole_rods", "scale_bars"), default="join",
+                    help="the step judged: join_fragments (default), whole_rods (before "
+                         "the model's own join) or scale_bars (drop_scale_bars, last)")
     ap.add_argument("--options", action="append", default=None,
                     help='a JSON object of the step\'s options (default: \'{}\', the '
                          'defaults); repeat for several')
@@ -145,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
-    from imageextract.segment.bpartis import BPartIS, _join_fragments, _whole_rods
+    from imageextract.segment.bpartis import (BPartIS, _drop_scale_bars, _join_fragments,
+                                              _whole_rods, off_scale_bars)
     from imageextract.segment.bpartis.fragments import join_fragments, whole_rods
 
-    check, step = ((_join_fragments, join_fragments) if args.step == "join"
-                   else (_whole_rods, whole_rods))
-    count = "joined" if args.step == "join" else "whole_rods"
+    check = {"join": _join_fragments, "whole_rods": _whole_rods,
+             "scale_bars": _drop_scale_bars}[args.step]
     try:
         checked = [check(o) for o in options]
     except ValueError as err:
@@ -162,6 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     names = [json.dumps(o, sort_keys=True) for o in options]
     bp = BPartIS(model=args.model, threads=args.threads)
     join = bp.join_fragments if args.step == "whole_rods" else None  # the shipped join after
+    # the steps the images are segmented without: the one judged and, for
+    # whole_rods, the join that follows it
+    off_steps = {"join": {"join_fragments": None},
+                 "whole_rods": {"join_fragments": None, "whole_rods": None},
+                 "scale_bars": {"drop_scale_bars": None}}[args.step]
+
+    def apply(res: dict, rgb: np.ndarray, opts: dict) -> tuple[dict, int]:
+        """The judged step on ``res``: its result and how many particles it changed."""
+        if args.step == "join":
+            j = join_fragments(res, **opts)
+            return j, j["joined"]
+        if args.step == "scale_bars":
+            j = off_scale_bars(rgb, res, **opts)
+            return j, int(np.size(res["scores"]) - np.size(j["scores"]))
+        j = whole_rods(res, **opts)
+        return (join_fragments(j, **join) if j["whole_rods"] and join is not None else j,
+                j["whole_rods"])
 
     def scored(gt, labels) -> float:
         return float(score(all_metrics(gt, labels)))
@@ -170,15 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for s in args.sets:
         for key, rgb, gt, rod in tqdm(list(set_views(Path(args.data), s)), desc=s):
-            res = bp.segment_rgb(rgb, join_fragments=None, whole_rods=None)
+            res = bp.segment_rgb(rgb, **off_steps)
             base = res if join is None else join_fragments(res, **join)
             off = scored(gt, base["labels"])
             row = {"set": s, "key": key, "rod": rod, "off": off, "changed": {}}
             for n, opts in zip(names, checked):
-                j = step(res, **opts)
-                row["changed"][n] = j[count]
-                if j[count] and join is not None:
-                    j = join_fragments(j, **join)
+                j, row["changed"][n] = apply(res, rgb, opts)
                 row[n] = scored(gt, j["labels"]) if row["changed"][n] else off
             rows.append(row)
     summary = summarize(rows, names)

@@ -443,5 +443,7 @@ def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
     for bad in (["--set", "nope"], ["--set", "stretched-x"], ["--set", "stretched--1"],
                 ["--set", "val-views", "--options", "[1]"],
                 ["--set", "val-views", "--options", '{"max_angle": 95}'],
-                ["--set", "val-views", "--step", "whole_rods", "--options", '{"gap": 2}']):
+                ["--set", "val-views", "--step", "whole_rods", "--options", '{"gap": 2}'],
+                ["--set", "val-views", "--step", "scale_bars", "--options", '{"min_flat": 2}'],
+                ["--set", "val-views", "--step", "scale_bars", "--options", '{"gap": 2}']):
         assert bench.main(bad + ["--data", "/nonexistent"]) == 2

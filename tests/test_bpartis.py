@@ -540,6 +540,11 @@ def test_exact_resume(tmp_path):
             "width, whose particles are all pieces of it (as wide within 1.3 x, on its axis, "
             "along it within 15°), becomes one particle") \
         in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "scale bar" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    export(tmp_path / "a", inference={"mc_samples": 2, "drop_scale_bars": {}})
+    assert ("- a particle lying on a scale bar drawn on the image (at least 0.5 of its pixels "
+            "in the bar's box; a bar found without OCR and counted as drawn when at least 0.5 "
+            "of its pixels are flat) is dropped") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
                                       "specialist": {"model": "bpartis-emps-rods",
                                                      "max_particles": 5,
@@ -2002,3 +2007,61 @@ def test_config_specialist_must_be_installed(tmp_path):
     b = BPartIS.from_config(cfg, mc_samples=1)
     with pytest.raises(WeightsError, match="not installed"):
         b.segment_rgb(np.zeros((40, 40, 3), np.uint8))
+
+
+def _on_a_bar():
+    """A noisy micrograph with a bar drawn on it and the result of a backend
+    that took the bar for a particle: particle 2 is the bar, 1 and 3 are
+    particles (3 an imaged dark rod along x, which the bar finder also sees)."""
+    rng = np.random.default_rng(0)
+    g = rng.normal(0.6, 0.03, (120, 200))
+    g[30:36, 20:120] = rng.normal(0.12, 0.03, (6, 100))  # the rod
+    g[100:106, 60:180] = 0.0  # the drawn bar
+    rgb = np.repeat((g.clip(0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    lab = np.zeros(g.shape, np.int32)
+    lab[60:80, 20:40] = 1
+    lab[97:109, 50:175] = 2  # the bar, outlined loosely
+    lab[29:37, 19:121] = 3
+    res = {"labels": lab, "scores": np.array([0.9, 0.8, 0.7]),
+           "uncertainty": np.array([0.1, 0.2, 0.3]), "seed_scores": np.array([0.5, 0.6, 0.7]),
+           "scale": 1.0, "passes": 1, "mi": np.zeros(g.shape, np.float32)}
+    return rgb, res
+
+
+def test_a_particle_on_a_drawn_scale_bar_is_dropped():
+    from imageextract.figures.scalebar import find_scale_bars
+    from imageextract.segment.bpartis import off_scale_bars
+
+    rgb, res = _on_a_bar()
+    assert len(find_scale_bars(rgb, ocr="none")) == 2  # the rod looks like a bar too
+    out = off_scale_bars(rgb, res)
+    assert out["scale_bars"] == [(60.0, 100.0, 180.0, 106.0)]
+    assert np.unique(out["labels"]).tolist() == [0, 1, 2]
+    assert (out["labels"] == 2).sum() == (res["labels"] == 3).sum()  # the rod stays
+    assert out["scores"].tolist() == [0.9, 0.7] and out["uncertainty"].tolist() == [0.1, 0.3]
+    assert out["seed_scores"].tolist() == [0.5, 0.7]
+    assert res["scores"].size == 3  # the input is not changed
+    # 1170 of the bar particle's 1500 pixels lie in the bar's box grown by 2 px
+    assert off_scale_bars(rgb, res, min_inside=0.75)["scores"].size == 2
+    assert off_scale_bars(rgb, res, min_inside=0.8)["scores"].size == 3
+    # no drawn bar: the result itself comes back
+    plain = rgb.copy()
+    plain[100:106, 60:180] = plain[60:66, 60:180]
+    assert off_scale_bars(plain, res) is res
+
+
+def test_the_backend_drops_scale_bars_when_its_config_says_so(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    rgb, res = _on_a_bar()
+    monkeypatch.setattr(inference, "segment_image", lambda net, rgb, **kw: dict(res))
+    off = BPartIS.from_config({"model": TINY})
+    assert off.drop_scale_bars is None and off.segment_rgb(rgb)["scores"].size == 3
+    on = BPartIS.from_config({"model": TINY, "inference": {"drop_scale_bars": {}}})
+    assert on.drop_scale_bars == {"min_flat": 0.5, "min_inside": 0.5}
+    assert on.segment_rgb(rgb)["scores"].size == 2
+    assert on.segment_rgb(rgb, drop_scale_bars=None)["scores"].size == 3
+    assert on.predict(rgb).labels.max() == 2
+    for bad in ({"min_flat": 2}, {"min_inside": 0}, {"min_flat": True}, {"bar": 1}, [0.5]):
+        with pytest.raises(ValueError, match="drop_scale_bars"):
+            BPartIS.from_config({"model": TINY, "inference": {"drop_scale_bars": bad}})

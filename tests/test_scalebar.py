@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from imageextract.figures import ocr as ocr_mod
-from imageextract.figures.scalebar import (calibrate_panels, find_scale_bars, read_scale_bar,
-                                           scale_bar_details)
+from imageextract.figures.scalebar import (calibrate_panels, drawn_scale_bars, find_scale_bars,
+                                           read_scale_bar, scale_bar_details)
 from imageextract.figures.synthetic import micrograph_texture, render_scale_bar
 from imageextract.types import Calibration, Panel
 
@@ -65,6 +65,38 @@ def test_bar_length_subpixel_without_ocr():
         best = min(bars, key=lambda b: abs(b.bar_box[1] - truth["bar_box"][1]) + abs(b.bar_box[0] - truth["bar_box"][0]))
         assert best.bar_px == pytest.approx(truth["bar_px"], abs=0.6), seed
         assert not best.labelled
+
+
+def test_drawn_bars_are_told_from_imaged_rods():
+    """Dark rods lying along x look like bars to the bar finder; only the
+    bar drawn on the image is flat."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        g = 0.55 + 0.1 * (micrograph_texture(rng, (200, 240)) - 0.5)
+        for y in (40, 90, 150):
+            g[y:y + 6, 30:200] = 0.12  # rods, imaged: they carry the noise below
+        img = ((g + rng.normal(0, 0.03, g.shape)).clip(0, 1) * 255).astype(np.uint8)
+        assert len(find_scale_bars(img, ocr="none")) == 3
+        assert drawn_scale_bars(img) == []
+        img[175:181, 120:220] = 255
+        assert drawn_scale_bars(img) == [(120.0, 175.0, 220.0, 181.0)]
+        assert len(drawn_scale_bars(img, min_flat=0.0)) == 4
+
+
+def test_rendered_bars_of_every_style_are_drawn():
+    found = 0
+    for seed in range(16):
+        img, truth = render_scale_bar(seed=seed)
+        x0, y0 = truth["bar_box"][:2]
+        found += any(abs(b[0] - x0) <= 1.5 and abs(b[1] - y0) <= 1.5
+                     for b in drawn_scale_bars(img))
+    assert found >= 14  # a thin bar with end ticks may be missed (seed 4)
+
+
+@pytest.mark.parametrize("bad", [{"min_flat": 1.5}, {"min_flat": -0.1}, {"tolerance": -1.0}])
+def test_drawn_bars_bad_options(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        drawn_scale_bars(np.zeros((32, 32), np.uint8), **bad)
 
 
 @pytest.mark.parametrize("image", [

@@ -11,8 +11,10 @@ OCR engines load lazily (see :mod:`imageextract.figures.ocr`).
 """
 
 from .panels import split_panels
-from .scalebar import ScaleBarReading, calibrate_panels, find_scale_bars, read_scale_bar
+from .scalebar import (ScaleBarReading, calibrate_panels, drawn_scale_bars, find_scale_bars,
+                       read_scale_bar)
 from .units import ScaleText, parse_scale_text
 
-__all__ = ["ScaleBarReading", "ScaleText", "calibrate_panels", "find_scale_bars",
+__all__ = ["ScaleBarReading", "ScaleText", "calibrate_panels", "drawn_scale_bars",
+           "find_scale_bars",
            "parse_scale_text", "read_scale_bar", "split_panels"]

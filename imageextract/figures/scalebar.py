@@ -619,6 +619,63 @@ def find_scale_bars(image, *, ocr=None, min_bar_px: int | None = None,
     return readings
 
 
+def drawn_scale_bars(image, *, min_flat: float = 0.5, tolerance: float = 2.5 / 255,
+                     min_bar_px: int | None = None) -> list[tuple[float, float, float, float]]:
+    """Boxes of the scale bars drawn on an image (not imaged with it).
+
+    A bar of :func:`find_scale_bars` (no OCR: labels are not read) counts
+    as drawn when at least ``min_flat`` of the pixels inside it (its outer
+    rows and columns left out: they may be anti-aliased) lie within
+    ``tolerance`` of their median grey level.  A rendered bar is flat; a
+    rod or an edge of the specimen that looks like a bar carries the
+    micrograph's noise and texture.  A segmentation backend uses these
+    boxes to drop a bar it took for a particle.
+
+    Parameters
+    ----------
+    image : (M, N) or (M, N, 3) ndarray, or an object with an ``image`` array
+    min_flat : float
+        Smallest fraction of flat inner pixels, in [0, 1].
+    tolerance : float
+        Grey-level distance from the median that counts as flat, the image
+        scaled to [0, 1] (the default: two grey levels of an 8-bit image).
+    min_bar_px : int, optional
+        Shortest bar considered (as in :func:`find_scale_bars`).
+
+    Returns
+    -------
+    list of (x0, y0, x1, y1)
+        Boxes with exclusive right and bottom edges, as
+        :attr:`ScaleBarReading.bar_box`.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.normal(0.6, 0.04, (96, 128)).clip(0, 1)
+    >>> img[80:86, 20:90] = 0.0  # a drawn bar
+    >>> img[30:36, 20:90] = rng.normal(0.1, 0.02, (6, 70))  # a dark rod, imaged
+    >>> len(find_scale_bars((img * 255).astype(np.uint8), ocr="none"))  # both look like bars
+    2
+    >>> drawn_scale_bars((img * 255).astype(np.uint8))
+    [(20.0, 80.0, 90.0, 86.0)]
+    """
+    if not 0.0 <= min_flat <= 1.0:
+        raise ValueError(f"min_flat must be in [0, 1], got {min_flat!r}")
+    if not tolerance >= 0.0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    arr = _as_image(image)
+    g = to_grey01(arr)
+    boxes = []
+    for r in find_scale_bars(arr, ocr="none", min_bar_px=min_bar_px):
+        x0, y0, x1, y1 = (int(round(v)) for v in r.bar_box)
+        body = g[y0:y1, x0:x1]
+        if min(body.shape) > 2:
+            body = body[1:-1, 1:-1]
+        if body.size and np.mean(np.abs(body - np.median(body)) <= tolerance) >= min_flat:
+            boxes.append(r.bar_box)
+    return boxes
+
+
 def read_scale_bar(image, *, ocr=None, min_confidence: float = 0.2,
                    min_bar_px: int | None = None) -> Calibration | None:
     """Calibration of a micrograph or panel from its scale bar.

@@ -84,27 +84,21 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
-                  pad: int = 2) -> Segmentation:
-    """``seg`` without the instances that lie mostly in ``boxes``.
+def instances_in_boxes(labels: np.ndarray, boxes, *, min_inside: float = 0.5,
+                       pad: int = 2) -> np.ndarray:
+    """Which instances of ``labels`` lie mostly in ``boxes``.
 
     ``boxes``: ``(x0, y0, x1, y1)`` pixel boxes (exclusive ends, as
     :attr:`~imageextract.types.Calibration.bar_box`), each grown by ``pad``
-    pixels; an instance with at least ``min_inside`` of its pixels in their
-    union is dropped (a scale bar segmented as a rod is not a particle).
-    The labels of the rest are renumbered ``1..K'`` in order, with their
-    scores and uncertainties; ``seg`` itself is returned when nothing is
-    dropped.
+    pixels.  Returns a ``(K,)`` bool array (``K = labels.max()``), True for
+    each instance with at least ``min_inside`` of its pixels in their union.
 
     >>> lab = np.zeros((20, 40), np.int32); lab[2:6, 2:6] = 1; lab[15:18, 5:35] = 2
-    >>> seg = Segmentation(labels=lab, scores=np.array([0.9, 0.8]))
-    >>> out = drop_in_boxes(seg, [(5.0, 15.0, 35.0, 18.0)])
-    >>> int(out.labels.max()), out.scores.tolist()
-    (1, [0.9])
+    >>> instances_in_boxes(lab, [(5.0, 15.0, 35.0, 18.0)]).tolist()
+    [False, True]
     """
     if not 0.0 < min_inside <= 1.0:
         raise ValueError(f"min_inside must be in (0, 1], got {min_inside}")
-    labels = seg.labels
     k = int(labels.max()) if labels.size else 0
     h, w = labels.shape
     mask = np.zeros((h, w), bool)
@@ -113,14 +107,32 @@ def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
         mask[max(0, int(np.floor(y0)) - pad):max(0, int(np.ceil(y1)) + pad),
              max(0, int(np.floor(x0)) - pad):max(0, int(np.ceil(x1)) + pad)] = True
     if k == 0 or not mask.any():
-        return seg
+        return np.zeros(k, bool)
     area = np.bincount(labels.ravel(), minlength=k + 1)
     inside = np.bincount(labels[mask], minlength=k + 1)
-    drop = inside[1:] >= min_inside * np.maximum(area[1:], 1)
+    return inside[1:] >= min_inside * np.maximum(area[1:], 1)
+
+
+def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
+                  pad: int = 2) -> Segmentation:
+    """``seg`` without the instances that lie mostly in ``boxes``
+    (:func:`instances_in_boxes`): a scale bar segmented as a rod is not a
+    particle.  The labels of the rest are renumbered ``1..K'`` in order,
+    with their scores and uncertainties; ``seg`` itself is returned when
+    nothing is dropped.
+
+    >>> lab = np.zeros((20, 40), np.int32); lab[2:6, 2:6] = 1; lab[15:18, 5:35] = 2
+    >>> seg = Segmentation(labels=lab, scores=np.array([0.9, 0.8]))
+    >>> out = drop_in_boxes(seg, [(5.0, 15.0, 35.0, 18.0)])
+    >>> int(out.labels.max()), out.scores.tolist()
+    (1, [0.9])
+    """
+    labels = seg.labels
+    drop = instances_in_boxes(labels, boxes, min_inside=min_inside, pad=pad)
     if not drop.any():
         return seg
     keep = np.flatnonzero(~drop)
-    lut = np.zeros(k + 1, np.int32)
+    lut = np.zeros(drop.size + 1, np.int32)
     lut[keep + 1] = np.arange(1, keep.size + 1, dtype=np.int32)
     return Segmentation(labels=lut[labels], scores=seg.scores[keep],
                         uncertainty=None if seg.uncertainty is None else seg.uncertainty[keep],

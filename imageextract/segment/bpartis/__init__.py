@@ -243,6 +243,7 @@ class BPartIS:
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
         self.join_fragments = _join_fragments(inf.get("join_fragments"))
         self.whole_rods = _whole_rods(inf.get("whole_rods"))
+        self.drop_scale_bars = _drop_scale_bars(inf.get("drop_scale_bars"))
         self.specialist = _specialist(inf.get("specialist"))
         self._specialist_backend = None
         if scale is not None and not float(scale) > 0:
@@ -353,6 +354,7 @@ class BPartIS:
         spec = overrides.pop("specialist", self.specialist)
         join = overrides.pop("join_fragments", self.join_fragments)
         rods = overrides.pop("whole_rods", self.whole_rods)
+        bars = overrides.pop("drop_scale_bars", self.drop_scale_bars)
         kw.update(overrides)
         res = segment_image(self.net, rgb, **kw)
         if turn is not None:
@@ -375,6 +377,8 @@ class BPartIS:
             from .fragments import join_fragments
 
             res = join_fragments(res, **join)
+        if bars is not None:
+            res = off_scale_bars(rgb, res, **bars)
         return res
 
     def _ask_specialist(self, rgb: np.ndarray, res: dict, spec: dict) -> dict:
@@ -539,6 +543,58 @@ def _whole_rods(spec) -> dict | None:
                          "min_elongation and max_width_ratio >= 1, max_angle in [0, 90) "
                          "degrees, max_offset >= 0, 0 <= max_stray < min_inside <= 1, "
                          f"max_cover in (0, 1], min_waist in [0, 1]), got {spec!r}")
+    return {key: float(v) for key, v in o.items()}
+
+
+#: the defaults of :func:`off_scale_bars`, the keys of ``inference.drop_scale_bars``
+BAR_DEFAULTS = {"min_flat": 0.5, "min_inside": 0.5}
+
+
+def off_scale_bars(rgb: np.ndarray, result: dict, *, min_flat: float = 0.5,
+                   min_inside: float = 0.5) -> dict:
+    """``result`` (of :func:`~.inference.segment_image`) without the
+    particles that are a scale bar drawn on ``rgb``: those with at least
+    ``min_inside`` of their pixels in the box (grown by 2 px) of a bar
+    :func:`~imageextract.figures.scalebar.drawn_scale_bars` finds, at
+    least ``min_flat`` of its pixels flat.  No OCR is run (a few
+    hundredths of a second per image).  The rest keep their order, scores
+    and uncertainties; the boxes are added as ``scale_bars``; ``result``
+    itself is returned when no bar is found.
+    """
+    from ...figures.scalebar import drawn_scale_bars
+    from ..base import instances_in_boxes
+    from .inference import keep_instances
+
+    boxes = drawn_scale_bars(rgb, min_flat=min_flat)
+    if not boxes:
+        return result
+    out = dict(result, scale_bars=boxes)
+    n = np.size(result["scores"])
+    drop = instances_in_boxes(result["labels"], boxes, min_inside=min_inside)[:n]
+    if drop.any():
+        keep = np.ones(n, bool)
+        keep[:drop.size] = ~drop
+        out["labels"], out["scores"], out["uncertainty"] = keep_instances(
+            result["labels"], result["scores"], result["uncertainty"], keep)
+        if "seed_scores" in result and np.size(result["seed_scores"]) == n:
+            out["seed_scores"] = np.asarray(result["seed_scores"])[keep]
+        logger.debug("bpartis: %d particle(s) on a drawn scale bar dropped", int(drop.sum()))
+    return out
+
+
+def _drop_scale_bars(spec) -> dict | None:
+    """Validated ``inference.drop_scale_bars`` of a config: None (off) or an
+    object with any of the keys of :data:`BAR_DEFAULTS` (numbers; ``min_flat``
+    in [0, 1], ``min_inside`` in (0, 1]), the rest taking their defaults:
+    particles lying on a scale bar drawn on the image are dropped
+    (:func:`off_scale_bars`)."""
+    if spec is None:
+        return None
+    o = _numbers_over(spec, BAR_DEFAULTS)
+    if o is None or not 0.0 <= o["min_flat"] <= 1.0 or not 0.0 < o["min_inside"] <= 1.0:
+        raise ValueError("config inference.drop_scale_bars must be null or an object with "
+                         f"numbers among {sorted(BAR_DEFAULTS)} (min_flat in [0, 1], "
+                         f"min_inside in (0, 1]), got {spec!r}")
     return {key: float(v) for key, v in o.items()}
 
 

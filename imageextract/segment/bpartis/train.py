@@ -1333,6 +1333,15 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
             f"{wr['min_waist']:g} x its median width, whose particles are all pieces of it "
             f"(as wide within {wr['max_width_ratio']:g} x, on its axis, along it within "
             f"{wr['max_angle']:g}°), becomes one particle")
+    if inf.get("drop_scale_bars") is not None:
+        from . import BAR_DEFAULTS
+
+        sb = {**BAR_DEFAULTS, **inf["drop_scale_bars"]}
+        lines.append(
+            "- a particle lying on a scale bar drawn on the image (at least "
+            f"{sb['min_inside']:g} of its pixels in the bar's box; a bar found without OCR "
+            f"and counted as drawn when at least {sb['min_flat']:g} of its pixels are flat) "
+            "is dropped")
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
