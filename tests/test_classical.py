@@ -76,3 +76,18 @@ def test_bad_options():
         ClassicalSegmenter(method="magic").predict(img)
     with pytest.raises(ValueError, match="2-D or 3-D"):
         ClassicalSegmenter().predict(np.zeros(5))
+
+
+def test_a_drawn_scale_bar_is_not_a_particle():
+    """A black bar drawn on a light micrograph is a dark object to a
+    threshold; the backend drops it (and only it) unless told not to."""
+    img, truth = synthetic_micrograph((320, 320), n_particles=12, radius_px=12.0,
+                                      dark_particles=True, seed=4)
+    assert not truth[268:285, 170:310].any()  # the bar's place is free
+    img[272:279, 180:300] = 0
+    kept = ClassicalSegmenter(drop_scale_bars=False).predict(img)
+    assert kept.n_instances == int(truth.max()) + 1
+    assert kept.labels[275, 240] > 0
+    seg = ClassicalSegmenter().predict(img)
+    assert seg.n_instances == int(truth.max()) and seg.labels[275, 240] == 0
+    assert seg.scores.size == seg.n_instances

@@ -138,3 +138,22 @@ def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
                         uncertainty=None if seg.uncertainty is None else seg.uncertainty[keep],
                         backend=seg.backend, weights=seg.weights,
                         pixel_uncertainty=seg.pixel_uncertainty)
+
+
+def drop_drawn_scale_bars(image: np.ndarray, seg: Segmentation, *, min_flat: float = 0.5,
+                          min_inside: float = 0.5) -> Segmentation:
+    """``seg`` without the instances lying on a scale bar drawn on ``image``
+    (:func:`~imageextract.figures.scalebar.drawn_scale_bars`, no OCR): at
+    least ``min_inside`` of their pixels in its box (:func:`drop_in_boxes`).
+
+    >>> img = np.full((60, 120), 200, np.uint8)
+    >>> img += np.random.default_rng(0).integers(0, 20, img.shape, dtype=np.uint8)
+    >>> img[10:30, 10:30] = 60; img[50:55, 40:100] = 0   # a particle, a drawn bar
+    >>> lab = np.zeros(img.shape, np.int32); lab[10:30, 10:30] = 1; lab[50:55, 40:100] = 2
+    >>> drop_drawn_scale_bars(img, Segmentation(labels=lab, scores=np.ones(2))).n_instances
+    1
+    """
+    from ..figures.scalebar import drawn_scale_bars
+
+    boxes = drawn_scale_bars(image, min_flat=min_flat)
+    return drop_in_boxes(seg, boxes, min_inside=min_inside) if boxes else seg

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..types import Segmentation
-from .base import relabel_consecutive, to_gray_float
+from .base import drop_drawn_scale_bars, relabel_consecutive, to_gray_float
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,10 @@ class ClassicalSegmenter:
         Split touching particles with the watershed.
     h : float
         Depth (px) of distance-transform maxima used as watershed markers.
+    drop_scale_bars : bool
+        Drop the objects lying on a scale bar drawn on the image (a dark
+        bar on a light background is a dark object to a threshold;
+        :func:`~imageextract.segment.base.drop_drawn_scale_bars`).
 
     Examples
     --------
@@ -170,6 +174,7 @@ class ClassicalSegmenter:
         relative_min_area: float = 0.2,
         split: bool = True,
         h: float = 2.0,
+        drop_scale_bars: bool = True,
     ) -> None:
         self.relative_min_area = float(relative_min_area)
         self.method = method
@@ -179,6 +184,7 @@ class ClassicalSegmenter:
         self.min_area_px = min_area_px
         self.split = bool(split)
         self.h = float(h)
+        self.drop_scale_bars = bool(drop_scale_bars)
 
     def predict(self, image: np.ndarray) -> Segmentation:
         """Segment ``image`` ((M, N) or (M, N, 3)) into particle instances."""
@@ -206,8 +212,9 @@ class ClassicalSegmenter:
         labels = relabel_consecutive(labels)
         gray = to_gray_float(image)
         scores = _contrast_scores(gray, labels)
-        return Segmentation(labels=labels, scores=scores, uncertainty=None,
-                            backend=self.name, weights=self.weights)
+        seg = Segmentation(labels=labels, scores=scores, uncertainty=None,
+                           backend=self.name, weights=self.weights)
+        return drop_drawn_scale_bars(image, seg) if self.drop_scale_bars else seg
 
 
 def _typical_area(labels: np.ndarray) -> float:
