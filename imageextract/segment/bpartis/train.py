@@ -1310,38 +1310,14 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
                f"{sp['max_confidence']:g})" if sp.get("max_confidence") is not None else "")
             + f", the network `{sp['model']}` (its own size model, rescorer and outline "
             "refiner) segments it too, and the result whose particles are surer is kept")
-    if inf.get("join_fragments") is not None:
-        from .fragments import DEFAULTS
+    from . import BAR_DEFAULTS
+    from .fragments import DEFAULTS, ROD_DEFAULTS
 
-        jf = {**DEFAULTS, **inf["join_fragments"]}
-        lines.append(
-            "- pieces of a long rod cut across are joined: two touching particles (at most "
-            f"{jf['gap']:g} px apart) lying end to end along the more elongated one's axis "
-            f"(elongation at least {jf['min_elongation']:g}, within {jf['max_angle']:g}°) and "
-            f"touching across at least {jf['min_contact']:g} of its width, "
-            f"when the joined particle is at most {jf['max_width_ratio']:g} x as wide, at least "
-            f"{jf['min_gain']:g} x as elongated as either and at least "
-            f"{jf['min_union_elongation']:g} in all")
-    if inf.get("whole_rods") is not None:
-        from .fragments import ROD_DEFAULTS
-
-        wr = {**ROD_DEFAULTS, **inf["whole_rods"]}
-        lines.append(
-            "- a long rod whose pieces were found apart is made whole from the network's "
-            f"foreground (seed above {wr['fg_threshold']:g}): a band of it at least "
-            f"{wr['min_elongation']:g} x as long as wide, nowhere in its middle narrower than "
-            f"{wr['min_waist']:g} x its median width, whose particles are all pieces of it "
-            f"(as wide within {wr['max_width_ratio']:g} x, on its axis, along it within "
-            f"{wr['max_angle']:g}°), becomes one particle")
-    if inf.get("drop_scale_bars") is not None:
-        from . import BAR_DEFAULTS
-
-        sb = {**BAR_DEFAULTS, **inf["drop_scale_bars"]}
-        lines.append(
-            "- a particle lying on a scale bar drawn on the image (at least "
-            f"{sb['min_inside']:g} of its pixels in the bar's box; a bar found without OCR "
-            f"and counted as drawn when at least {sb['min_flat']:g} of its pixels are flat) "
-            "is dropped")
+    for key, defaults, sentence in (("join_fragments", DEFAULTS, _JOIN_TEXT),
+                                    ("whole_rods", ROD_DEFAULTS, _WHOLE_RODS_TEXT),
+                                    ("drop_scale_bars", BAR_DEFAULTS, _SCALE_BARS_TEXT)):
+        if inf.get(key) is not None:  # a last step on: its sentence with the options it runs with
+            lines.append(sentence.format(**{**defaults, **inf[key]}))
     lines += [
         "",
         "## Metrics (BPartIS-paper AP/AP50/AP75/mean IoU and AJI+, docs/METRICS.md)",
@@ -1367,6 +1343,24 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
     return cfg_path
 
 
+#: the model card's sentences for the backend's last steps (``inference.join_fragments``,
+#: ``whole_rods``, ``drop_scale_bars``), formatted with the options each runs with
+_JOIN_TEXT = (
+    "- pieces of a long rod cut across are joined: two touching particles (at most {gap:g} px "
+    "apart) lying end to end along the more elongated one's axis (elongation at least "
+    "{min_elongation:g}, within {max_angle:g}°) and touching across at least {min_contact:g} of "
+    "its width, when the joined particle is at most {max_width_ratio:g} x as wide, at least "
+    "{min_gain:g} x as elongated as either and at least {min_union_elongation:g} in all")
+_WHOLE_RODS_TEXT = (
+    "- a long rod whose pieces were found apart is made whole from the network's foreground "
+    "(seed above {fg_threshold:g}): a band of it at least {min_elongation:g} x as long as wide, "
+    "nowhere in its middle narrower than {min_waist:g} x its median width, whose particles are "
+    "all pieces of it (as wide within {max_width_ratio:g} x, on its axis, along it within "
+    "{max_angle:g}°), becomes one particle")
+_SCALE_BARS_TEXT = (
+    "- a particle lying on a scale bar drawn on the image (at least {min_inside:g} of its pixels "
+    "in the bar's box; a bar found without OCR and counted as drawn when at least {min_flat:g} "
+    "of its pixels are flat) is dropped")
 _WEIGHTS_TEXT = {"best": "the best on the trainer's val check (`best.pt`)",
                  "final": "the last of the schedule (the checkpoint's)"}
 
