@@ -536,10 +536,15 @@ def find_scale_bars(image, *, ocr=None, min_bar_px: int | None = None,
     >>> abs(bars[0].bar_px - truth["bar_px"]) < 0.05 * truth["bar_px"]
     True
     """
+    return _readings(to_grey01(_as_image(image)), ocr=ocr, min_bar_px=min_bar_px,
+                     max_candidates=max_candidates, max_ocr_calls=max_ocr_calls)
+
+
+def _readings(g: np.ndarray, *, ocr, min_bar_px: int | None, max_candidates: int,
+              max_ocr_calls: int) -> list[ScaleBarReading]:
+    """:func:`find_scale_bars` of the grey image ``g`` (``to_grey01``)."""
     from .ocr import get_engine
 
-    arr = _as_image(image)
-    g = to_grey01(arr)
     h, w = g.shape
     if min_bar_px is None:
         min_bar_px = max(10, int(0.01 * w))
@@ -663,10 +668,10 @@ def drawn_scale_bars(image, *, min_flat: float = 0.5, tolerance: float = 2.5 / 2
         raise ValueError(f"min_flat must be in [0, 1], got {min_flat!r}")
     if not tolerance >= 0.0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
-    arr = _as_image(image)
-    g = to_grey01(arr)
+    g = to_grey01(_as_image(image))
     boxes = []
-    for r in find_scale_bars(arr, ocr="none", min_bar_px=min_bar_px):
+    for r in _readings(g, ocr="none", min_bar_px=min_bar_px, max_candidates=8,  # as find_scale_bars
+                       max_ocr_calls=0):
         x0, y0, x1, y1 = (int(round(v)) for v in r.bar_box)
         body = g[y0:y1, x0:x1]
         if min(body.shape) > 2:

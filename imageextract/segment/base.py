@@ -84,6 +84,23 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
+def keep_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray | None,
+                   keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Keep the instances ``i + 1`` with ``keep[i]`` (``keep`` as long as
+    ``scores``); relabel them 1..K, their scores and uncertainties (None
+    stays None) in step.  The inputs themselves come back when all are kept.
+
+    >>> keep_instances(np.array([[1, 2, 3]], np.int32), np.ones(3), np.zeros(3),
+    ...                np.array([True, False, True]))[0].tolist()
+    [[1, 0, 2]]
+    """
+    if keep.all():
+        return labels, scores, uncertainty
+    lut = np.zeros(scores.size + 1, np.int32)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels], scores[keep], None if uncertainty is None else uncertainty[keep]
+
+
 def instances_in_boxes(labels: np.ndarray, boxes, *, min_inside: float = 0.5,
                        pad: int = 2) -> np.ndarray:
     """Which instances of ``labels`` lie mostly in ``boxes``.
@@ -127,15 +144,11 @@ def drop_in_boxes(seg: Segmentation, boxes, *, min_inside: float = 0.5,
     >>> int(out.labels.max()), out.scores.tolist()
     (1, [0.9])
     """
-    labels = seg.labels
-    drop = instances_in_boxes(labels, boxes, min_inside=min_inside, pad=pad)
+    drop = instances_in_boxes(seg.labels, boxes, min_inside=min_inside, pad=pad)
     if not drop.any():
         return seg
-    keep = np.flatnonzero(~drop)
-    lut = np.zeros(drop.size + 1, np.int32)
-    lut[keep + 1] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return Segmentation(labels=lut[labels], scores=seg.scores[keep],
-                        uncertainty=None if seg.uncertainty is None else seg.uncertainty[keep],
+    labels, scores, uncertainty = keep_instances(seg.labels, seg.scores, seg.uncertainty, ~drop)
+    return Segmentation(labels=labels, scores=scores, uncertainty=uncertainty,
                         backend=seg.backend, weights=seg.weights,
                         pixel_uncertainty=seg.pixel_uncertainty)
 

@@ -562,8 +562,7 @@ def off_scale_bars(rgb: np.ndarray, result: dict, *, min_flat: float = 0.5,
     itself is returned when no bar is found.
     """
     from ...figures.scalebar import drawn_scale_bars
-    from ..base import instances_in_boxes
-    from .inference import keep_instances
+    from ..base import instances_in_boxes, keep_instances
 
     boxes = drawn_scale_bars(rgb, min_flat=min_flat)
     if not boxes:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..base import keep_instances
 from .cluster import cluster, compiled_clustering, instance_consistency, instance_means
 from .model import BPartISNet
 
@@ -458,21 +459,6 @@ def filter_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.nda
     if uncertainty_threshold is not None:
         keep &= uncertainty <= uncertainty_threshold
     return keep_instances(labels, scores, uncertainty, keep)
-
-
-def keep_instances(labels: np.ndarray, scores: np.ndarray, uncertainty: np.ndarray,
-                   keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the instances ``i + 1`` with ``keep[i]``; relabel them 1..K.
-
-    >>> keep_instances(np.array([[1, 2, 3]], np.int32), np.ones(3), np.zeros(3),
-    ...                np.array([True, False, True]))[0].tolist()
-    [[1, 0, 2]]
-    """
-    if keep.all():
-        return labels, scores, uncertainty
-    lut = np.zeros(scores.size + 1, np.int32)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels], scores[keep], uncertainty[keep]
 
 
 # ---------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def score_filtered(props: list[dict], probs: list[np.ndarray], threshold: float,
                    uncertainty_threshold: float | None = None) -> dict[str, float]:
     """Mean paper AP/AP50 and AJI+ of the proposals kept at ``threshold``."""
     from ...evaluation.metrics import aji_plus, paper_metrics
-    from .inference import keep_instances
+    from ..base import keep_instances
 
     rows = []
     for p, prob in zip(props, probs):
