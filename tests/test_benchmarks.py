@@ -447,3 +447,49 @@ def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
                 ["--set", "val-views", "--step", "scale_bars", "--options", '{"min_flat": 2}'],
                 ["--set", "val-views", "--step", "scale_bars", "--options", '{"gap": 2}']):
         assert bench.main(bad + ["--data", "/nonexistent"]) == 2
+
+
+def test_scale_merge_keeps_the_merges_and_summarises_against_the_first(load_script):
+    import importlib
+
+    bench = load_script("benchmarks/bench_scale_merge.py")
+    inference = importlib.import_module("imageextract.segment.bpartis.inference")
+    original = inference.merge_scales
+    a = np.zeros((4, 8), np.int32)
+    a[:, :3] = 1
+    b = a.copy()
+    b[:, 5:] = 2
+    result = {"labels": a, "scores": np.array([0.9]), "uncertainty": np.zeros(1), "scale": 1.0,
+              "mi": np.zeros((4, 8))}
+    other = {"labels": b, "scores": np.array([0.95, 0.93]), "uncertainty": np.zeros(2)}
+    store = []
+    with bench.merges_kept(store):
+        merged = inference.merge_scales(result, [other], min_score=0.9)
+    assert inference.merge_scales is original   # put back
+    assert merged["merged"] == 1                 # merged as usual
+    kept, others = store[0]
+    assert set(kept) == {"labels", "scores", "uncertainty", "scale"}   # what the replay needs
+    assert others[0]["labels"] is b
+    with pytest.raises(RuntimeError), bench.merges_kept(store):
+        raise RuntimeError("a failing segmentation")
+    assert inference.merge_scales is original
+
+    assert bench._parse_grid(["0.95:0.05", "1.01:0.15"]) == ((0.95, 0.05), (1.01, 0.15))
+    for bad in ("0.9", "a:b", "0.9:1.0"):
+        with pytest.raises(SystemExit, match="grid"):
+            bench._parse_grid([bad])
+
+    def row(merged, **settings):
+        return {"merged": merged, "settings": {k.replace("_", ":"): {"ap50": v[0], "aji_plus": v[1]}
+                                                for k, v in settings.items()}}
+
+    names = ["0.95:0.05", "0.8:0.05"]
+    rows = [row(True, **{"0.95_0.05": (1.0, 0.8), "0.8_0.05": (0.9, 0.9)}),   # AP50 for AJI+
+            row(True, **{"0.95_0.05": (1.0, 0.8), "0.8_0.05": (1.0, 0.7)}),
+            row(False)]                                                       # nothing merged
+    got = bench.summarize(rows, names)
+    assert got["0.95:0.05"]["score"]["mean"] == 0 and got["0.95:0.05"]["better"] == 0
+    assert got["0.8:0.05"]["ap50"] == pytest.approx(-0.1 / 3)
+    assert got["0.8:0.05"]["aji_plus"] == pytest.approx(0.0)
+    assert got["0.8:0.05"]["score"]["mean"] == pytest.approx(-0.05 / 3)   # 0.9 = 0.9, 0.85 < 0.9
+    assert (got["0.8:0.05"]["better"], got["0.8:0.05"]["worse"]) == (0, 1)
