@@ -48,13 +48,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_val_views import paired_difference, score  # noqa: E402
 
 from imageextract.evaluation.harness import write_json  # noqa: E402
-from imageextract.evaluation.metrics import all_metrics  # noqa: E402
+from imageextract.evaluation.metrics import aji_plus, paper_metrics  # noqa: E402
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
 SHAPES = ("all", "compact", "elongated")
 
 
-def _items(data: Path, split: str, shape: str) -> list:
+def items_of_shape(data: Path, split: str, shape: str) -> list:
+    """``(stem, rgb, labels, elongated)`` of the split's images of ``shape``
+    (one of :data:`SHAPES`; rods: median ground-truth aspect ratio above 2.5)."""
     from imageextract.segment.bpartis.train import elongated_images, load_split
 
     items = load_split(data, split)
@@ -78,7 +80,8 @@ def collect_factors(bp, items) -> list[dict]:
         chosen = r.get("grown") or max(conf, key=lambda f: (conf[f], f == 1.0))
         s0 = r["scale"] / chosen
         row = {"stem": stem, "elongated": rod, "scale_found": s0, "tried": sorted(conf),
-               "grown": r.get("grown"), "backend": _metrics(gt, r["labels"]), "factors": {}}
+               "grown": r.get("grown"), "backend": selection_metrics(gt, r["labels"]),
+               "factors": {}}
         for f in sorted(conf):
             q = bp.segment_rgb(rgb, specialist=None, scale=s0 * f, outline=None)
             lab = q["labels"]
@@ -86,14 +89,15 @@ def collect_factors(bp, items) -> list[dict]:
                   "covered": covered_foreground(q, fg_threshold=fg_t)}
             if bp.outline is not None and q["scores"].size:
                 lab = bp.outline.refine(rgb, lab, q["seed"], scale=q["scale"])
-            row["factors"][str(float(f))] = st | _metrics(gt, lab)
+            row["factors"][str(float(f))] = st | selection_metrics(gt, lab)
         rows.append(row)
     return rows
 
 
-def _metrics(gt: np.ndarray, labels: np.ndarray) -> dict:
-    m = all_metrics(gt, labels)
-    return {"ap50": float(m["ap50"]), "aji_plus": float(m["aji_plus"])}
+def selection_metrics(gt: np.ndarray, labels: np.ndarray) -> dict:
+    """The two metrics of the model-selection score: AP50 and AJI+."""
+    return {"ap50": float(paper_metrics(gt, labels)["ap50"]),
+            "aji_plus": float(aji_plus(gt, labels))}
 
 
 def replay(row: dict, weight: float) -> str:
@@ -151,7 +155,7 @@ def run_models(models: list[str], items, *, threads: int) -> list[dict]:
         for m, bp in bps.items():
             t = time.perf_counter()
             r = bp.segment_rgb(rgb)
-            row[m] = _metrics(gt, r["labels"]) | {
+            row[m] = selection_metrics(gt, r["labels"]) | {
                 "n": int(r["scores"].size), "scale": float(r["scale"]),
                 "seconds": time.perf_counter() - t, "weights": r.get("weights", "main")}
         rows.append(row)
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print("models needs at least two --model folders (the first is the baseline)",
               file=sys.stderr)
         return 2
-    items = _items(data, args.split, args.shape)
+    items = items_of_shape(data, args.split, args.shape)
     t0 = time.perf_counter()
     res = {"mode": args.mode, "split": args.split, "shape": args.shape, "n_images": len(items)}
     if args.mode == "factors":

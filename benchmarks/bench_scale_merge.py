@@ -42,16 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_scale_coverage import SHAPES, items_of_shape, selection_metrics  # noqa: E402
 from bench_val_views import VIEWS, paired_difference, score, view  # noqa: E402
 
 from imageextract.evaluation.harness import write_json  # noqa: E402
-from imageextract.evaluation.metrics import aji_plus, paper_metrics  # noqa: E402
 
 #: ``(min_score, max_overlap)`` settings replayed by default; the first
 #: is the shipped one and the baseline; ``min_score`` above 1 merges nothing.
 GRID = ((0.95, 0.05), (0.9, 0.05), (0.85, 0.05), (0.8, 0.05), (0.95, 0.15),
         (0.9, 0.15), (0.99, 0.05), (1.01, 0.05))
-SHAPES = ("all", "compact", "elongated")
 KEPT = ("labels", "scores", "uncertainty", "seed_scores", "seed", "scale")
 
 
@@ -73,11 +72,6 @@ def merges_kept(store: list):
         yield
     finally:
         inference.merge_scales = original
-
-
-def metrics(gt: np.ndarray, labels: np.ndarray) -> dict:
-    return {"ap50": float(paper_metrics(gt, labels)["ap50"]),
-            "aji_plus": float(aji_plus(gt, labels))}
 
 
 def summarize(rows: list[dict], names: list[str]) -> dict:
@@ -135,16 +129,12 @@ def main(argv=None) -> int:
 
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.inference import merge_scales
-    from imageextract.segment.bpartis.train import elongated_images, load_split
 
     data = Path(args.data)
     if not data.is_dir():
         print(f"EMPS not found at {data}", file=sys.stderr)
         return 2
-    items = load_split(data, args.split)
-    rods = elongated_images(items)
-    keep = {"all": np.ones(len(items), bool), "compact": ~rods, "elongated": rods}[args.shape]
-    items = [it for it, k in zip(items, keep) if k][:args.limit]
+    items = items_of_shape(data, args.split, args.shape)[:args.limit]
     backend = BPartIS(model=args.model, threads=args.threads)
     if backend.scale_merge is None or backend.outline is None:
         print(f"model {args.model} merges no scales or has no outline refiner", file=sys.stderr)
@@ -152,39 +142,37 @@ def main(argv=None) -> int:
     views = VIEWS if args.views else ("plain",)
     rows = []
     t0 = time.perf_counter()
-    for stem, rgb, gt in tqdm(items, desc="images"):
+    for stem, rgb, gt, _ in tqdm(items, desc="images"):
         for name in views:
             img, truth = view(name, rgb, gt)
-            img, truth = np.ascontiguousarray(img), np.ascontiguousarray(truth)
             store: list = []
             with merges_kept(store):
                 backend.segment_rgb(img)
             row = {"stem": stem, "view": name, "merged": bool(store), "settings": {}}
-            for setting in grid:
-                if not store:
-                    break
+            if store:
                 result, others = store[0]
-                m = merge_scales(result, others, min_score=setting[0], max_overlap=setting[1])
-                labels = backend.outline.refine(img, m["labels"], m["seed"], scale=m["scale"])
-                row["settings"][f"{setting[0]}:{setting[1]}"] = metrics(truth, labels)
+                for min_score, max_overlap in grid:
+                    m = merge_scales(result, others, min_score=min_score, max_overlap=max_overlap)
+                    labels = backend.outline.refine(img, m["labels"], m["seed"], scale=m["scale"])
+                    row["settings"][f"{min_score}:{max_overlap}"] = selection_metrics(truth, labels)
             rows.append(row)
     seconds = time.perf_counter() - t0
 
     names = [f"{a}:{b}" for a, b in grid]
-    merged = [r for r in rows if r["merged"]]
+    n_merged = sum(r["merged"] for r in rows)
     summary = summarize(rows, names)
     for n, v in summary.items():
         print(f"{n:>10}: score {v['score']['mean']:+.4f} (s.e. "
               f"{v['score']['standard_error']:.4f}), AP50 {v['ap50']:+.4f}, "
               f"AJI+ {v['aji_plus']:+.4f}; better {v['better']}, worse {v['worse']}")
     out = {"split": args.split, "views": list(views), "shape": args.shape, "model": args.model,
-           "weights": backend.weights, "n_views": len(rows), "n_merged": len(merged),
+           "weights": backend.weights, "n_views": len(rows), "n_merged": n_merged,
            "baseline": names[0], "seconds": round(seconds, 1),
            "command": "python benchmarks/bench_scale_merge.py " + " ".join(sys.argv[1:]
                                                                             if argv is None
                                                                             else argv),
            "summary": summary, "rows": rows}
-    print(f"{len(rows)} views, {len(merged)} with a merge, {seconds:.0f} s -> "
+    print(f"{len(rows)} views, {n_merged} with a merge, {seconds:.0f} s -> "
           f"{write_json(out, args.out)}")
     return 0
 
