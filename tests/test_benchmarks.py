@@ -493,3 +493,37 @@ def test_scale_merge_keeps_the_merges_and_summarises_against_the_first(load_scri
     assert got["0.8:0.05"]["aji_plus"] == pytest.approx(0.0)
     assert got["0.8:0.05"]["score"]["mean"] == pytest.approx(-0.05 / 3)   # 0.9 = 0.9, 0.85 < 0.9
     assert (got["0.8:0.05"]["better"], got["0.8:0.05"]["worse"]) == (0, 1)
+
+
+def test_outline_match_compares_the_outlines_of_the_particles_both_find(load_script):
+    bench = load_script("benchmarks/bench_outline_match.py")
+    assert [bench.scale_bin(s) for s in (0.1, 0.35, 0.69, 0.99, 1.0, 2.5)] == [
+        "0-0.35", "0.35-0.5", "0.5-0.7", "0.7-1", ">=1", ">=1"]
+
+    gt = np.zeros((20, 40), np.int32)
+    gt[2:12, 2:12] = 1       # 100 px
+    gt[2:12, 20:30] = 2      # 100 px
+    gt[14:18, 34:38] = 3     # only the peer finds it
+    ours = np.zeros_like(gt)
+    ours[2:12, 2:11] = 4     # 90 px inside particle 1: IoU 0.9
+    ours[2:12, 20:30] = 5    # exact
+    peer = gt.copy()         # exact everywhere
+    row = bench.image_row(gt, {"ours": ours, "peer": peer})
+    assert row["n_true"] == 3 and row["n_both"] == 2
+    assert row["ours"]["n_matched"] == 2 and row["peer"]["n_matched"] == 3
+    assert row["ours"]["iou"] == pytest.approx(0.95)      # the third is left out
+    assert row["peer"]["iou"] == pytest.approx(1.0)
+    assert row["ours"]["area_ratio"] == pytest.approx(0.95)   # median of 0.9 and 1
+    assert row["peer"]["aji_plus"] == pytest.approx(1.0)
+    assert row["ours"]["aji_plus"] == pytest.approx(190 / 216)
+
+    none = bench.image_row(gt, {"ours": np.zeros_like(gt), "peer": peer})
+    assert none["n_both"] == 0 and none["ours"]["iou"] is None
+
+    rows = [{"scale": 0.3} | row, {"scale": 0.3} | row, {"scale": 1.5} | none]
+    got = bench.summarise(rows)
+    assert got["all"]["n_images"] == 2 and got["all"]["n_particles"] == 4
+    assert got["all"]["iou_difference"]["mean"] == pytest.approx(-0.05)
+    assert got["all"]["iou_difference"]["sum"] == pytest.approx(-0.1)
+    assert got["by_scale"]["0-0.35"]["n_images"] == 2
+    assert got["by_scale"][">=1"] == {"n_images": 0}   # no particle found by both

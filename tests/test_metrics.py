@@ -16,6 +16,7 @@ from imageextract.evaluation.metrics import (
     coco_mask_ap,
     ecd_and_aspect,
     histogram_cosine_distance,
+    matched_pairs,
     panoptic_quality,
     paper_metrics,
     rdf_rmse,
@@ -226,6 +227,27 @@ def test_bad_inputs_raise_clear_errors():
 
 
 # ---------------------------------------------------------------- analysis metrics
+
+
+def test_matched_pairs_keeps_only_matches_above_the_threshold():
+    # gt 1: 4x4 box; pred 5 covers it shifted by one column: 12 / 20 = 0.6.
+    # gt 2: 2x2 box; pred 9 is the same box plus a column: 4 / 6 = 0.667.
+    # gt 3 has no prediction; pred 4 covers nothing of the truth.
+    gt = boxes((12, 12), (0, 4, 0, 4), (6, 8, 6, 8), (10, 12, 0, 2))
+    pred = np.zeros_like(gt)
+    pred[0:4, 1:5] = 5
+    pred[6:8, 6:9] = 9
+    pred[10:12, 8:10] = 4
+    m = matched_pairs(gt, pred)
+    assert m["gt_id"].tolist() == [1, 2] and m["pred_id"].tolist() == [5, 9]
+    assert m["iou"] == approx(np.array([0.6, 4 / 6]))
+    assert m["gt_area"].tolist() == [16, 4] and m["pred_area"].tolist() == [16, 6]
+    # a stricter threshold drops the first pair; the threshold is strict
+    assert matched_pairs(gt, pred, min_iou=0.6)["gt_id"].tolist() == [2]
+    empty = matched_pairs(gt, np.zeros_like(gt))
+    assert all(v.size == 0 for v in empty.values())
+    with pytest.raises(ImageExtractError, match="min_iou"):
+        matched_pairs(gt, pred, min_iou=0.3)
 
 
 def test_histogram_cosine_distance_by_hand():
