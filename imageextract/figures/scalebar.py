@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 _UNIT_ONLY = re.compile(r"(nm|[uμµ]m|Å)\s*$", re.IGNORECASE)
 
+#: Bar candidates examined per image, best first (:func:`find_scale_bars`
+#: looks for a label beside each; :func:`drawn_scale_bars` checks each is flat).
+MAX_BAR_CANDIDATES = 8
+
 __all__ = ["ScaleBarReading", "read_scale_bar", "find_scale_bars", "calibrate_panels",
            "scale_bar_details"]
 
@@ -504,7 +508,8 @@ def _as_image(image) -> np.ndarray:
 
 
 def find_scale_bars(image, *, ocr=None, min_bar_px: int | None = None,
-                    max_candidates: int = 8, max_ocr_calls: int = 14) -> list[ScaleBarReading]:
+                    max_candidates: int = MAX_BAR_CANDIDATES,
+                    max_ocr_calls: int = 14) -> list[ScaleBarReading]:
     """Every scale bar in an image, labelled ones first.
 
     Parameters
@@ -670,8 +675,8 @@ def drawn_scale_bars(image, *, min_flat: float = 0.5, tolerance: float = 2.5 / 2
         raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
     g = to_grey01(_as_image(image))
     boxes = []
-    for r in _readings(g, ocr="none", min_bar_px=min_bar_px, max_candidates=8,  # as find_scale_bars
-                       max_ocr_calls=0):
+    for r in _readings(g, ocr="none", min_bar_px=min_bar_px,
+                       max_candidates=MAX_BAR_CANDIDATES, max_ocr_calls=0):
         x0, y0, x1, y1 = (int(round(v)) for v in r.bar_box)
         body = g[y0:y1, x0:x1]
         if min(body.shape) > 2:
