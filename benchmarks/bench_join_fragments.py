@@ -153,14 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
-    from imageextract.segment.bpartis import (BPartIS, _drop_scale_bars, _join_fragments,
-                                              _whole_rods, off_scale_bars)
+    from imageextract.segment.bpartis import BPartIS, off_scale_bars, step_options
     from imageextract.segment.bpartis.fragments import join_fragments, whole_rods
 
-    check = {"join": _join_fragments, "whole_rods": _whole_rods,
-             "scale_bars": _drop_scale_bars}[args.step]
+    config_key = {"join": "join_fragments", "whole_rods": "whole_rods",
+                  "scale_bars": "drop_scale_bars"}[args.step]
     try:
-        checked = [check(o) for o in options]
+        checked = [step_options(config_key, o) for o in options]
     except ValueError as err:
         print(f"--options: {err}", file=sys.stderr)
         return 2

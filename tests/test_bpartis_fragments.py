@@ -367,3 +367,18 @@ def test_a_short_rod_with_round_ends_is_made_whole():
     res = whole_rods(dict(result(lab), seed=np.where(rod, 0.9, 0.0)))
     assert res["whole_rods"] == 1
     assert np.array_equal(res["labels"] > 0, rod)
+
+
+def test_step_options_checks_a_final_step_as_the_config_would():
+    from imageextract.segment.bpartis import FINAL_STEPS, step_options
+    from imageextract.segment.bpartis.fragments import DEFAULTS, ROD_DEFAULTS
+
+    assert set(FINAL_STEPS) == {"join_fragments", "whole_rods", "drop_scale_bars"}
+    assert step_options("join_fragments", {}) == {**DEFAULTS, "gap": int(DEFAULTS["gap"])}
+    assert step_options("whole_rods", {"max_angle": 10}) == {
+        k: float(v) for k, v in {**ROD_DEFAULTS, "max_angle": 10}.items()}
+    assert step_options("drop_scale_bars", None) is None
+    with pytest.raises(ValueError, match="inference.join_fragments"):
+        step_options("join_fragments", {"max_angle": 95})
+    with pytest.raises(ValueError, match="no final step 'scale_bars'"):
+        step_options("scale_bars", {})

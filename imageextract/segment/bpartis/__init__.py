@@ -597,6 +597,29 @@ def _drop_scale_bars(spec) -> dict | None:
     return {key: float(v) for key, v in o.items()}
 
 
+#: The optional steps run on the final particles, by their key in a model
+#: config's ``inference``, and the validator of each key's value.
+FINAL_STEPS = {"join_fragments": _join_fragments, "whole_rods": _whole_rods,
+               "drop_scale_bars": _drop_scale_bars}
+
+
+def step_options(name: str, spec) -> dict | None:
+    """The checked options of the final step ``inference.<name>`` of a model
+    config (one of :data:`FINAL_STEPS`) from ``spec``, as the config would
+    give it: None (the step is off) or an object of some of the step's
+    options, the others taking their defaults.  A bad value raises
+    ValueError naming the key and what it takes.
+
+    >>> step_options("drop_scale_bars", {"min_flat": 0.8})
+    {'min_flat': 0.8, 'min_inside': 0.5}
+    >>> step_options("whole_rods", None) is None
+    True
+    """
+    if name not in FINAL_STEPS:
+        raise ValueError(f"no final step {name!r}; the steps are {sorted(FINAL_STEPS)}")
+    return FINAL_STEPS[name](spec)
+
+
 def _specialist(spec) -> dict | None:
     """Validated ``inference.specialist`` of a config: None (off) or
     ``{"model": str, "max_particles": int >= 0, "min_elongation": float >= 1
@@ -665,4 +688,4 @@ def _calls_specialist(res: dict, spec: dict) -> bool:
     return asks_specialist(n, elong, spec, conf)
 
 
-__all__ = ["BPartIS", "UNCERTAINTY_TEXT", "asks_specialist"]
+__all__ = ["BPartIS", "FINAL_STEPS", "UNCERTAINTY_TEXT", "asks_specialist", "step_options"]
