@@ -65,12 +65,12 @@ def fold_rescorers(props: list[dict], kinds, folds: int, *,
     (:func:`parse_kind`): each fitted on the proposals of the images outside
     ``fold``, its threshold fixed by the name or chosen by inner
     cross-validation over those images."""
-    from imageextract.segment.bpartis.rescore_fit import _stack, cross_validate, fit_kind
+    from imageextract.segment.bpartis.rescore_fit import cross_validate, fit_kind, stack_proposals
 
     out, fitted = {}, {}
     for f in range(folds):
         train = [p for p in props if fold_of(p["stem"], folds) != f]
-        x, y, w = _stack(train)
+        x, y, w = stack_proposals(train)
         for name in kinds:
             kind, best = parse_kind(name)
             if best is None:

@@ -185,10 +185,10 @@ def _proposals(n_images=30, seed=0):
 
 def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path):
     from imageextract.segment.bpartis.rescore_fit import (
-        _stack,
         cross_validate,
         install,
         score_filtered,
+        stack_proposals,
     )
 
     props = _proposals()
@@ -199,7 +199,7 @@ def test_cross_validation_picks_a_threshold_that_drops_false_proposals(tmp_path)
     assert keep_all["ap50"] < cv[0.5]["ap50"]
     assert keep_all["aji_plus"] < 1.0
 
-    model = fit_rescorer(*_stack(props)[:2], threshold=0.5)
+    model = fit_rescorer(*stack_proposals(props)[:2], threshold=0.5)
     model.cluster = {"min_score": 0.6}
     (tmp_path / "config.json").write_text(json.dumps({"inference": {"mc_samples": 8}}))
     (tmp_path / "MODEL_CARD.md").write_text("# m\n\n## Notes\nn\n\n## Weights\nw\n")
@@ -219,20 +219,20 @@ def test_mlp_rescorer_cross_validates_installs_and_runs_in_the_backend(tmp_path)
     pytest.importorskip("torch")
     from imageextract.segment.bpartis import BPartIS
     from imageextract.segment.bpartis.rescore_fit import (
-        _stack,
         cross_validate,
         fit_for_model,
         fit_kind,
         install,
+        stack_proposals,
     )
 
     props = _proposals(n_images=20)
     cv = cross_validate(props, folds=3, thresholds=(0.5,), kind="mlp")
     assert cv[0.5]["ap50"] > 0.9
-    model = fit_kind("mlp", *_stack(props), threshold=0.5)
+    model = fit_kind("mlp", *stack_proposals(props), threshold=0.5)
     assert isinstance(model, MLPRescorer)
     with pytest.raises(ValueError, match="unknown rescorer kind"):
-        fit_kind("forest", *_stack(props))
+        fit_kind("forest", *stack_proposals(props))
     with pytest.raises(ValueError, match="unknown rescorer kind"):
         fit_for_model(tmp_path, tmp_path, kind="forest")
     (tmp_path / "config.json").write_text(json.dumps({"inference": {}}))

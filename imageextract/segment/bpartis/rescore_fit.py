@@ -94,8 +94,11 @@ def collect_proposals(backend, items, *, cluster: dict | None = None,
     return out
 
 
-def _stack(props: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels and weights (1/sqrt(proposals in the image))."""
+def stack_proposals(props: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The proposals of many images (``props``, as :func:`collect_proposals`
+    gives them) stacked for fitting: features (P, F), labels (P,) and
+    weights (P,), 1/sqrt(the number of proposals in the image), so that a
+    crowded image does not outweigh the rest."""
     xs = [p["features"] for p in props if p["features"].shape[0]]
     if not xs:
         return np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0)
@@ -146,7 +149,7 @@ def cross_validate(props: list[dict], *, folds: int = 5, thresholds=THRESHOLDS,
     probs: list[np.ndarray] = [np.zeros(0)] * len(props)
     for f in range(folds):
         train = [p for p, q in zip(props, fold) if q != f]
-        x, y, w = _stack(train)
+        x, y, w = stack_proposals(train)
         model = fit_kind(kind, x, y, w, l2=l2)
         for i, p in enumerate(props):
             if fold[i] == f and p["features"].shape[0]:
@@ -181,7 +184,7 @@ def fit_for_model(model_dir: str | Path, data_dir: str | Path, *, split: str = "
     props = collect_proposals(backend, load_split(data_dir, split, progress=progress,
                                                   exclude=exclude),
                               progress=progress, factors=factors)
-    x, y, w = _stack(props)
+    x, y, w = stack_proposals(props)
     n_images = len({p["stem"] for p in props})
     counts = np.bincount(y.astype(int), minlength=2)
     if min(counts) < folds or n_images < folds:
