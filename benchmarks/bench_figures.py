@@ -217,7 +217,7 @@ def bench_emps_figures(ocr: str) -> dict:
 def bench_ocr(n_per: int = 16) -> dict:
     """Recognition of isolated labels 10–20 px high, every engine installed."""
     from imageextract.figures.ocr import ENGINE_NAMES, OCRUnavailableError, get_engine
-    from imageextract.figures.synthetic import _font, _text_mask, font_paths
+    from imageextract.figures.synthetic import font_paths, text_image
     from imageextract.figures.units import parse_scale_text
 
     rng = np.random.default_rng(7)
@@ -226,7 +226,7 @@ def bench_ocr(n_per: int = 16) -> dict:
     for text in values:
         for _ in range(n_per):
             size = int(rng.integers(10, 21))
-            m = _text_mask(text, _font(str(rng.choice(font_paths())), size), pad=3)
+            m = text_image(text, font_path=str(rng.choice(font_paths())), size=size, pad=3)
             light = rng.random() < 0.5
             img = np.rint((m if light else 1 - m) * 255).astype(np.uint8)
             items.append((text, img))
