@@ -241,9 +241,9 @@ class BPartIS:
         self.coverage_min_elongation = None if cover_el is None else float(cover_el)
         self.tta = _tta(inf.get("tta"))
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
-        self.join_fragments = _join_fragments(inf.get("join_fragments"))
-        self.whole_rods = _whole_rods(inf.get("whole_rods"))
-        self.drop_scale_bars = _drop_scale_bars(inf.get("drop_scale_bars"))
+        self.join_fragments = step_options("join_fragments", inf.get("join_fragments"))
+        self.whole_rods = step_options("whole_rods", inf.get("whole_rods"))
+        self.drop_scale_bars = step_options("drop_scale_bars", inf.get("drop_scale_bars"))
         self.specialist = _specialist(inf.get("specialist"))
         self._specialist_backend = None
         if scale is not None and not float(scale) > 0:
