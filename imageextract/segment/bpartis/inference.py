@@ -607,6 +607,14 @@ def find_scale(run, shape: tuple[int, int], *, target_diameter: float, estimate=
     return s, at(s), len(cache)
 
 
+def _is_number(v, *, whole: bool = False, finite: bool = False) -> bool:
+    """Whether the option value ``v`` is a Python number (a whole one with
+    ``whole``; a finite one with ``finite``); a bool is not."""
+    if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+        return False
+    return not finite or bool(np.isfinite(v))
+
+
 def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                   samples: int = 1, scale: float | None = None,
                   target_diameter: float | None = 48.0, probe_px: int = 512,
@@ -752,12 +760,10 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
                                    uncertainty_threshold=uncertainty_threshold, **opts)
         return lab, sc, un, maps["mi"], maps["seed"]
 
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-    if not (number(scale_coverage) and scale_coverage >= 0):
+    if not (_is_number(scale_coverage, finite=True) and scale_coverage >= 0):
         raise ValueError(f"scale_coverage must be a number >= 0, got {scale_coverage!r}")
-    if coverage_min_elongation is not None and not number(coverage_min_elongation):
+    if coverage_min_elongation is not None \
+            and not _is_number(coverage_min_elongation, finite=True):
         raise ValueError("coverage_min_elongation must be None or a number, "
                          f"got {coverage_min_elongation!r}")
     if any(not f > 0 for f in scale_factors):
@@ -882,10 +888,7 @@ def _sparse_rules(spec) -> tuple[dict, ...]:
     floats."""
     if spec is None:
         return ()
-
-    def number(v, whole=False):
-        return not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
-
+    number = _is_number
     keys = {"factors", "max_particles", "max_side_px", "max_scale", "growth"}
     rules = [spec] if isinstance(spec, dict) else spec
     out = []
