@@ -496,18 +496,15 @@ def band_targets(gt: np.ndarray, labels: np.ndarray, flat: np.ndarray, owner: np
     ground-truth particle that its owner matches (IoU > 0.5).  Returns
     ``(y float32, usable bool)``; pixels of unmatched particles are not usable.
     """
-    from ...evaluation.metrics import _overlap
+    from ...evaluation.metrics import matched_pairs
 
     gt = np.asarray(gt).astype(np.int64, copy=False)
     lab = np.asarray(labels).astype(np.int64, copy=False)
     if gt.shape != lab.shape:
         raise ValueError(f"ground truth of shape {gt.shape} does not match labels {lab.shape}")
-    ov = _overlap(gt, lab)  # the metrics' contingency table, present ids only
-    iou = ov.iou()
+    pairs = matched_pairs(gt, lab)  # IoU > 0.5: at most one true particle each
     match = np.full(int(lab.max(initial=0)) + 1, -1, np.int64)
-    if iou.size:
-        ok = iou.max(0) > 0.5
-        match[ov.pred_ids[ok]] = ov.gt_ids[iou.argmax(0)[ok]]
+    match[pairs["pred_id"]] = pairs["gt_id"]
     m = match[owner]
     usable = m > 0
     y = usable & (gt.ravel()[flat] == m)
