@@ -226,9 +226,6 @@ def test_bad_inputs_raise_clear_errors():
         coco_mask_ap(boxes((3, 3), (0, 1, 0, 1)), boxes((3, 3), (0, 1, 0, 1)), scores=[1.0, 2.0])
 
 
-# ---------------------------------------------------------------- analysis metrics
-
-
 def test_matched_pairs_keeps_only_matches_above_the_threshold():
     # gt 1: 4x4 box; pred 5 covers it shifted by one column: 12 / 20 = 0.6.
     # gt 2: 2x2 box; pred 9 is the same box plus a column: 4 / 6 = 0.667.
@@ -248,6 +245,9 @@ def test_matched_pairs_keeps_only_matches_above_the_threshold():
     assert all(v.size == 0 for v in empty.values())
     with pytest.raises(ImageExtractError, match="min_iou"):
         matched_pairs(gt, pred, min_iou=0.3)
+
+
+# ---------------------------------------------------------------- analysis metrics
 
 
 def test_histogram_cosine_distance_by_hand():
