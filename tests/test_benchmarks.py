@@ -527,3 +527,39 @@ def test_outline_match_compares_the_outlines_of_the_particles_both_find(load_scr
     assert got["all"]["iou_difference"]["sum"] == pytest.approx(-0.1)
     assert got["by_scale"]["0-0.35"]["n_images"] == 2
     assert got["by_scale"][">=1"] == {"n_images": 0}   # no particle found by both
+
+
+def test_bandwidth_counts_the_neighbours_the_clustering_cannot_separate(load_script):
+    bench = load_script("benchmarks/bench_bandwidth.py")
+    lab = np.zeros((40, 80), np.int32)
+    lab[5:15, 5:15] = 1          # centroid (9.5, 9.5)
+    lab[5:15, 20:30] = 2         # 15 px to the right of 1
+    lab[28:38, 60:70] = 3        # far from both
+    # sigma 4 px along y and 12 px along x everywhere (coord_scale 8)
+    sig = np.array([4.0, 12.0]) / 8.0
+    log_s = np.log(1.0 / (2.0 * sig ** 2))[:, None, None] * np.ones((2, 40, 80))
+    ids, sigma = bench.particle_bandwidths(log_s, lab, coord_scale=8.0)
+    assert ids.tolist() == [1, 2, 3] and np.allclose(sigma, [[4.0, 12.0]] * 3)
+    row = bench.image_row(log_s, lab, coord_scale=8.0)
+    # (15 / 12)^2 = 1.56 > 2 ln 2 = 1.39: separable along x at these bandwidths
+    assert row["n"] == 3 and row["n_within_reach"] == 0
+    wide = log_s.copy()
+    wide[1] -= np.log(4.0)       # s_x / 4: sigma x 24 px
+    row = bench.image_row(wide, lab, coord_scale=8.0)   # (15 / 24)^2 < 2 ln 2: 1 and 2 merge
+    assert row["n_within_reach"] == 2 and row["sigma_x"] == [24.0] * 3
+    # the same pair 15 px apart along y, where sigma is 4 px, stays apart
+    assert bench.within_reach(np.array([[0.0, 0.0], [15.0, 0.0]]),
+                              np.array([[4.0, 24.0]] * 2)).tolist() == [False, False]
+    assert bench.within_reach(np.zeros((1, 2)), np.ones((1, 2))).tolist() == [False]
+    empty = bench.image_row(log_s, np.zeros_like(lab), coord_scale=8.0)
+    assert empty["n"] == 0
+
+    rows = [{"stem": "a", "shape": "compact"} | bench.image_row(wide, lab, coord_scale=8.0),
+            {"stem": "b", "shape": "elongated"} | bench.image_row(log_s, lab, coord_scale=8.0),
+            {"stem": "c", "shape": "compact"} | empty]
+    got = bench.summarise(rows)
+    assert got["all"]["n_images"] == 2 and got["all"]["n_particles"] == 6
+    assert got["all"]["share_within_reach"] == pytest.approx(2 / 6)
+    assert got["all"]["crowded_images"] == [{"stem": "a", "share": 0.667}]
+    assert got["compact"]["sigma_x_px_p10_50_90"] == [24.0, 24.0, 24.0]
+    assert got["elongated"]["crowded_images"] == []
