@@ -94,6 +94,9 @@ def add_training_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--stretch", type=float, default=0.0, metavar="P",
                    help="stretch each training crop along one axis (area kept, aspect ratio up "
                         "to 2 x) with probability P (rods longer than the training images')")
+    p.add_argument("--repel-weight", type=float, default=0.0, metavar="W",
+                   help="weight of a loss term that narrows the bandwidth of particles whose "
+                        "neighbours lie within its reach (default 0: off)")
     p.add_argument("--exclude", metavar="FILE",
                    help="text file of training stems to leave out, one per line (a held-out "
                         "set to judge the run on)")
@@ -147,6 +150,8 @@ def training_options(args: argparse.Namespace) -> dict:
     opts.update({kw: getattr(args, name) for name, kw in given.items() if getattr(args, name)})
     if args.elongated_weight != 1.0:
         opts["elongated_weight"] = args.elongated_weight
+    if args.repel_weight:
+        opts["repel_weight"] = args.repel_weight
     if args.turn_consistency:
         opts["turn_consistency"] = tuple(args.turn_consistency)
     if args.exclude:

@@ -19,6 +19,7 @@ from imageextract.segment.bpartis.loss import (  # noqa: E402
     instance_loss,
     lovasz_hinge,
     prepare_targets,
+    repel_loss,
     turn_consistency,
     turn_pairs,
 )
@@ -267,6 +268,31 @@ def test_sigma_smoothness_penalises_the_raw_head_output():
     assert old["var"] > 0.1
     assert raw["var"] == pytest.approx(old["var"] / 100.0, rel=1e-5)
     assert raw["inst"] == pytest.approx(old["inst"]) and raw["seed"] == pytest.approx(old["seed"])
+
+
+def test_repel_term_narrows_the_bandwidth_of_instances_with_a_neighbour_in_reach():
+    """Two discs 12 px apart (radius 5) with sigma 10 px: each one's phi at the
+    other's centroid is exp(-0.70) = 0.495, above the 0.3 allowed, so the
+    term costs and its gradient raises log_s (a narrower sigma); discs far
+    apart cost nothing, and without ``w_repel`` the loss is as before."""
+    off, ls, seed, truth = _disc_maps((32, 40), [(16, 12, 5), (16, 24, 5)], log_s=3.0)
+    lt = torch.tensor(ls)[None].requires_grad_(True)
+    args = (torch.tensor(off)[None], lt, torch.tensor(seed)[None, None],
+            torch.tensor(truth)[None].long())
+    base, parts0 = instance_loss(*args, coord_scale=SCALE)
+    loss, parts = instance_loss(*args, coord_scale=SCALE, w_repel=2.0)
+    assert "repel" not in parts0 and parts["repel"] == pytest.approx(0.495 - 0.3, abs=2e-3)
+    assert float((loss - base).detach()) == pytest.approx(2.0 * parts["repel"], rel=1e-5)
+    lt.grad = None
+    (2.0 * repel_loss(torch.tensor([[16.0, 12.0], [16.0, 24.0]]) / SCALE,
+                      torch.exp(lt[0, :, 16, [12, 24]].T))).backward()
+    assert float(lt.grad[0, 1, 16, 12]) < 0 and float(lt.grad[0, 0, 16, 12]) == 0.0
+    far = _disc_maps((32, 80), [(16, 12, 5), (16, 64, 5)], log_s=3.0)
+    _, parts = instance_loss(*(torch.tensor(a)[None] for a in far[:2]),
+                             torch.tensor(far[2])[None, None], torch.tensor(far[3])[None].long(),
+                             coord_scale=SCALE, w_repel=2.0)
+    assert parts["repel"] == 0.0
+    assert float(repel_loss(torch.zeros(1, 2), torch.ones(1, 2))) == 0.0
 
 
 def test_prepared_targets_give_the_same_loss():
@@ -655,7 +681,7 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     opts = dict(epochs=10, crop=32, batch_size=2, val_every=1000, progress=False,
                 device="cpu", model_config=TINY, pretrained=False, threads=None,
                 export_at_end=False, elongated_weight=4.0, exclude=[left_out], p_rotate=0.5,
-                p_paste=0.5, p_stretch=0.5)
+                p_paste=0.5, p_stretch=0.5, repel_weight=1.0)
     train(data, tmp_path / "a", max_steps=2, **opts)
     train(data, tmp_path / "a", resume=True, max_steps=3, **opts)
     train(data, tmp_path / "b", max_steps=3, **opts)
@@ -664,6 +690,7 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
     assert a["recipe"]["exclude"] == [left_out] and a["recipe"]["elongated_weight"] == 4.0
     assert a["recipe"]["elongated_images"] == 1 and a["recipe"]["p_rotate"] == 0.5
     assert a["recipe"]["p_paste"] == 0.5 and a["recipe"]["p_stretch"] == 0.5
+    assert a["recipe"]["loss"]["w_repel"] == 1.0
     assert "pasting rods onto 50 % of the crops (2 rods in the bank)" in (
         tmp_path / "b" / "train.log").read_text()
     sw = np.asarray(b["sample_weights"])
@@ -682,6 +709,8 @@ def test_elongated_weight_and_excluded_stems(tmp_path):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "p_paste": -0.1})
     with pytest.raises(ImageExtractError, match="stretched crop must be in"):
         train(data, tmp_path / "d", max_steps=1, **{**opts, "p_stretch": 2.0})
+    with pytest.raises(ImageExtractError, match="repel weight must be >= 0"):
+        train(data, tmp_path / "d", max_steps=1, **{**opts, "repel_weight": -1.0})
     with pytest.raises(ImageExtractError, match="no rods to paste"):  # the rod image left out
         train(data, tmp_path / "d", max_steps=1, **{**opts, "exclude": [rod]})
     assert not (tmp_path / "c" / "checkpoint.pt").exists()

@@ -131,7 +131,8 @@ def test_train_turn_consistency_reaches_the_trainer(tmp_path, monkeypatch, capsy
 
 
 def test_train_rotate_and_paste_reach_the_trainer(tmp_path, monkeypatch, capsys):
-    """``--rotate P``, ``--paste P`` and ``--stretch P`` reach the trainer as probabilities
+    """``--rotate P``, ``--paste P`` and ``--stretch P`` reach the trainer as probabilities,
+    ``--repel-weight W`` as the loss term's weight
     (absent when not given, so older recipes stay as they were); a bad one
     is a message, not a traceback."""
     pytest.importorskip("torch")
@@ -142,11 +143,13 @@ def test_train_rotate_and_paste_reach_the_trainer(tmp_path, monkeypatch, capsys)
     seen = {}
     monkeypatch.setattr(bt, "train", lambda data, out, **kw: seen.update(kw))
     assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
-                 "--rotate", "0.5", "--paste", "0.3", "--stretch", "0.2"]) == 0
+                 "--rotate", "0.5", "--paste", "0.3", "--stretch", "0.2",
+                 "--repel-weight", "1.5"]) == 0
     assert seen["p_rotate"] == 0.5 and seen["p_paste"] == 0.3 and seen["p_stretch"] == 0.2
+    assert seen["repel_weight"] == 1.5
     seen.clear()
     assert main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 0
-    assert not {"p_rotate", "p_paste", "p_stretch"} & set(seen)
+    assert not {"p_rotate", "p_paste", "p_stretch", "repel_weight"} & set(seen)
     monkeypatch.undo()
     rc = main(["train", "bpartis", "--data", str(tmp_path), "--out", str(tmp_path / "m2"),
                "--paste", "2"])

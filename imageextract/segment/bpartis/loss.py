@@ -142,6 +142,7 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
                   w_var: float = 10.0, w_seed: float = 1.0, fg_weight: float = 10.0,
                   center: str = "centroid", margin: int = 16, rel_margin: float = 0.3,
                   chunk_elems: int = 2_000_000, var_scale: float = 1.0,
+                  w_repel: float = 0.0, repel_phi: float = 0.3,
                   targets: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of a batch.
 
@@ -170,6 +171,14 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
         as SpatialEmbeddings and BPartIS do; 1 penalises ``log_s`` itself,
         ``var_scale**2`` times harder, which flattens the sigma head to a
         constant (what recipes without ``loss.var_scale`` trained with).
+    w_repel, repel_phi : float
+        Weight of a term that keeps each instance's ``phi_k`` at or below
+        ``repel_phi`` at the centroids of the other instances of the image:
+        the mean over instances of ``sum_j relu(phi_k(C_j) - repel_phi)``
+        (:func:`repel_loss`).  The clustering claims every pixel within a
+        centre's ``phi > 0.5``, so a neighbour whose centroid lies there is
+        merged however well its pixels collapse; this term asks for a
+        bandwidth narrow enough to leave it out.  0 (default) leaves it out.
     targets : list of dict, optional
         :func:`prepare_targets` of each image, made ahead (e.g. by a data
         worker); ``margin``, ``rel_margin`` and ``chunk_elems`` then are
@@ -178,7 +187,8 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
     Returns
     -------
     loss : scalar tensor
-    parts : dict of floats (``inst``, ``var``, ``seed``)
+    parts : dict of floats (``inst``, ``var``, ``seed``; ``repel`` with
+        ``w_repel``)
     """
     b, _, h, w = offsets.shape
     dev = offsets.device
@@ -190,7 +200,7 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
                    for i in range(b)]
     grid = coordinate_grid(h, w, coord_scale, device=dev).view(2, -1)
     total = offsets.new_zeros(())
-    parts = {"inst": 0.0, "var": 0.0, "seed": 0.0}
+    parts = {"inst": 0.0, "var": 0.0, "seed": 0.0} | ({"repel": 0.0} if w_repel else {})
     n_pix = h * w
     for i in range(b):
         emb = offsets[i].view(2, -1) + grid  # (2, N)
@@ -236,10 +246,50 @@ def instance_loss(offsets: torch.Tensor, log_s: torch.Tensor, seed: torch.Tensor
             inst_sum = inst_sum + lovasz_hinge(logits, target).sum()
         inst_loss = inst_sum / k
         total = total + w_inst * inst_loss + w_var * var_loss + w_seed * seed_l
+        if w_repel:
+            rep = repel_loss(centers, s, phi_max=repel_phi)
+            total = total + w_repel * rep
+            parts["repel"] += float(rep.detach())
         parts["inst"] += float(inst_loss.detach())
         parts["var"] += float(var_loss.detach())
         parts["seed"] += float(seed_l.detach())
     return total / b, {key: val / b for key, val in parts.items()}
+
+
+def repel_loss(centers: torch.Tensor, s: torch.Tensor, *, phi_max: float = 0.3) -> torch.Tensor:
+    """How far each instance's Gaussian reaches its neighbours' centroids.
+
+    Parameters
+    ----------
+    centers : (K, 2) tensor
+        Instance centroids in embedding units.
+    s : (K, 2) tensor
+        Each instance's ``1 / (2 sigma^2)`` per axis.
+    phi_max : float
+        ``phi_k(C_j)`` allowed without cost.
+
+    Returns
+    -------
+    scalar tensor
+        Mean over instances of ``sum_{j != k} relu(phi_k(C_j) - phi_max)``
+        with ``phi_k(C_j) = exp(-sum_axis s_k (C_j - C_k)^2)``; 0 for fewer
+        than two instances.  Its gradient narrows the bandwidth of an
+        instance whose neighbour lies within its reach.
+
+    Examples
+    --------
+    >>> c = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    >>> s = torch.full((3, 2), 0.5)  # phi between the first two: exp(-0.5)
+    >>> round(float(repel_loss(c, s)), 4)  # 2 x (0.6065 - 0.3) / 3
+    0.2044
+    """
+    k = centers.shape[0]
+    if k < 2:
+        return centers.new_zeros(())
+    d2 = (centers[None, :, :] - centers[:, None, :]) ** 2  # (K, K, 2): row k, neighbour j
+    phi = torch.exp(-(d2 * s[:, None, :]).sum(2))
+    off_diag = ~torch.eye(k, dtype=torch.bool, device=centers.device)
+    return (torch.relu(phi - phi_max) * off_diag).sum(1).mean()
 
 
 def turn_pairs(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

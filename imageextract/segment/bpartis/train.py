@@ -655,7 +655,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
           exclude: list[str] | tuple[str, ...] = (),
           turn_consistency: tuple[float, float] | None = None,
           p_rotate: float = 0.0, p_paste: float = 0.0,
-          p_stretch: float = 0.0) -> dict[str, Any]:
+          p_stretch: float = 0.0, repel_weight: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the bpartis network.
 
     Parameters
@@ -721,6 +721,12 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
     p_stretch : float
         Probability of stretching a training crop along one axis (see
         :func:`augment_crop`); stored in the recipe.
+    repel_weight : float
+        Weight of the loss term that keeps each particle's Gaussian below
+        0.3 at its neighbours' centroids (``w_repel`` of
+        :func:`~.loss.instance_loss`): a bandwidth narrow enough for the
+        clustering to leave touching neighbours out.  0: none; stored in the
+        recipe's ``loss`` when above 0.
 
     Returns
     -------
@@ -749,7 +755,8 @@ def train(data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                       init_weights=init_weights, workers=workers, t_start=t_start,
                       hard_mining=hard_mining, elongated_weight=elongated_weight,
                       exclude=exclude, turn_consistency=turn_consistency,
-                      p_rotate=p_rotate, p_paste=p_paste, p_stretch=p_stretch)
+                      p_rotate=p_rotate, p_paste=p_paste, p_stretch=p_stretch,
+                      repel_weight=repel_weight)
     finally:
         for lg in targets:
             lg.removeHandler(handler)
@@ -761,7 +768,7 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
            pretrained, threads, export_at_end, init_weights, workers,
            t_start, hard_mining=0.0, elongated_weight=1.0, exclude=(),
            turn_consistency=None, p_rotate=0.0, p_paste=0.0,
-           p_stretch=0.0) -> dict[str, Any]:
+           p_stretch=0.0, repel_weight=0.0) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = _resolve_device(device)
@@ -813,6 +820,10 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
                 recipe[key] = float(value)
         if "p_stretch" in recipe:
             recipe["max_stretch"] = STRETCH_MAX
+        if not (float(repel_weight) >= 0 and math.isfinite(float(repel_weight))):
+            raise ImageExtractError(f"repel weight must be >= 0, got {repel_weight!r}")
+        if float(repel_weight) > 0:  # stored only when on: older recipes keep their loss
+            recipe["loss"]["w_repel"] = float(repel_weight)
         if turn_consistency is not None:
             w_off, w_sig = (float(v) for v in turn_consistency)
             if not all(v >= 0 and math.isfinite(v) for v in (w_off, w_sig)):
@@ -1021,8 +1032,9 @@ def _train(data_dir, out: Path, *, resume, epochs, crop, batch_size, lr, seed, v
         if step % 25 == 0 and step % steps_per_epoch:
             logger.info("step %d loss %.4f (inst %.3f var %.4f seed %.4f%s) %.2f s/step", step,
                         float(loss.detach()), parts["inst"], parts["var"], parts["seed"],
-                        "" if turn is None else
-                        f" turn {parts['turn_off']:.2f} px {parts['turn_sig']:.4f}",
+                        ("" if turn is None else
+                         f" turn {parts['turn_off']:.2f} px {parts['turn_sig']:.4f}")
+                        + (f" repel {parts['repel']:.4f}" if "repel" in parts else ""),
                         (time.monotonic() - t_run) / max(1, step - step0))
         if step % steps_per_epoch == 0:
             logger.info("epoch %d step %d loss %.4f (inst %.3f var %.4f seed %.4f) lr %.2e",
@@ -1249,6 +1261,9 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
            f"{recipe['turn_consistency']['w_offset']:g} per px and "
            f"{recipe['turn_consistency']['w_sigma']:g}, `--turn-consistency`)"]
           if recipe.get("turn_consistency") else []),
+        *([f"- neighbour repulsion: each particle's Gaussian is kept below 0.3 at its "
+           f"neighbours' centroids (weight {recipe['loss']['w_repel']:g}, `--repel-weight`)"]
+          if recipe["loss"].get("w_repel") else []),
         f"- training time of this run: {_fmt_devices(ckpt)}",
         "",
         "## Inference",
