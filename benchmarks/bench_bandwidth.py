@@ -65,13 +65,14 @@ def particle_bandwidths(log_s: np.ndarray, labels: np.ndarray, *,
     >>> particle_bandwidths(ls, lab, coord_scale=8.0)[1].tolist()
     [[2.0, 2.0]]
     """
+    from scipy import ndimage
+
+    from imageextract.segment.bpartis.cluster import sigma_px
+
     ids = np.unique(labels[labels > 0])
-    sigma = np.sqrt(0.5 * np.exp(-np.asarray(log_s, np.float64))) * coord_scale
-    out = np.empty((ids.size, 2))
-    for k, i in enumerate(ids):
-        m = labels == i
-        out[k] = np.median(sigma[0][m]), np.median(sigma[1][m])
-    return ids, out
+    sigma = sigma_px(np.asarray(log_s, np.float64), coord_scale=coord_scale)
+    out = np.array([ndimage.median(sigma[c], labels, ids) for c in (0, 1)], float)
+    return ids, out.reshape(2, ids.size).T
 
 
 def within_reach(centroids: np.ndarray, sigma: np.ndarray, *,

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from imageextract.evaluation.harness import write_json
     from imageextract.segment.bpartis import BPartIS
+    from imageextract.segment.bpartis.cluster import sigma_px
     from imageextract.segment.bpartis.inference import (
         network_maps, resize_labels, resize_rgb, scaled_shape)
     from imageextract.segment.bpartis.train import base_scale, load_split
@@ -115,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                       min_area=a.min_area))
             fg = lab > 0
             if fg.any():
-                # log_s = log(1 / (2 sigma^2)) in embedding units
-                sig.append([np.median(np.sqrt(0.5 * np.exp(-maps["log_s"][c][fg])) * coord)
+                sig.append([np.median(sigma_px(maps["log_s"][c][fg], coord_scale=coord))
                             for c in (0, 1)])
         s = np.concatenate(spread)
         # a few dense images hold most particles: also each image's median, then their median

@@ -97,6 +97,21 @@ def cluster(offsets: np.ndarray, log_s: np.ndarray, seed: np.ndarray, *,
     return labels, scores
 
 
+def sigma_px(log_s: np.ndarray, *, coord_scale: float) -> np.ndarray:
+    """The bandwidth ``sigma`` in px of ``log_s`` = ``log(1 / (2 sigma^2))``
+    in embedding units (the network's sigma output, as :func:`cluster` reads
+    it); ``phi > 0.5`` reaches ``sqrt(2 ln 2) sigma``, about 1.18 sigma.
+    Computed in the floating type of ``log_s`` (float64 for other input).
+
+    >>> float(sigma_px(np.log(1 / (2 * 0.25 ** 2)), coord_scale=8.0))
+    2.0
+    """
+    ls = np.asarray(log_s)
+    if not np.issubdtype(ls.dtype, np.floating):
+        ls = ls.astype(np.float64)
+    return np.sqrt(0.5 * np.exp(-ls)) * coord_scale
+
+
 def _window(ls_y, ls_x, cy, cx, h, w, coord_scale, ln_t, window_factor, window_margin):
     """A centre's bandwidths ``(sy, sx)`` (``exp`` of its ``log_s``), the
     ellipse's reach in px ``(ry, rx)`` and its window ``y0, y1, x0, x1``:

@@ -888,22 +888,21 @@ def _sparse_rules(spec) -> tuple[dict, ...]:
     floats."""
     if spec is None:
         return ()
-    number = _is_number
     keys = {"factors", "max_particles", "max_side_px", "max_scale", "growth"}
     rules = [spec] if isinstance(spec, dict) else spec
     out = []
     try:
         for r in rules:
             g = r.get("growth", {"min_particles": 1, "min_ratio": 1})
-            ok = set(r) <= keys and number(r["max_particles"], whole=True) \
+            ok = set(r) <= keys and _is_number(r["max_particles"], whole=True) \
                 and r["max_particles"] >= 0 \
-                and number(r.get("max_side_px", 0)) and r.get("max_side_px", 0) >= 0 \
-                and number(r.get("max_scale", 1)) and r.get("max_scale", 1) > 0 \
+                and _is_number(r.get("max_side_px", 0)) and r.get("max_side_px", 0) >= 0 \
+                and _is_number(r.get("max_scale", 1)) and r.get("max_scale", 1) > 0 \
                 and isinstance(g, dict) and set(g) == {"min_particles", "min_ratio"} \
-                and number(g["min_particles"], whole=True) and g["min_particles"] >= 1 \
-                and number(g["min_ratio"]) and g["min_ratio"] > 0 \
+                and _is_number(g["min_particles"], whole=True) and g["min_particles"] >= 1 \
+                and _is_number(g["min_ratio"]) and g["min_ratio"] > 0 \
                 and len(r["factors"]) > 0 \
-                and all(number(f) and f > 0 for f in r["factors"])
+                and all(_is_number(f) and f > 0 for f in r["factors"])
             out.append(dict(r, factors=tuple(float(f) for f in r["factors"])) if ok else None)
     except (AttributeError, KeyError, TypeError):
         out = []
