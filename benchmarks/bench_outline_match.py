@@ -18,6 +18,12 @@ image, and the outline is drawn back at full size from the smaller map).
 The gap here is an upper bound on what better outlines alone could add to
 AJI+: an image's AJI+ moves by less than its matched IoU, since missed and
 false particles stay in its union.
+
+On every image, each method's AJI+ union is also split into its parts
+(:func:`~imageextract.evaluation.metrics.aji_plus_parts`): the intersections
+(AJI+ itself), the outlines of the particles found (pairs above IoU 0.5),
+weak pairs (merged, split or badly drawn), missed and false particles; the
+summary gives their means, overall and by working scale.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def image_row(gt: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
     """Per method, on the true particles that every method matches: the
     mean IoU and the median ratio of the matched area to the true one; and
     how many true particles each method matches."""
-    from imageextract.evaluation.metrics import aji_plus, matched_pairs
+    from imageextract.evaluation.metrics import aji_plus, aji_plus_parts, matched_pairs
 
     pairs = {m: matched_pairs(gt, lab) for m, lab in labels.items()}
     both = set.intersection(*(set(p["gt_id"].tolist()) for p in pairs.values()))
@@ -62,6 +68,7 @@ def image_row(gt: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
         keep = np.isin(p["gt_id"], sorted(both))
         row[m] = {"n_matched": int(p["gt_id"].size),
                   "aji_plus": float(aji_plus(gt, labels[m])),
+                  "aji_parts": aji_plus_parts(gt, labels[m]),
                   "iou": float(p["iou"][keep].mean()) if both else None,
                   "area_ratio": float(np.median(p["pred_area"][keep] / p["gt_area"][keep]))
                   if both else None}
@@ -89,9 +96,18 @@ def summarise(rows: list[dict]) -> dict:
             "sum": float(diff.sum()), "ours_better": int((diff > 0).sum())}
         return out
 
+    def parts(rr: list[dict]) -> dict:
+        if not rr:
+            return {"n_images": 0}
+        return {"n_images": len(rr)} | {
+            m: {k: float(np.mean([r[m]["aji_parts"][k] for r in rr]))
+                for k in rr[0][m]["aji_parts"]} for m in METHODS}
+
     bins = [scale_bin(lo) for lo in (0.0, *SCALE_EDGES)]
-    by_scale = {b: block([r for r in rows if scale_bin(r["scale"]) == b]) for b in bins}
-    return {"all": block(rows), "by_scale": by_scale}
+    in_bin = {b: [r for r in rows if scale_bin(r["scale"]) == b] for b in bins}
+    return {"all": block(rows), "by_scale": {b: block(rr) for b, rr in in_bin.items()},
+            "aji_parts": {"all": parts(rows), "by_scale": {b: parts(rr)
+                                                          for b, rr in in_bin.items()}}}
 
 
 def main(argv=None) -> int:
@@ -140,6 +156,11 @@ def main(argv=None) -> int:
         print(f"{name:>9}: {v['n_images']:3d} images, {v['n_particles']:5d} particles; "
               f"IoU ours {v['ours']['iou']:.3f}, peer {v['peer']['iou']:.3f}, "
               f"difference {d['mean']:+.3f} (s.e. {d['standard_error']:.3f}, sum {d['sum']:+.2f})")
+    for name, v in [("all", summary["aji_parts"]["all"]),
+                    *summary["aji_parts"]["by_scale"].items()]:
+        if v["n_images"]:
+            print(f"{name:>9}: AJI+ union, " + "; ".join(
+                f"{m} " + " ".join(f"{k} {x:.4f}" for k, x in v[m].items()) for m in METHODS))
     out = {"split": args.split, "model": args.model, "weights": backend.weights,
            "peer_predictions": str(peer), "n_images": len(rows),
            "seconds": round(time.perf_counter() - t0, 1),

@@ -527,6 +527,16 @@ def test_outline_match_compares_the_outlines_of_the_particles_both_find(load_scr
     assert got["all"]["iou_difference"]["sum"] == pytest.approx(-0.1)
     assert got["by_scale"]["0-0.35"]["n_images"] == 2
     assert got["by_scale"][">=1"] == {"n_images": 0}   # no particle found by both
+    # the AJI+ parts count every image: ours misses particle 3 (16 of 216 px)
+    # and draws particle 1 10 px short; with nothing found, all is missed
+    assert row["ours"]["aji_parts"]["missed"] == pytest.approx(16 / 216)
+    assert row["ours"]["aji_parts"]["outline"] == pytest.approx(10 / 216)
+    parts = got["aji_parts"]
+    assert parts["all"]["n_images"] == 3
+    assert parts["all"]["ours"]["missed"] == pytest.approx((2 * 16 / 216 + 1) / 3)
+    assert parts["all"]["peer"]["aji_plus"] == pytest.approx(1.0)
+    assert parts["by_scale"][">=1"]["ours"]["aji_plus"] == 0.0
+    assert parts["by_scale"]["0.5-0.7"] == {"n_images": 0}
 
 
 def test_bandwidth_counts_the_neighbours_the_clustering_cannot_separate(load_script):

@@ -11,7 +11,9 @@ import pytest
 
 from imageextract.errors import ImageExtractError
 from imageextract.evaluation.metrics import (
+    AJI_PARTS,
     aji_plus,
+    aji_plus_parts,
     all_metrics,
     coco_mask_ap,
     ecd_and_aspect,
@@ -206,6 +208,46 @@ def test_missed_instance():
     assert aji_plus(gt, pred) == approx(4 / 8)
     assert panoptic_quality(gt, pred) == approx(2 / 3)  # 1 / (1 + 1/2)
     assert coco_mask_ap(gt, pred) == approx(51 / 101)
+
+
+def test_aji_plus_parts_split_the_union():
+    # g1 (cols 0-3) is found a column too wide: IoU 16 / 20, outline 4 px.
+    # g2 (cols 5-12) is found as a merged particle that also covers g3
+    # (cols 14-17) and the gap: IoU 32 / 52, a weak pair at min_iou 0.7,
+    # its 20 extra pixels in ``weak_pairs``; g3 is left unpaired (16 px
+    # missed); a 2x2 false particle (4 px).  Union 20 + 52 + 16 + 4 = 92.
+    gt = boxes((4, 20), (0, 4, 0, 4), (0, 4, 5, 13), (0, 4, 14, 18))
+    pred = boxes((4, 20), (0, 4, 0, 5), (0, 4, 5, 18))
+    pred[:2, 18:20] = 7
+    parts = aji_plus_parts(gt, pred, min_iou=0.7)
+    assert tuple(parts) == AJI_PARTS
+    want = {"aji_plus": 48, "outline": 4, "weak_pairs": 20, "missed": 16, "false": 4}
+    assert parts == {k: approx(v / 92) for k, v in want.items()}
+    assert parts["aji_plus"] == approx(aji_plus(gt, pred))
+    # at the default min_iou 0.5 the merged particle's pair counts as found
+    half = aji_plus_parts(gt, pred)
+    assert half["outline"] == approx(24 / 92) and half["weak_pairs"] == 0.0
+
+
+def test_aji_plus_parts_sum_to_one_and_agree_with_aji_plus():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        gt = rng.integers(0, 4, (12, 12)).astype(np.int32)
+        pred = rng.integers(0, 5, (12, 12)).astype(np.int32)
+        parts = aji_plus_parts(gt, pred)
+        assert sum(parts.values()) == approx(1.0)
+        assert parts["aji_plus"] == approx(aji_plus(gt, pred))
+        assert min(parts.values()) >= 0.0
+
+
+def test_aji_plus_parts_empty_maps_and_bad_threshold():
+    empty, one = np.zeros((3, 3), np.int32), boxes((3, 3), (0, 1, 0, 1))
+    assert aji_plus_parts(empty, empty)["aji_plus"] == 1.0
+    assert aji_plus_parts(one, empty)["missed"] == 1.0
+    assert aji_plus_parts(empty, one)["false"] == 1.0
+    assert sum(aji_plus_parts(empty, one).values()) == 1.0
+    with pytest.raises(ImageExtractError, match="min_iou"):
+        aji_plus_parts(one, one, min_iou=1.0)
 
 
 def test_coco_max_dets_caps_ranked_predictions():
