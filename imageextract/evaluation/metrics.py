@@ -275,30 +275,11 @@ def aji_plus(gt: np.ndarray, pred: np.ndarray) -> float:
     >>> pred = np.zeros((4, 4), int); pred[:, 1:3] = 1
     >>> aji_plus(gt, pred)  # 4 shared pixels / 12 in the union
     0.3333333333333333
+
+    :func:`aji_plus_parts` computes it, with the rest of the union split
+    into where it is lost.
     """
-    gt, pred = _check_pair(gt, pred)
-    ov = _overlap(gt, pred)
-    if ov.gt_ids.size == 0 or ov.pred_ids.size == 0:
-        return 1.0 if ov.gt_ids.size == ov.pred_ids.size else 0.0
-    rows, cols, _ = _aji_pairs(ov)
-    inter = int(ov.inter[rows, cols].sum())
-    union = int(ov.union[rows, cols].sum())
-    union += int(ov.gt_areas.sum() - ov.gt_areas[rows].sum())
-    union += int(ov.pred_areas.sum() - ov.pred_areas[cols].sum())
-    return inter / union if union else 0.0
-
-
-def _aji_pairs(ov: _Overlap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AJI+'s one-to-one pairs of ``ov`` (neither side empty): the row and
-    column indices of the assignment of maximal total IoU (Hungarian), pairs
-    with IoU 0 dropped, and their IoUs."""
-    from scipy.optimize import linear_sum_assignment
-
-    iou = ov.iou(np.float64)
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    keep = iou[rows, cols] > 0
-    rows, cols = rows[keep], cols[keep]
-    return rows, cols, iou[rows, cols]
+    return aji_plus_parts(gt, pred)["aji_plus"]
 
 
 #: The shares of :func:`aji_plus_parts`, in order; they sum to 1.
@@ -310,7 +291,7 @@ def aji_plus_parts(gt: np.ndarray, pred: np.ndarray, *,
     """Where an image's AJI+ is lost: the shares of its union.
 
     AJI+ divides the pairs' intersections by a union ``U`` (see
-    :func:`aji_plus`, same pairs).  ``U`` splits into five parts, each
+    :func:`aji_plus`, which returns the first share below).  ``U`` splits into five parts, each
     returned as a share of ``U`` (they sum to 1):
 
     * ``aji_plus``: the pairs' intersections, i.e. AJI+ itself;
@@ -352,10 +333,15 @@ def aji_plus_parts(gt: np.ndarray, pred: np.ndarray, *,
                else "missed" if ov.gt_ids.size else "false")
         out[key] = 1.0
         return out
-    rows, cols, iou = _aji_pairs(ov)
-    inter = ov.inter[rows, cols].astype(np.int64)
-    rest = ov.union[rows, cols].astype(np.int64) - inter
-    good = iou > min_iou
+    from scipy.optimize import linear_sum_assignment
+
+    iou = ov.iou(np.float64)
+    rows, cols = linear_sum_assignment(iou, maximize=True)
+    keep = iou[rows, cols] > 0
+    rows, cols = rows[keep], cols[keep]
+    inter = ov.inter[rows, cols]
+    rest = ov.union[rows, cols] - inter
+    good = iou[rows, cols] > min_iou
     sums = {"aji_plus": int(inter.sum()), "outline": int(rest[good].sum()),
             "weak_pairs": int(rest[~good].sum()),
             "missed": int(ov.gt_areas.sum() - ov.gt_areas[rows].sum()),
