@@ -571,6 +571,13 @@ def test_exact_resume(tmp_path):
     assert ("- a particle lying on a scale bar drawn on the image (at least 0.5 of its pixels "
             "in the bar's box; a bar found without OCR and counted as drawn when at least 0.5 "
             "of its pixels are flat) is dropped") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "too large" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    export(tmp_path / "a", inference={"mc_samples": 2, "coarse_pass": {"factor": 0.5}})
+    assert ("- a last look for particles too large for the working scale: the image is "
+            "segmented again, the same way, at 0.5 x the scale used, and its particles that "
+            "score at least 0.99 and are at least 2 x the median area of those kept are added "
+            "where at most 5% of their pixels are taken") \
+        in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
                                       "specialist": {"model": "bpartis-emps-rods",
                                                      "max_particles": 5,
@@ -1771,6 +1778,93 @@ def test_scale_merge_in_the_backend(monkeypatch):
     for bad in ({"min_score": "high"}, {"max_overlap": 1.5}, {"min_scor": 0.9}, [0.9]):
         cfg["inference"]["scale_merge"] = bad
         with pytest.raises(ValueError, match="scale_merge"):
+            BPartIS.from_config(cfg)
+
+
+def test_coarse_particles_keeps_the_large_sure_ones():
+    from imageextract.segment.bpartis.inference import coarse_particles
+
+    lab = np.zeros((20, 40), np.int32)
+    lab[1:4, 1:4] = 1  # 9 px
+    lab[1:4, 6:10] = 2  # 12 px: the median area is 10.5
+    big = np.zeros((20, 40), np.int32)
+    big[5:15, 5:15] = 1  # 100 px, sure: kept
+    big[5:15, 20:30] = 2  # 100 px, not sure enough
+    big[16:19, 30:36] = 3  # 18 px, sure but < 2 x 10.5
+    big[0:6, 30:36] = 4  # 36 px, sure
+    coarse = {"labels": big, "scores": np.array([0.995, 0.98, 0.999, 0.99]),
+              "uncertainty": np.array([0.1, 0.2, 0.3, 0.4]),
+              "seed_scores": np.array([0.9, 0.8, 0.7, 0.6]), "scale": 0.2}
+    res = {"labels": lab, "scores": np.array([0.9, 0.9])}
+    c = coarse_particles(res, coarse, min_score=0.99, min_rel_area=2.0)
+    assert c["scores"].tolist() == [0.995, 0.99] and c["uncertainty"].tolist() == [0.1, 0.4]
+    assert c["seed_scores"].tolist() == [0.9, 0.6] and c["scale"] == 0.2
+    assert np.array_equal(c["labels"] == 1, big == 1) and np.array_equal(c["labels"] == 2, big == 4)
+    assert int(c["labels"].max()) == 2
+    # a stricter floor keeps only the 100-px particle; an empty result any size
+    assert coarse_particles(res, coarse, min_rel_area=5.0)["scores"].tolist() == [0.995]
+    empty = {"labels": np.zeros_like(lab), "scores": np.zeros(0)}
+    assert coarse_particles(empty, coarse)["scores"].tolist() == [0.995, 0.999, 0.99]
+    assert big.max() == 4  # the input is left alone
+    for bad in (-1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="min_rel_area"):
+            coarse_particles(res, coarse, min_rel_area=bad)
+
+
+def test_coarse_pass_adds_a_particle_too_large_for_the_scale_used(monkeypatch):
+    from imageextract.segment.bpartis import inference
+
+    def small(maps, **kw):  # three small squares, wherever
+        h, w = maps["seed"].shape
+        lab = np.zeros((h, w), np.int32)
+        for i in range(3):
+            lab[2:6, 2 + 6 * i:6 + 6 * i] = i + 1
+        return lab, np.full(3, 0.9), np.zeros(3)
+
+    b = tiny_backend(mc_samples=1)
+    rgb = np.random.default_rng(5).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    # refine=False: labels enlarged as they are, not traced on the random seed map
+    kw = dict(target_diameter=48.0, max_passes=0, max_halvings=0, refine=False)
+    monkeypatch.setattr(inference, "segment_maps", small)
+    s = b.segment_rgb(rgb, **kw)["scale"]
+    top = round(80 * s)
+
+    def by_size(maps, **kw):  # at the scale found the squares, below it one large particle
+        h, w = maps["seed"].shape
+        if h >= 0.7 * top:
+            return small(maps)
+        lab = np.zeros((h, w), np.int32)
+        lab[1:h - 1, w // 2:w - 1] = 1
+        return lab, np.array([0.995]), np.array([0.05])
+
+    monkeypatch.setattr(inference, "segment_maps", by_size)
+    plain = b.segment_rgb(rgb, **kw)
+    assert "coarse_added" not in plain and plain["scores"].size == 3
+    look = {"factor": 0.4, "min_score": 0.99, "min_rel_area": 2.0, "max_overlap": 0.05}
+    res = b.segment_rgb(rgb, coarse_pass=look, **kw)
+    assert res["coarse_added"] == 1 and res["passes"] == plain["passes"] + 1
+    assert res["scores"].tolist() == [0.9, 0.9, 0.9, 0.995]
+    assert res["uncertainty"][3] == pytest.approx(0.05)
+    np.testing.assert_array_equal(np.where(res["labels"] <= 3, res["labels"], 0), plain["labels"])
+    new = res["labels"] == 4
+    assert new.sum() > 10 * (plain["labels"] == 1).sum() and new[:, : 96 // 3].sum() == 0
+    # not sure enough, or not large enough: nothing added, the pass still run
+    for opts in (dict(look, min_score=0.999), dict(look, min_rel_area=1e6)):
+        res = b.segment_rgb(rgb, coarse_pass=opts, **kw)
+        assert res["coarse_added"] == 0 and res["scores"].size == 3
+        np.testing.assert_array_equal(res["labels"], plain["labels"])
+    # a working scale the caller fixed is left alone
+    fixed = b.segment_rgb(rgb, scale=s, coarse_pass=look, refine=False)
+    assert "coarse_added" not in fixed and fixed["scores"].size == 3
+    # the backend reads it from its config, with defaults, and checks it
+    assert b.coarse_pass is None
+    cfg = {"model": TINY, "inference": {"coarse_pass": {"factor": 0.5}}}
+    assert BPartIS.from_config(cfg).coarse_pass == {"factor": 0.5, "min_score": 0.99,
+                                                    "min_rel_area": 2.0, "max_overlap": 0.05}
+    for bad in ({"factor": 1.0}, {"factor": 0}, {"min_rel_area": -1}, {"max_overlap": 1},
+                {"factr": 0.4}, {"min_score": "high"}, {"factor": True}, [0.4]):
+        cfg["inference"]["coarse_pass"] = bad
+        with pytest.raises(ValueError, match="coarse_pass"):
             BPartIS.from_config(cfg)
 
 

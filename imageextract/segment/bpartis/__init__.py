@@ -217,6 +217,7 @@ class BPartIS:
                              f"numbers, got {factors!r}")
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
+        self.coarse_pass = _coarse_pass(inf.get("coarse_pass"))
         sure = inf.get("sure_confidence")
         if sure is not None and (isinstance(sure, bool) or not isinstance(sure, (int, float))
                                  or not np.isfinite(sure)):
@@ -355,6 +356,9 @@ class BPartIS:
         join = overrides.pop("join_fragments", self.join_fragments)
         rods = overrides.pop("whole_rods", self.whole_rods)
         bars = overrides.pop("drop_scale_bars", self.drop_scale_bars)
+        coarse = overrides.pop("coarse_pass", self.coarse_pass)
+        more = dict(overrides, turn_rods=turn, specialist=spec, join_fragments=join,
+                    whole_rods=rods, drop_scale_bars=bars)
         kw.update(overrides)
         res = segment_image(self.net, rgb, **kw)
         if turn is not None:
@@ -379,7 +383,34 @@ class BPartIS:
             res = join_fragments(res, **join)
         if bars is not None:
             res = off_scale_bars(rgb, res, **bars)
+        if coarse is not None and kw["scale"] is None:
+            # a fixed working scale is the user's: no other scale is looked at
+            res = self._coarse_look(rgb, res, coarse, more)
         return res
+
+    def _coarse_look(self, rgb: np.ndarray, res: dict, opts: dict, overrides: dict) -> dict:
+        """Segment ``rgb`` once more at ``opts["factor"]`` times the scale
+        ``res`` used, with the same steps (``overrides``), and add the large,
+        sure particles found there where their pixels are free
+        (``inference.coarse_pass``: :func:`~.inference.coarse_particles`,
+        :func:`~.inference.merge_scales`).  ``coarse_added`` counts them."""
+        from .inference import coarse_particles, merge_scales
+
+        sc = float(np.clip(res["scale"] * opts["factor"], *self.scale_limits))
+        if not round(sc, 4) < round(res["scale"], 4):
+            return dict(res, coarse_added=0)
+        other = self.segment_rgb(rgb, **dict(overrides, scale=sc, coarse_pass=None))
+        big = coarse_particles(res, other, min_score=opts["min_score"],
+                               min_rel_area=opts["min_rel_area"])
+        out = dict(res, coarse_added=0)
+        if big["scores"].size:
+            out = merge_scales(res, [big], min_score=opts["min_score"],
+                               max_overlap=opts["max_overlap"])
+            out["coarse_added"] = out.pop("merged")
+            if "merged" in res:
+                out["merged"] = res["merged"]
+        out["passes"] = res["passes"] + other["passes"]
+        return out
 
     def _ask_specialist(self, rgb: np.ndarray, res: dict, spec: dict) -> dict:
         """Segment ``rgb`` with the specialist network of ``spec`` too and
@@ -417,6 +448,30 @@ def _scale_merge(spec) -> dict | None:
         raise ValueError("config inference.scale_merge must be null or an object with "
                          "numbers min_score and max_overlap (0 <= max_overlap < 1), "
                          f"got {spec!r}")
+    return opts
+
+
+#: the defaults of ``inference.coarse_pass`` (see :func:`~.inference.segment_image`)
+COARSE_DEFAULTS = {"factor": 0.4, "min_score": 0.99, "min_rel_area": 2.0, "max_overlap": 0.05}
+
+
+def _coarse_pass(spec) -> dict | None:
+    """Validated ``inference.coarse_pass`` of a config: None (off) or an
+    object with any of ``factor`` (in (0, 1)), ``min_score``,
+    ``min_rel_area`` (>= 0) and ``max_overlap`` (in [0, 1)), the rest
+    taken from :data:`COARSE_DEFAULTS`."""
+    if spec is None:
+        return None
+    opts = None
+    if isinstance(spec, dict) and set(spec) <= set(COARSE_DEFAULTS) \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and np.isfinite(v) for v in spec.values()):
+        opts = {k: float(v) for k, v in {**COARSE_DEFAULTS, **spec}.items()}
+    if opts is None or not 0.0 < opts["factor"] < 1.0 or opts["min_rel_area"] < 0 \
+            or not 0.0 <= opts["max_overlap"] < 1.0:
+        raise ValueError("config inference.coarse_pass must be null or an object with numbers "
+                         "factor (0 < factor < 1), min_score, min_rel_area (>= 0) and "
+                         f"max_overlap (0 <= max_overlap < 1), got {spec!r}")
     return opts
 
 

@@ -882,6 +882,43 @@ def segment_image(net: BPartISNet, rgb: np.ndarray, *, coord_scale: float,
     return out
 
 
+def coarse_particles(result: dict, coarse: dict, *, min_score: float = 0.99,
+                     min_rel_area: float = 2.0) -> dict:
+    """The particles of ``coarse`` that a coarse look may add to ``result``.
+
+    ``coarse`` is a :func:`segment_image` result for the same image at a
+    smaller working scale, where a particle too large for the scale used
+    comes down to the size the network was trained on.  Kept: the particles
+    scoring at least ``min_score`` and at least ``min_rel_area`` times the
+    median area of ``result``'s particles (any size where ``result`` has
+    none), so that what the scale used found in pieces or missed as too
+    large is what can come in; :func:`merge_scales` then adds those whose
+    pixels are still free.  Returns ``coarse`` with only those particles,
+    renumbered ``1..K'``.
+
+    >>> lab = np.zeros((6, 12), np.int32); lab[0, :2] = 1; lab[5, :2] = 2
+    >>> big = np.zeros((6, 12), np.int32); big[1:5, 4:9] = 1; big[0, 10] = 2
+    >>> c = coarse_particles({"labels": lab, "scores": np.array([0.9, 0.9])},
+    ...                      {"labels": big, "scores": np.array([0.995, 0.999]),
+    ...                       "uncertainty": np.zeros(2)})
+    >>> c["scores"].tolist(), int(c["labels"].sum())
+    ([0.995], 20)
+    """
+    if not (_is_number(min_rel_area, finite=True) and min_rel_area >= 0):
+        raise ValueError(f"min_rel_area must be a number >= 0, got {min_rel_area!r}")
+    scores = np.asarray(coarse["scores"], dtype=np.float64)
+    mine = np.bincount(np.asarray(result["labels"]).ravel())[1:]
+    mine = mine[mine > 0]
+    floor = min_rel_area * float(np.median(mine)) if mine.size else 0.0
+    area = np.bincount(np.asarray(coarse["labels"]).ravel(), minlength=scores.size + 1)[1:]
+    keep = (scores >= min_score) & (area >= floor) & (area > 0)
+    lab, sc, un = keep_instances(coarse["labels"], scores, coarse["uncertainty"], keep)
+    out = dict(coarse, labels=lab, scores=sc, uncertainty=un)
+    if "seed_scores" in coarse:
+        out["seed_scores"] = np.asarray(coarse["seed_scores"])[keep]
+    return out
+
+
 def _sparse_rules(spec) -> tuple[dict, ...]:
     """``sparse_factors`` of :func:`segment_image` as a tuple of checked
     rules (one dict or a sequence of dicts; None: no rule), factors as

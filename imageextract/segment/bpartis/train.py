@@ -1325,12 +1325,13 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
                f"{sp['max_confidence']:g})" if sp.get("max_confidence") is not None else "")
             + f", the network `{sp['model']}` (its own size model, rescorer and outline "
             "refiner) segments it too, and the result whose particles are surer is kept")
-    from . import BAR_DEFAULTS
+    from . import BAR_DEFAULTS, COARSE_DEFAULTS
     from .fragments import DEFAULTS, ROD_DEFAULTS
 
     for key, defaults, sentence in (("join_fragments", DEFAULTS, _JOIN_TEXT),
                                     ("whole_rods", ROD_DEFAULTS, _WHOLE_RODS_TEXT),
-                                    ("drop_scale_bars", BAR_DEFAULTS, _SCALE_BARS_TEXT)):
+                                    ("drop_scale_bars", BAR_DEFAULTS, _SCALE_BARS_TEXT),
+                                    ("coarse_pass", COARSE_DEFAULTS, _COARSE_TEXT)):
         if inf.get(key) is not None:  # a last step on: its sentence with the options it runs with
             lines.append(sentence.format(**{**defaults, **inf[key]}))
     lines += [
@@ -1359,7 +1360,7 @@ def export(out_dir: str | Path, *, fp16: bool = True, inference: dict | None = N
 
 
 #: the model card's sentences for the backend's last steps (``inference.join_fragments``,
-#: ``whole_rods``, ``drop_scale_bars``), formatted with the options each runs with
+#: ``whole_rods``, ``drop_scale_bars``, ``coarse_pass``), formatted with the options each runs with
 _JOIN_TEXT = (
     "- pieces of a long rod cut across are joined: two touching particles (at most {gap:g} px "
     "apart) lying end to end along the more elongated one's axis (elongation at least "
@@ -1376,6 +1377,11 @@ _SCALE_BARS_TEXT = (
     "- a particle lying on a scale bar drawn on the image (at least {min_inside:g} of its pixels "
     "in the bar's box; a bar found without OCR and counted as drawn when at least {min_flat:g} "
     "of its pixels are flat) is dropped")
+_COARSE_TEXT = (
+    "- a last look for particles too large for the working scale: the image is segmented again, "
+    "the same way, at {factor:g} x the scale used, and its particles that score at least "
+    "{min_score:g} and are at least {min_rel_area:g} x the median area of those kept are added "
+    "where at most {max_overlap:.0%} of their pixels are taken")
 _WEIGHTS_TEXT = {"best": "the best on the trainer's val check (`best.pt`)",
                  "final": "the last of the schedule (the checkpoint's)"}
 
