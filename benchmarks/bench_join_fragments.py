@@ -1,4 +1,4 @@
-"""The bpartis backend's last steps (join, whole rods, scale bars): what each changes, by set.
+"""The bpartis backend's last steps (join, whole rods, scale bars, coarse look): what each changes.
 
     python benchmarks/bench_join_fragments.py --set val-views --set train-fit \\
         --set stretched-3 --out benchmarks/results/join_fragments.json
@@ -8,6 +8,8 @@
         --set stretched-3 --out benchmarks/results/whole_rods.json
     python benchmarks/bench_join_fragments.py --step scale_bars --set val-views \\
         --set train-fit --out benchmarks/results/scale_bars.json
+    python benchmarks/bench_join_fragments.py --step coarse_pass --set val-views \\
+        --set train-fit --out benchmarks/results/coarse_pass.json
 
 Why: shown a rod or wire longer than those it was trained on, the
 ``bpartis`` backend often returns it as a few pieces lying end to end
@@ -32,6 +34,12 @@ a ``whole_rods`` run before that join.
 particles lying on a scale bar drawn on the image dropped): each image is
 segmented as shipped with that step off, which is the baseline, and each
 option set of ``--options`` is an ``off_scale_bars`` run on its result.
+
+``--step coarse_pass`` judges the very last step (``inference.coarse_pass``,
+:meth:`~imageextract.segment.bpartis.BPartIS.coarse_look`: the image
+segmented again at a smaller working scale and the large, sure particles
+found there added): each image is segmented as shipped with that step off,
+the baseline, and each option set is a coarse look on its result.
 
 Sets:
 
@@ -123,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", dest="sets", required=True,
                     help="val-views, train-fit, stretched-N (N a factor, e.g. 3) or test; "
                          "repeat for several")
-    ap.add_argument("--step", choices=("join", "whole_rods", "scale_bars"), default="join",
+    ap.add_argument("--step", choices=("join", "whole_rods", "scale_bars", "coarse_pass"),
+                    default="join",
                     help="the step judged: join_fragments (default), whole_rods (before "
-                         "the model's own join) or scale_bars (drop_scale_bars, last)")
+                         "the model's own join), scale_bars (drop_scale_bars, after the "
+                         "join) or coarse_pass (last)")
     ap.add_argument("--options", action="append", default=None,
                     help='a JSON object of the step\'s options (default: \'{}\', the '
                          'defaults); repeat for several')
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from imageextract.segment.bpartis.fragments import join_fragments, whole_rods
 
     config_key = {"join": "join_fragments", "whole_rods": "whole_rods",
-                  "scale_bars": "drop_scale_bars"}[args.step]
+                  "scale_bars": "drop_scale_bars", "coarse_pass": "coarse_pass"}[args.step]
     try:
         checked = [step_options(config_key, o) for o in options]
     except ValueError as err:
@@ -173,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     # whole_rods, the join that follows it
     off_steps = {"join": {"join_fragments": None},
                  "whole_rods": {"join_fragments": None, "whole_rods": None},
-                 "scale_bars": {"drop_scale_bars": None}}[args.step]
+                 "scale_bars": {"drop_scale_bars": None},
+                 "coarse_pass": {"coarse_pass": None}}[args.step]
 
     def apply(res: dict, rgb: np.ndarray, opts: dict) -> tuple[dict, int]:
         """The judged step on ``res``: its result and how many particles it changed."""
@@ -183,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "scale_bars":
             j = off_scale_bars(rgb, res, **opts)
             return j, int(np.size(res["scores"]) - np.size(j["scores"]))
+        if args.step == "coarse_pass":
+            j = bp.coarse_look(rgb, res, opts)
+            return j, j["coarse_added"]
         j = whole_rods(res, **opts)
         return (join_fragments(j, **join) if j["whole_rods"] and join is not None else j,
                 j["whole_rods"])

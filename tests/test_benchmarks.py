@@ -445,7 +445,8 @@ def test_join_fragments_summary_pairs_images_per_set_and_shape(load_script):
                 ["--set", "val-views", "--options", '{"max_angle": 95}'],
                 ["--set", "val-views", "--step", "whole_rods", "--options", '{"gap": 2}'],
                 ["--set", "val-views", "--step", "scale_bars", "--options", '{"min_flat": 2}'],
-                ["--set", "val-views", "--step", "scale_bars", "--options", '{"gap": 2}']):
+                ["--set", "val-views", "--step", "scale_bars", "--options", '{"gap": 2}'],
+                ["--set", "val-views", "--step", "coarse_pass", "--options", '{"factor": 1}']):
         assert bench.main(bad + ["--data", "/nonexistent"]) == 2
 
 

@@ -1842,7 +1842,8 @@ def test_coarse_pass_adds_a_particle_too_large_for_the_scale_used(monkeypatch):
     assert "coarse_added" not in plain and plain["scores"].size == 3
     look = {"factor": 0.4, "min_score": 0.99, "min_rel_area": 2.0, "max_overlap": 0.05}
     res = b.segment_rgb(rgb, coarse_pass=look, **kw)
-    assert res["coarse_added"] == 1 and res["passes"] == plain["passes"] + 1
+    # a first look, then the same scale again with every step
+    assert res["coarse_added"] == 1 and res["passes"] == plain["passes"] + 2
     assert res["scores"].tolist() == [0.9, 0.9, 0.9, 0.995]
     assert res["uncertainty"][3] == pytest.approx(0.05)
     np.testing.assert_array_equal(np.where(res["labels"] <= 3, res["labels"], 0), plain["labels"])
@@ -1853,6 +1854,22 @@ def test_coarse_pass_adds_a_particle_too_large_for_the_scale_used(monkeypatch):
         res = b.segment_rgb(rgb, coarse_pass=opts, **kw)
         assert res["coarse_added"] == 0 and res["scores"].size == 3
         np.testing.assert_array_equal(res["labels"], plain["labels"])
+    # the first look is taken without the outline refiner; only where a particle
+    # comes in is that scale segmented again with its outlines refined
+    class Refiner:
+        calls = []
+
+        def refine(self, rgb, labels, seed, *, scale):
+            self.calls.append(scale)
+            return labels
+
+    res = b.segment_rgb(rgb, coarse_pass=look, outline=Refiner(), **kw)
+    assert res["coarse_added"] == 1 and res["passes"] == plain["passes"] + 2
+    assert Refiner.calls == [pytest.approx(s), pytest.approx(0.4 * s)]
+    Refiner.calls.clear()
+    res = b.segment_rgb(rgb, coarse_pass=dict(look, min_score=0.999), outline=Refiner(), **kw)
+    assert res["coarse_added"] == 0 and res["passes"] == plain["passes"] + 1
+    assert Refiner.calls == [pytest.approx(s)]
     # a working scale the caller fixed is left alone
     fixed = b.segment_rgb(rgb, scale=s, coarse_pass=look, refine=False)
     assert "coarse_added" not in fixed and fixed["scores"].size == 3

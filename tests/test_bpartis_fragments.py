@@ -373,11 +373,12 @@ def test_step_options_checks_a_final_step_as_the_config_would():
     from imageextract.segment.bpartis import FINAL_STEPS, step_options
     from imageextract.segment.bpartis.fragments import DEFAULTS, ROD_DEFAULTS
 
-    assert set(FINAL_STEPS) == {"join_fragments", "whole_rods", "drop_scale_bars"}
+    assert set(FINAL_STEPS) == {"join_fragments", "whole_rods", "drop_scale_bars", "coarse_pass"}
     assert step_options("join_fragments", {}) == {**DEFAULTS, "gap": int(DEFAULTS["gap"])}
     assert step_options("whole_rods", {"max_angle": 10}) == {
         k: float(v) for k, v in {**ROD_DEFAULTS, "max_angle": 10}.items()}
     assert step_options("drop_scale_bars", None) is None
+    assert step_options("coarse_pass", {"factor": 0.5})["factor"] == 0.5
     with pytest.raises(ValueError, match="inference.join_fragments"):
         step_options("join_fragments", {"max_angle": 95})
     with pytest.raises(ValueError, match="no final step 'scale_bars'"):

@@ -217,7 +217,6 @@ class BPartIS:
                              f"numbers, got {factors!r}")
         self.scale_merge = _scale_merge(inf.get("scale_merge"))
         self.sparse_factors = _sparse_factors(inf.get("sparse_scale_factors"))
-        self.coarse_pass = _coarse_pass(inf.get("coarse_pass"))
         sure = inf.get("sure_confidence")
         if sure is not None and (isinstance(sure, bool) or not isinstance(sure, (int, float))
                                  or not np.isfinite(sure)):
@@ -244,6 +243,7 @@ class BPartIS:
         self.turn_rods = _turn_rods(inf.get("turn_rods"))
         self.join_fragments = step_options("join_fragments", inf.get("join_fragments"))
         self.whole_rods = step_options("whole_rods", inf.get("whole_rods"))
+        self.coarse_pass = step_options("coarse_pass", inf.get("coarse_pass"))
         self.drop_scale_bars = step_options("drop_scale_bars", inf.get("drop_scale_bars"))
         self.specialist = _specialist(inf.get("specialist"))
         self._specialist_backend = None
@@ -385,23 +385,42 @@ class BPartIS:
             res = off_scale_bars(rgb, res, **bars)
         if coarse is not None and kw["scale"] is None:
             # a fixed working scale is the user's: no other scale is looked at
-            res = self._coarse_look(rgb, res, coarse, more)
+            res = self.coarse_look(rgb, res, coarse, **more)
         return res
 
-    def _coarse_look(self, rgb: np.ndarray, res: dict, opts: dict, overrides: dict) -> dict:
+    def coarse_look(self, rgb: np.ndarray, res: dict, opts: dict, **overrides) -> dict:
         """Segment ``rgb`` once more at ``opts["factor"]`` times the scale
-        ``res`` used, with the same steps (``overrides``), and add the large,
+        ``res`` (a :meth:`segment_rgb` result) used, the same way
+        (``overrides`` as given to :meth:`segment_rgb`), and add the large,
         sure particles found there where their pixels are free
-        (``inference.coarse_pass``: :func:`~.inference.coarse_particles`,
-        :func:`~.inference.merge_scales`).  ``coarse_added`` counts them."""
+        (``inference.coarse_pass``, ``opts`` as :func:`step_options` gives
+        them: :func:`~.inference.coarse_particles`,
+        :func:`~.inference.merge_scales`).  ``coarse_added`` counts them;
+        ``passes`` includes the extra passes.
+
+        The outline refiner costs most of such a pass, so the look is first
+        taken without it (nor the scale-bar check, which only drops
+        particles); only where a particle passes the test is the image
+        segmented at that scale again with every step (the same network
+        maps: one more pass on a few images in a hundred)."""
         from .inference import coarse_particles, merge_scales
 
         sc = float(np.clip(res["scale"] * opts["factor"], *self.scale_limits))
         if not round(sc, 4) < round(res["scale"], 4):
             return dict(res, coarse_added=0)
-        other = self.segment_rgb(rgb, **dict(overrides, scale=sc, coarse_pass=None))
-        big = coarse_particles(res, other, min_score=opts["min_score"],
-                               min_rel_area=opts["min_rel_area"])
+        look = dict(overrides, scale=sc, coarse_pass=None)
+        other = self.segment_rgb(rgb, **dict(look, outline=None, drop_scale_bars=None))
+        passes = res["passes"] + other["passes"]
+
+        def large(r: dict) -> dict:
+            return coarse_particles(res, r, min_score=opts["min_score"],
+                                    min_rel_area=opts["min_rel_area"])
+
+        big = large(other)
+        if big["scores"].size:
+            other = self.segment_rgb(rgb, **look)
+            passes += other["passes"]
+            big = large(other)
         out = dict(res, coarse_added=0)
         if big["scores"].size:
             out = merge_scales(res, [big], min_score=opts["min_score"],
@@ -409,7 +428,7 @@ class BPartIS:
             out["coarse_added"] = out.pop("merged")
             if "merged" in res:
                 out["merged"] = res["merged"]
-        out["passes"] = res["passes"] + other["passes"]
+        out["passes"] = passes
         return out
 
     def _ask_specialist(self, rgb: np.ndarray, res: dict, spec: dict) -> dict:
@@ -655,7 +674,7 @@ def _drop_scale_bars(spec) -> dict | None:
 #: The optional steps run on the final particles, by their key in a model
 #: config's ``inference``, and the validator of each key's value.
 FINAL_STEPS = {"join_fragments": _join_fragments, "whole_rods": _whole_rods,
-               "drop_scale_bars": _drop_scale_bars}
+               "drop_scale_bars": _drop_scale_bars, "coarse_pass": _coarse_pass}
 
 
 def step_options(name: str, spec) -> dict | None:
