@@ -470,7 +470,7 @@ def _scale_merge(spec) -> dict | None:
     return opts
 
 
-#: the defaults of ``inference.coarse_pass`` (see :func:`~.inference.segment_image`)
+#: the defaults of ``inference.coarse_pass`` (see :meth:`BPartIS.coarse_look`)
 COARSE_DEFAULTS = {"factor": 0.4, "min_score": 0.99, "min_rel_area": 2.0, "max_overlap": 0.05}
 
 
