@@ -481,17 +481,13 @@ def _coarse_pass(spec) -> dict | None:
     taken from :data:`COARSE_DEFAULTS`."""
     if spec is None:
         return None
-    opts = None
-    if isinstance(spec, dict) and set(spec) <= set(COARSE_DEFAULTS) \
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and np.isfinite(v) for v in spec.values()):
-        opts = {k: float(v) for k, v in {**COARSE_DEFAULTS, **spec}.items()}
-    if opts is None or not 0.0 < opts["factor"] < 1.0 or opts["min_rel_area"] < 0 \
-            or not 0.0 <= opts["max_overlap"] < 1.0:
+    o = _numbers_over(spec, COARSE_DEFAULTS)
+    if o is None or not 0.0 < o["factor"] < 1.0 or o["min_rel_area"] < 0 \
+            or not 0.0 <= o["max_overlap"] < 1.0:
         raise ValueError("config inference.coarse_pass must be null or an object with numbers "
                          "factor (0 < factor < 1), min_score, min_rel_area (>= 0) and "
                          f"max_overlap (0 <= max_overlap < 1), got {spec!r}")
-    return opts
+    return {key: float(v) for key, v in o.items()}
 
 
 def _sparse_factors(spec) -> tuple[dict, ...] | None:
