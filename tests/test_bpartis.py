@@ -523,82 +523,73 @@ def test_exact_resume(tmp_path):
     # export -> a self-contained model folder that the backend loads and verifies
     from imageextract.segment.bpartis.train import export
 
-    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5})
+    def card_of(**inference) -> str:
+        """Export with these inference settings; the MODEL_CARD.md it writes."""
+        export(tmp_path / "a", inference=inference)
+        return (tmp_path / "a" / "MODEL_CARD.md").read_text()
+
+    card = card_of(mc_samples=2, uncertainty_threshold=0.5)
     seg = BPartIS(model=str(tmp_path / "a")).predict(np.zeros((40, 40), np.uint8))
     assert seg.weights.startswith("bpartis:emps-v1@sha256:")
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert card.count("sha256") >= 1 and "then also at" not in card
     # the card names the extra working scales and the merge when the config has them
-    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
-                                      "scale_factors": [0.8, 1, 1.25],
-                                      "scale_merge": {"min_score": 0.95, "max_overlap": 0.05}})
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    card = card_of(mc_samples=2, uncertainty_threshold=0.5, scale_factors=[0.8, 1, 1.25],
+                   scale_merge={"min_score": 0.95, "max_overlap": 0.05})
     assert "then also at 0.8, 1.25 x that scale" in card and "already that sure" not in card
-    export(tmp_path / "a", inference={"mc_samples": 2, "scale_factors": [0.8, 1, 1.25],
-                                      "sure_confidence": 0.97})
     assert ("(1 - uncertainty)), unless the particles at that scale are already that sure "
-            "(at least 0.97)") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    export(tmp_path / "a", inference={"mc_samples": 2, "scale_factors": [0.8, 1, 1.25],
-                                      "scale_coverage": 0.3})
+            "(at least 0.97)") in card_of(mc_samples=2, scale_factors=[0.8, 1, 1.25],
+                                          sure_confidence=0.97)
     assert ("(mean score x (1 - uncertainty), plus 0.3 x the share of the network's "
-            "foreground they cover)") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+            "foreground they cover)") in card_of(mc_samples=2, scale_factors=[0.8, 1, 1.25],
+                                                 scale_coverage=0.3)
     assert "(score >= 0.95, at most 5% of their pixels already taken)" in card
     assert "outline refiner" not in card
     # sparse factors alone (their passes are merged too)
-    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
-                                      "scale_factors": [1],
-                                      "sparse_scale_factors": {"factors": [0.64],
-                                                               "max_particles": 20},
-                                      "scale_merge": {"min_score": 0.95, "max_overlap": 0.05}})
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    card = card_of(mc_samples=2, uncertainty_threshold=0.5, scale_factors=[1],
+                   sparse_scale_factors={"factors": [0.64], "max_particles": 20},
+                   scale_merge={"min_score": 0.95, "max_overlap": 0.05})
     assert "then also at" not in card
     assert "keeps at most 20 particles, also at 0.64 x, and adding the particles" in card
     assert "specialist" not in card and "long rod" not in card
-    export(tmp_path / "a", inference={"mc_samples": 2, "join_fragments": {"max_angle": 10}})
+    card = card_of(mc_samples=2, join_fragments={"max_angle": 10})
     assert ("lying end to end along the more elongated one's axis (elongation at least 2, "
-            "within 10°) and touching across at least 0.5 of its width, when the joined particle is at most 1.3 x as wide, at least 1.2 x "
-            "as elongated as either and at least 6 in all") \
-        in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    assert "made whole" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    export(tmp_path / "a", inference={"mc_samples": 2, "whole_rods": {"min_waist": 0.5}})
+            "within 10°) and touching across at least 0.5 of its width, when the joined "
+            "particle is at most 1.3 x as wide, at least 1.2 x "
+            "as elongated as either and at least 6 in all") in card
+    assert "made whole" not in card
+    card = card_of(mc_samples=2, whole_rods={"min_waist": 0.5})
     assert ("is made whole from the network's foreground (seed above 0.5): a band of it at "
             "least 6 x as long as wide, nowhere in its middle narrower than 0.5 x its median "
             "width, whose particles are all pieces of it (as wide within 1.3 x, on its axis, "
-            "along it within 15°), becomes one particle") \
-        in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    assert "scale bar" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    export(tmp_path / "a", inference={"mc_samples": 2, "drop_scale_bars": {}})
+            "along it within 15°), becomes one particle") in card
+    assert "scale bar" not in card
+    card = card_of(mc_samples=2, drop_scale_bars={})
     assert ("- a particle lying on a scale bar drawn on the image (at least 0.5 of its pixels "
             "in the bar's box; a bar found without OCR and counted as drawn when at least 0.5 "
-            "of its pixels are flat) is dropped") in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    assert "too large" not in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    export(tmp_path / "a", inference={"mc_samples": 2, "coarse_pass": {"factor": 0.5}})
+            "of its pixels are flat) is dropped") in card
+    assert "too large" not in card
     assert ("- a last look for particles too large for the working scale: the image is "
             "segmented again, the same way, at 0.5 x the scale used, and its particles that "
             "score at least 0.99 and are at least 2 x the median area of those kept are added "
             "where at most 5% of their pixels are taken") \
-        in (tmp_path / "a" / "MODEL_CARD.md").read_text()
-    export(tmp_path / "a", inference={"mc_samples": 2, "uncertainty_threshold": 0.5,
-                                      "specialist": {"model": "bpartis-emps-rods",
-                                                     "max_particles": 5,
-                                                     "min_elongation": None}})
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+        in card_of(mc_samples=2, coarse_pass={"factor": 0.5})
+    card = card_of(mc_samples=2, uncertainty_threshold=0.5,
+                   specialist={"model": "bpartis-emps-rods", "max_particles": 5,
+                               "min_elongation": None})
     assert ("- specialist: on an image where the result keeps at most 5 particles, the "
             "network `bpartis-emps-rods`") in card
-    export(tmp_path / "a", inference={"mc_samples": 2, "specialist": {
+    card = card_of(mc_samples=2, specialist={
         "model": "bpartis-emps-rods", "max_particles": 5, "min_elongation": 3.0,
-        "max_confidence": 0.95}, "sparse_scale_factors": [
+        "max_confidence": 0.95}, sparse_scale_factors=[
         {"factors": [2, 3.2], "max_particles": 5, "max_side_px": 256, "max_scale": 1,
-         "growth": {"min_particles": 6, "min_ratio": 4}}]})
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+         "growth": {"min_particles": 6, "min_ratio": 4}}])
     assert ("median elongation is at least 3, unless it is already sure of them (confidence "
             "at least 0.95), the network") in card
     assert ("keeps at most 5 particles and shows the image at most 256 px long, also at 2, "
             "3.2 x (up to 1 x native resolution), chosen over the surest scale where one of "
             "them keeps at least 6 particles and 4 x as many as any other scale") in card
     # ... and the outline refinement (the sentence only needs the band)
-    export(tmp_path / "a", inference={"outline": {"kind": "mlp", "band": 4.0}})
-    card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    card = card_of(outline={"kind": "mlp", "band": 4.0})
     assert "within 4 working-scale px of each particle's outline are re-decided" in card
     # a checkpoint stripped of its optimizer (to ship it) cannot resume: a clear error
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
